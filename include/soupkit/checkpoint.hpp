@@ -1,0 +1,125 @@
+#pragma once
+// One way to read checkpoints and one way to write them, whatever the format:
+// a .safetensors file, a Hugging Face model directory (single or sharded
+// safetensors plus config/tokenizer files), or soupkit's HDF5 layout (.h5).
+#include "soupkit/communicator.hpp"
+#include "soupkit/file.hpp"
+#include "soupkit/safetensors.hpp"
+#include "soupkit/tensor.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <memory>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace soupkit {
+
+// A non-weight file carried with a model (config.json, tokenizer.json, ...).
+struct AuxFileInfo {
+  std::string name;
+  std::uint64_t size = 0;
+  bool operator==(const AuxFileInfo&) const = default;
+};
+
+class CheckpointReader {
+ public:
+  virtual ~CheckpointReader() = default;
+
+  const fs::path& path() const { return path_; }
+  virtual std::string_view format_name() const = 0;
+  // Tensors in the checkpoint's own order.
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  // nullptr if absent.
+  const TensorInfo* find(std::string_view name) const;
+  std::size_t index_of(const TensorInfo& t) const { return static_cast<std::size_t>(&t - tensors_.data()); }
+  const StringMap& metadata() const { return metadata_; }
+
+  // Reads rows [first_row, first_row + rows) of a tensor viewed as a matrix
+  // [shape[0], product of the other dims] (a 0-d scalar has one row) into
+  // dst, whose size must be exactly those rows' bytes. Only these bytes are
+  // read from disk.
+  virtual void read_rows(const TensorInfo& t, std::uint64_t first_row, std::uint64_t rows,
+                         std::span<std::byte> dst) const = 0;
+  // Reads the whole tensor.
+  void read(const TensorInfo& t, std::span<std::byte> dst) const;
+  std::vector<std::byte> read(const TensorInfo& t) const;
+
+  virtual std::vector<AuxFileInfo> aux_files() const = 0;
+  virtual std::string read_aux(const std::string& name) const = 0;
+
+ protected:
+  explicit CheckpointReader(fs::path path) : path_(std::move(path)) {}
+  // Registers a tensor; throws InputError on a duplicate name, naming both
+  // places (`where` and the earlier one).
+  void add_tensor(TensorInfo info, const std::string& where);
+  fs::path path_;
+  std::vector<TensorInfo> tensors_;
+  StringMap metadata_;
+
+ private:
+  std::unordered_map<std::string, std::size_t> by_name_;
+  std::vector<std::string> where_;
+};
+
+// Opens any supported checkpoint, reading only headers. Throws InputError
+// naming the path and the problem.
+std::unique_ptr<CheckpointReader> open_checkpoint(const fs::path& path);
+
+// Rows of a tensor seen as a matrix: shape[0], or 1 for a 0-d scalar.
+std::uint64_t row_count(const TensorInfo& t);
+// Bytes of one such row.
+std::uint64_t row_bytes(const TensorInfo& t);
+
+enum class OutputKind { SafetensorsFile, ModelDirectory, Hdf5File };
+// ".safetensors" -> one file, ".h5"/".hdf5" -> HDF5, anything else -> a
+// Hugging Face style model directory.
+OutputKind output_kind(const fs::path& path);
+
+// Everything a writer needs to lay out its output before any data exists.
+// Must be identical on all ranks.
+struct OutputSpec {
+  std::vector<TensorInfo> tensors;       // output order
+  StringMap metadata;                    // safetensors "__metadata__" (kept in HDF5 too)
+  nlohmann::json provenance = nlohmann::json::object();  // source, method, parameters
+  std::vector<AuxFileInfo> aux_files;    // written by write_aux (model directories and HDF5)
+  std::uint64_t shard_size = 5'000'000'000ull;
+  bool overwrite = false;
+
+  nlohmann::json to_json() const;
+  static OutputSpec from_json(const nlohmann::json& j);
+};
+
+// Writes an output checkpoint from all ranks of a communicator. Construction
+// and commit()/discard() are collective; write() is called only by the rank
+// that owns the tensor. Data goes to a ".partial" name beside the output and
+// is renamed into place by commit(); a writer destroyed without commit()
+// leaves nothing at the final path.
+class CheckpointWriter {
+ public:
+  virtual ~CheckpointWriter() = default;
+  // Writes rows [first_row, first_row + rows) of tensor `index` (of spec.tensors).
+  virtual void write_rows(std::size_t index, std::uint64_t first_row, std::uint64_t rows,
+                          std::span<const std::byte> data) = 0;
+  void write(std::size_t index, std::span<const std::byte> data);
+  // Writes aux file `index` (of spec.aux_files). Any single rank may call it.
+  virtual void write_aux(std::size_t index, std::string_view contents) = 0;
+  virtual void commit() = 0;
+  virtual void discard() = 0;
+  const OutputSpec& spec() const { return spec_; }
+  const fs::path& path() const { return path_; }
+
+ protected:
+  CheckpointWriter(const Communicator& comm, fs::path path, OutputSpec spec)
+      : comm_(comm), path_(std::move(path)), spec_(std::move(spec)) {}
+  const Communicator& comm_;
+  fs::path path_;
+  OutputSpec spec_;
+};
+
+std::unique_ptr<CheckpointWriter> create_checkpoint_writer(const Communicator& comm, const fs::path& path,
+                                                           OutputSpec spec);
+
+}  // namespace soupkit

@@ -1,0 +1,34 @@
+#pragma once
+// `soupkit convert`: any checkpoint format to any other, bit-exact for
+// unchanged dtypes, optionally casting floating-point tensors.
+#include "soupkit/engine.hpp"
+
+#include <optional>
+
+namespace soupkit {
+
+struct ConvertOptions {
+  fs::path input;
+  fs::path output;
+  std::optional<DType> dtype;  // cast floating-point tensors to this
+  std::uint64_t shard_size = 5'000'000'000ull;
+  bool overwrite = false;
+};
+
+class ConvertMethod final : public Method {
+ public:
+  explicit ConvertMethod(ConvertOptions options) : options_(std::move(options)) {}
+  std::string name() const override { return "convert"; }
+  MethodPlan plan() override;
+  void prepare(const MethodPlan& plan) override;
+  void compute(std::size_t index, std::span<std::byte> out) override;
+  std::string aux_contents(std::size_t index) override;
+
+ private:
+  ConvertOptions options_;
+  std::unique_ptr<CheckpointReader> reader_;
+  OutputSpec spec_;
+  std::vector<std::byte> scratch_;
+};
+
+}  // namespace soupkit

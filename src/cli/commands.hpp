@@ -1,0 +1,17 @@
+#pragma once
+// One function per `soupkit` sub-command. Each parses its own options and
+// returns the process exit status.
+#include "soupkit/communicator.hpp"
+
+#include <string>
+#include <vector>
+
+namespace soupkit::cli {
+
+using Args = std::vector<std::string>;
+
+int cmd_convert(const Communicator& comm, const Args& args);
+int cmd_inspect(const Communicator& comm, const Args& args);
+int cmd_example(const Communicator& comm, const Args& args);
+
+}  // namespace soupkit::cli

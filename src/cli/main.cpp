@@ -1,0 +1,70 @@
+// soupkit: merges neural-network checkpoints at cluster scale.
+// Runs alone or under mpirun/srun; every rank runs the same command.
+#include "commands.hpp"
+#include "soupkit/error.hpp"
+#include "soupkit/hdf5.hpp"
+#include "soupkit/log.hpp"
+
+#include <mpi.h>
+
+#include <cstdio>
+#include <functional>
+#include <map>
+
+namespace {
+
+constexpr const char* kUsage = R"(usage: soupkit <command> [options]
+
+commands:
+  convert IN OUT      convert a checkpoint between safetensors, model directories and HDF5
+  inspect PATH        list a checkpoint's tensors
+  example DIR         write the built-in example model pair (DIR/base, DIR/finetuned)
+
+Checkpoints: a .safetensors file, a Hugging Face model directory (model.safetensors or
+sharded with model.safetensors.index.json), or a soupkit .h5 file.
+Run 'soupkit <command> --help' for a command's options. Run under mpirun/srun to use many ranks.
+)";
+
+int dispatch(const soupkit::Communicator& comm, int argc, char** argv) {
+  using Command = std::function<int(const soupkit::Communicator&, const soupkit::cli::Args&)>;
+  static const std::map<std::string, Command> commands = {
+      {"convert", soupkit::cli::cmd_convert},
+      {"inspect", soupkit::cli::cmd_inspect},
+      {"example", soupkit::cli::cmd_example},
+  };
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
+    if (comm.is_root()) std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 1 : 0;
+  }
+  if (std::string(argv[1]) == "--version") {
+    if (comm.is_root()) std::printf("soupkit %s\n", SOUPKIT_VERSION);
+    return 0;
+  }
+  const auto it = commands.find(argv[1]);
+  if (it == commands.end())
+    throw soupkit::InputError(fmt::format("unknown command '{}' (commands: convert, inspect, example)", argv[1]));
+  return it->second(comm, soupkit::cli::Args(argv + 2, argv + argc));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int provided = 0;
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+  soupkit::h5::silence_library_errors();
+  int status = 1;
+  {
+    soupkit::Communicator world;
+    soupkit::log::configure(world.rank(), soupkit::log::Level::Info);
+    try {
+      status = dispatch(world, argc, argv);
+    } catch (const std::exception& e) {
+      // Failures reach here on every rank (the engine agrees on them), so
+      // rank 0 alone reports.
+      if (world.is_root()) std::fprintf(stderr, "soupkit: error: %s\n", e.what());
+      status = 1;
+    }
+  }
+  MPI_Finalize();
+  return status;
+}

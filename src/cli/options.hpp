@@ -1,0 +1,54 @@
+#pragma once
+// Shared option handling for the sub-commands (boost::program_options).
+#include "soupkit/error.hpp"
+#include "soupkit/log.hpp"
+#include "soupkit/tensor.hpp"
+
+#include <boost/program_options.hpp>
+
+#include <iostream>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace soupkit::cli {
+
+namespace po = boost::program_options;
+
+// Adds --log-level/--quiet/--help to a command's options.
+inline void add_common_options(po::options_description& desc) {
+  desc.add_options()("help,h", "show this help")("quiet,q", "print errors only")(
+      "log-level", po::value<std::string>()->default_value("info"), "debug, info, warning, error or quiet");
+}
+
+// Parses `args` against `desc` (+ positionals). Returns nullopt after
+// printing help on rank 0 when --help was given. Throws InputError on
+// malformed options, naming the command.
+inline std::optional<po::variables_map> parse(const std::string& command, const std::vector<std::string>& args,
+                                              const po::options_description& desc,
+                                              const po::positional_options_description& positional, int rank,
+                                              const std::string& usage) {
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(args).options(desc).positional(positional).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw InputError(fmt::format("{}: {} (see 'soupkit {} --help')", command, e.what(), command));
+  }
+  if (vm.count("help")) {
+    if (rank == 0) std::cout << "usage: " << usage << "\n\n" << desc << "\n";
+    return std::nullopt;
+  }
+  log::configure(rank, vm.count("quiet") ? log::Level::Error : log::parse_level(vm["log-level"].as<std::string>()));
+  return vm;
+}
+
+inline std::uint64_t size_option(const po::variables_map& vm, const char* name) {
+  const auto text = vm[name].as<std::string>();
+  const auto bytes = parse_size(text);
+  SOUPKIT_INPUT_ERROR_IF(!bytes || *bytes == 0, "--{}: cannot read '{}' as a size (for example 5GB, 500MiB)", name, text);
+  return *bytes;
+}
+
+}  // namespace soupkit::cli

@@ -1,0 +1,86 @@
+#include "soupkit/communicator.hpp"
+
+#include "soupkit/error.hpp"
+
+#include <climits>
+
+namespace soupkit {
+
+Communicator::Communicator(MPI_Comm comm) : comm_(comm) {
+  MPI_Comm_rank(comm_, &rank_);
+  MPI_Comm_size(comm_, &size_);
+}
+
+Communicator Communicator::adopt(MPI_Comm comm) {
+  Communicator c(comm);
+  c.owning_ = true;
+  return c;
+}
+
+Communicator::Communicator(Communicator&& other) noexcept
+    : comm_(other.comm_), owning_(other.owning_), rank_(other.rank_), size_(other.size_) {
+  other.comm_ = MPI_COMM_NULL;
+  other.owning_ = false;
+}
+
+Communicator& Communicator::operator=(Communicator&& other) noexcept {
+  if (this != &other) {
+    if (owning_ && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+    comm_ = other.comm_;
+    owning_ = other.owning_;
+    rank_ = other.rank_;
+    size_ = other.size_;
+    other.comm_ = MPI_COMM_NULL;
+    other.owning_ = false;
+  }
+  return *this;
+}
+
+Communicator::~Communicator() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (owning_ && comm_ != MPI_COMM_NULL && !finalized) MPI_Comm_free(&comm_);
+}
+
+void Communicator::barrier() const { MPI_Barrier(comm_); }
+
+std::string Communicator::broadcast(std::string text, int root) const {
+  unsigned long long length = text.size();
+  MPI_Bcast(&length, 1, MPI_UNSIGNED_LONG_LONG, root, comm_);
+  text.resize(length);
+  // Chunked: MPI counts are ints and a plan for a huge model may pass 2 GiB.
+  for (unsigned long long done = 0; done < length;) {
+    const int chunk = static_cast<int>(std::min<unsigned long long>(length - done, INT_MAX / 2));
+    MPI_Bcast(text.data() + done, chunk, MPI_CHAR, root, comm_);
+    done += static_cast<unsigned long long>(chunk);
+  }
+  return text;
+}
+
+bool Communicator::any(bool flag) const {
+  int local = flag ? 1 : 0, global = 0;
+  MPI_Allreduce(&local, &global, 1, MPI_INT, MPI_LOR, comm_);
+  return global != 0;
+}
+
+double Communicator::max(double value) const {
+  double global = 0;
+  MPI_Allreduce(&value, &global, 1, MPI_DOUBLE, MPI_MAX, comm_);
+  return global;
+}
+
+double Communicator::sum(double value) const {
+  double global = 0;
+  MPI_Allreduce(&value, &global, 1, MPI_DOUBLE, MPI_SUM, comm_);
+  return global;
+}
+
+void agree_on_failure(const Communicator& comm, const std::string& local_error) {
+  int mine = local_error.empty() ? INT_MAX : comm.rank();
+  int first = INT_MAX;
+  MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm.get());
+  if (first == INT_MAX) return;
+  throw Error(comm.broadcast(local_error, first));
+}
+
+}  // namespace soupkit

@@ -1,0 +1,149 @@
+#include "soupkit/cast.hpp"
+
+#include "soupkit/error.hpp"
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace soupkit {
+
+std::uint16_t f64_to_bf16(double value) {
+  const std::uint16_t sign = std::signbit(value) ? 0x8000u : 0u;
+  if (std::isnan(value)) return sign | 0x7fc0u;
+  const double a = std::fabs(value);
+  if (std::isinf(a)) return sign | 0x7f80u;
+  if (a == 0.0) return sign;
+  constexpr int kMantissaBits = 7, kBias = 127, kMinExp = 1 - kBias;
+  int e2 = 0;
+  std::frexp(a, &e2);  // a = f * 2^e2, f in [0.5, 1)
+  const int exponent = std::max(e2 - 1, kMinExp);
+  // Quantum of the target format at this exponent; dividing by a power of two
+  // is exact, so nearbyint (round-to-nearest-even mode) rounds exactly once.
+  const double quantum = std::ldexp(1.0, exponent - kMantissaBits);
+  const double rounded = std::nearbyint(a / quantum) * quantum;
+  const double max_finite = std::ldexp(255.0 / 128.0, 127);  // (2 - 2^-7) * 2^127
+  if (rounded > max_finite) return sign | 0x7f80u;
+  // `rounded` is exactly representable as float, whose top 16 bits are the answer.
+  return sign | static_cast<std::uint16_t>(std::bit_cast<std::uint32_t>(static_cast<float>(rounded)) >> 16);
+}
+
+void load_as_f32(DType type, const std::byte* src, std::size_t n, float* dst) {
+  switch (type) {
+    case DType::F32: std::memcpy(dst, src, n * 4); return;
+    case DType::F64:
+      for (std::size_t i = 0; i < n; ++i) {
+        double v;
+        std::memcpy(&v, src + 8 * i, 8);
+        dst[i] = static_cast<float>(v);
+      }
+      return;
+    case DType::BF16:
+      for (std::size_t i = 0; i < n; ++i) {
+        std::uint16_t b;
+        std::memcpy(&b, src + 2 * i, 2);
+        dst[i] = bf16_to_f32(b);
+      }
+      return;
+    case DType::F16:
+      for (std::size_t i = 0; i < n; ++i) {
+        std::uint16_t b;
+        std::memcpy(&b, src + 2 * i, 2);
+        dst[i] = f16_to_f32(b);
+      }
+      return;
+    default: throw InputError(fmt::format("cannot read {} as floating point", dtype_name(type)));
+  }
+}
+
+void load_as_f64(DType type, const std::byte* src, std::size_t n, double* dst) {
+  if (type == DType::F64) {
+    std::memcpy(dst, src, n * 8);
+    return;
+  }
+  // Chunked through float: F32/F16/BF16 are exact in float, and float in double.
+  constexpr std::size_t kChunk = 4096;
+  float buf[kChunk];
+  for (std::size_t i = 0; i < n; i += kChunk) {
+    const std::size_t m = std::min(kChunk, n - i);
+    load_as_f32(type, src + i * dtype_size(type), m, buf);
+    for (std::size_t j = 0; j < m; ++j) dst[i + j] = buf[j];
+  }
+}
+
+void store_from_f32(DType type, const float* src, std::size_t n, std::byte* dst) {
+  switch (type) {
+    case DType::F32: std::memcpy(dst, src, n * 4); return;
+    case DType::F64:
+      for (std::size_t i = 0; i < n; ++i) {
+        const double v = src[i];
+        std::memcpy(dst + 8 * i, &v, 8);
+      }
+      return;
+    case DType::BF16:
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::uint16_t b = f32_to_bf16(src[i]);
+        std::memcpy(dst + 2 * i, &b, 2);
+      }
+      return;
+    case DType::F16:
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::uint16_t b = f32_to_f16(src[i]);
+        std::memcpy(dst + 2 * i, &b, 2);
+      }
+      return;
+    default: throw InputError(fmt::format("cannot write floating point as {}", dtype_name(type)));
+  }
+}
+
+void store_from_f64(DType type, const double* src, std::size_t n, std::byte* dst) {
+  switch (type) {
+    case DType::F64: std::memcpy(dst, src, n * 8); return;
+    case DType::F32:
+      for (std::size_t i = 0; i < n; ++i) {
+        const float v = static_cast<float>(src[i]);
+        std::memcpy(dst + 4 * i, &v, 4);
+      }
+      return;
+    case DType::BF16:
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::uint16_t b = f64_to_bf16(src[i]);
+        std::memcpy(dst + 2 * i, &b, 2);
+      }
+      return;
+    case DType::F16:
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::uint16_t b = f64_to_f16(src[i]);
+        std::memcpy(dst + 2 * i, &b, 2);
+      }
+      return;
+    default: throw InputError(fmt::format("cannot write floating point as {}", dtype_name(type)));
+  }
+}
+
+void cast_elements(DType from, DType to, const std::byte* src, std::size_t n, std::byte* dst) {
+  if (from == to) {
+    std::memcpy(dst, src, n * dtype_size(from));
+    return;
+  }
+  SOUPKIT_INPUT_ERROR_IF(!is_float_arith(from) || !is_float_arith(to), "cannot cast {} to {}",
+                         dtype_name(from), dtype_name(to));
+  constexpr std::size_t kChunk = 4096;
+  if (from == DType::F64) {  // straight from double: one rounding only
+    double buf[kChunk];
+    for (std::size_t i = 0; i < n; i += kChunk) {
+      const std::size_t m = std::min(kChunk, n - i);
+      std::memcpy(buf, src + i * 8, m * 8);
+      store_from_f64(to, buf, m, dst + i * dtype_size(to));
+    }
+    return;
+  }
+  float buf[kChunk];
+  for (std::size_t i = 0; i < n; i += kChunk) {
+    const std::size_t m = std::min(kChunk, n - i);
+    load_as_f32(from, src + i * dtype_size(from), m, buf);
+    store_from_f32(to, buf, m, dst + i * dtype_size(to));
+  }
+}
+
+}  // namespace soupkit

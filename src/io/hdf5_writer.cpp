@@ -1,0 +1,170 @@
+// Writes soupkit's HDF5 checkpoint layout with parallel HDF5: every rank
+// creates every dataset collectively (identical arguments, from the
+// OutputSpec), then each tensor's owner writes its data independently.
+#include "checkpoint_formats.hpp"
+#include "hdf5_layout.hpp"
+#include "partial_output.hpp"
+#include "soupkit/error.hpp"
+#include "soupkit/hdf5.hpp"
+
+#include <algorithm>
+
+namespace soupkit::detail {
+namespace {
+
+using namespace h5layout;
+
+// Chunks of about this many bytes: large enough for fast sequential I/O,
+// small enough that reading a slice of a large tensor stays cheap.
+constexpr std::uint64_t kChunkTargetBytes = 4ull << 20;
+// Upper bound on one H5Dwrite, below MPI-IO's 2 GiB per-call limit.
+constexpr std::uint64_t kMaxWriteBytes = 1ull << 30;
+
+class Hdf5Writer final : public CheckpointWriter {
+ public:
+  Hdf5Writer(const Communicator& comm, const fs::path& path, OutputSpec spec)
+      : CheckpointWriter(comm, path, std::move(spec)), partial_(path, false, spec_.overwrite) {
+    h5::silence_library_errors();
+    on_root(comm_, [&] { partial_.prepare(); });
+    collectively(comm_, [&] { create_layout(); });
+  }
+
+  ~Hdf5Writer() override {
+    if (!finished_ && comm_.is_root()) partial_.discard();
+  }
+
+  void write_rows(std::size_t index, std::uint64_t first_row, std::uint64_t rows,
+                  std::span<const std::byte> data) override {
+    const TensorInfo& t = spec_.tensors.at(index);
+    checked_row_range(path_, t, first_row, rows, data.size());
+    if (data.empty()) return;
+    const std::string what = fmt::format("{}: tensor '{}': write", path_.string(), t.name);
+    const hid_t dset = datasets_[index].get();
+    if (t.shape.empty()) {
+      h5::check(H5Dwrite(dset, types_[index].get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()), what);
+      return;
+    }
+    const std::uint64_t rb = row_bytes(t);
+    const std::uint64_t rows_per_write = std::max<std::uint64_t>(1, kMaxWriteBytes / rb);
+    h5::Handle file_space = h5::dataspace(H5Dget_space(dset), what);
+    for (std::uint64_t done = 0; done < rows; done += rows_per_write) {
+      std::vector<hsize_t> start(t.shape.size(), 0), count(t.shape.begin(), t.shape.end());
+      start[0] = first_row + done;
+      count[0] = std::min(rows_per_write, rows - done);
+      h5::check(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr), what);
+      h5::Handle mem_space = h5::dataspace(H5Screate_simple(static_cast<int>(count.size()), count.data(), nullptr), what);
+      h5::check(H5Dwrite(dset, types_[index].get(), mem_space.get(), file_space.get(), H5P_DEFAULT,
+                         data.data() + done * rb),
+                what);
+    }
+  }
+
+  void write_aux(std::size_t index, std::string_view contents) override {
+    if (contents.empty()) return;
+    h5::check(H5Dwrite(aux_datasets_.at(index).get(), H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, contents.data()),
+              fmt::format("{}: write file '{}'", path_.string(), spec_.aux_files[index].name));
+  }
+
+  void commit() override {
+    collectively(comm_, [&] { close_all(); });
+    on_root(comm_, [&] { partial_.commit(); });
+    finished_ = true;
+  }
+
+  void discard() override {
+    try {
+      close_all();
+    } catch (...) {
+    }
+    comm_.barrier();
+    if (comm_.is_root()) partial_.discard();
+    finished_ = true;
+  }
+
+ private:
+  static std::vector<hsize_t> chunk_dims(const TensorInfo& t) {
+    // Whole trailing dims, as many leading rows as fit the target; split
+    // further dims only when a single row is already too large.
+    std::vector<hsize_t> chunk(t.shape.begin(), t.shape.end());
+    std::uint64_t bytes = t.nbytes();
+    for (std::size_t d = 0; d < chunk.size() && bytes > kChunkTargetBytes; ++d) {
+      const std::uint64_t inner = bytes / chunk[d];
+      chunk[d] = std::max<std::uint64_t>(1, kChunkTargetBytes / std::max<std::uint64_t>(inner, 1));
+      bytes = inner * chunk[d];
+    }
+    return chunk;
+  }
+
+  void create_layout() {
+    const std::string name = path_.string();
+    h5::Handle fapl = h5::plist(H5Pcreate(H5P_FILE_ACCESS), name);
+    h5::check(H5Pset_fapl_mpio(fapl.get(), comm_.get(), MPI_INFO_NULL), name + ": use MPI-IO");
+    h5::check(H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, H5F_LIBVER_LATEST), name);
+    h5::check(H5Pset_all_coll_metadata_ops(fapl.get(), true), name);
+    h5::check(H5Pset_coll_metadata_write(fapl.get(), true), name);
+    file_ = h5::file(H5Fcreate(partial_.partial_path().c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()),
+                     fmt::format("{}: cannot create HDF5 file", partial_.partial_path().string()));
+    const hid_t f = file_.get();
+    h5::write_string_attribute(f, kFormatAttr, kFormatName);
+    h5::write_int_attribute(f, kFormatVersionAttr, kFormatVersion);
+    h5::write_string_attribute(f, kVersionAttr, SOUPKIT_VERSION);
+    h5::write_string_attribute(f, kMetadataAttr, nlohmann::json(spec_.metadata).dump());
+    h5::write_string_attribute(f, kProvenanceAttr, spec_.provenance.dump());
+
+    h5::Handle gcpl = h5::plist(H5Pcreate(H5P_GROUP_CREATE), name);
+    h5::check(H5Pset_link_creation_order(gcpl.get(), H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED), name);
+    tensors_group_ = h5::group(H5Gcreate2(f, kTensorsGroup, H5P_DEFAULT, gcpl.get(), H5P_DEFAULT), name + ": /tensors");
+    files_group_ = h5::group(H5Gcreate2(f, kFilesGroup, H5P_DEFAULT, gcpl.get(), H5P_DEFAULT), name + ": /files");
+
+    for (const auto& t : spec_.tensors) {
+      const std::string what = fmt::format("{}: tensor '{}': create dataset", name, t.name);
+      types_.push_back(h5::file_type(t.dtype));
+      const std::vector<hsize_t> dims(t.shape.begin(), t.shape.end());
+      h5::Handle space = t.shape.empty() ? h5::dataspace(H5Screate(H5S_SCALAR), what)
+                                         : h5::dataspace(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), what);
+      h5::Handle dcpl = h5::plist(H5Pcreate(H5P_DATASET_CREATE), what);
+      // Every byte is written by its owner: skip HDF5's fill pass.
+      h5::check(H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER), what);
+      if (!t.shape.empty() && t.numel() > 0) {
+        const auto chunk = chunk_dims(t);
+        h5::check(H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data()), what);
+      }
+      datasets_.push_back(h5::dataset(H5Dcreate2(tensors_group_.get(), h5::escape_link_name(t.name).c_str(),
+                                                 types_.back().get(), space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
+                                      what));
+      h5::write_string_attribute(datasets_.back().get(), kNameAttr, t.name);
+      h5::write_string_attribute(datasets_.back().get(), kDTypeAttr, dtype_name(t.dtype));
+    }
+    for (const auto& a : spec_.aux_files) {
+      const std::string what = fmt::format("{}: file '{}': create dataset", name, a.name);
+      const hsize_t n = a.size;
+      h5::Handle space = h5::dataspace(H5Screate_simple(1, &n, nullptr), what);
+      aux_datasets_.push_back(h5::dataset(H5Dcreate2(files_group_.get(), h5::escape_link_name(a.name).c_str(),
+                                                     H5T_STD_U8LE, space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+                                          what));
+      h5::write_string_attribute(aux_datasets_.back().get(), kNameAttr, a.name);
+    }
+  }
+
+  void close_all() {
+    for (auto& d : datasets_) d.close("close dataset");
+    for (auto& d : aux_datasets_) d.close("close dataset");
+    types_.clear();
+    tensors_group_.close("close group");
+    files_group_.close("close group");
+    file_.close(path_.string() + ": close");
+  }
+
+  PartialOutput partial_;
+  h5::Handle file_, tensors_group_, files_group_;
+  std::vector<h5::Handle> types_, datasets_, aux_datasets_;
+  bool finished_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<CheckpointWriter> create_hdf5_writer(const Communicator& comm, const fs::path& path, OutputSpec spec) {
+  return std::make_unique<Hdf5Writer>(comm, path, std::move(spec));
+}
+
+}  // namespace soupkit::detail

@@ -1,0 +1,31 @@
+#pragma once
+// The output's path life cycle, run on the root rank: data is written under
+// "<final>.partial" and renamed to the final path only when complete.
+#include "soupkit/file.hpp"
+
+namespace soupkit {
+
+class PartialOutput {
+ public:
+  PartialOutput(fs::path final_path, bool is_directory, bool overwrite);
+  const fs::path& final_path() const { return final_; }
+  const fs::path& partial_path() const { return partial_; }
+  // Checks the final path may be written, clears a stale partial output and
+  // creates the parent directory (and the partial directory for directory outputs).
+  void prepare() const;
+  // Atomically moves the partial output into place (replacing an old output
+  // only when overwrite was asked for).
+  void commit() const;
+  void discard() const noexcept;
+
+ private:
+  fs::path final_;
+  fs::path partial_;
+  bool is_directory_;
+  bool overwrite_;
+};
+
+// fsyncs a directory so a rename inside it is durable.
+void sync_directory(const fs::path& dir);
+
+}  // namespace soupkit
