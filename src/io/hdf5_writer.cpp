@@ -76,8 +76,9 @@ class Hdf5Writer final : public CheckpointWriter {
       close_all();
     } catch (...) {
     }
-    comm_.barrier();
+    comm_.barrier();  // every rank has stopped writing
     if (comm_.is_root()) partial_.discard();
+    comm_.barrier();  // nobody returns before the partial output is gone
     finished_ = true;
   }
 

@@ -107,8 +107,9 @@ class SafetensorsWriter final : public CheckpointWriter {
 
   void discard() override {
     for (auto& f : files_) f.reset();
-    comm_.barrier();
+    comm_.barrier();  // every rank has stopped writing
     if (comm_.is_root()) partial_.discard();
+    comm_.barrier();  // nobody returns before the partial output is gone
     finished_ = true;
   }
 

@@ -1,0 +1,108 @@
+// Rounding of the dtype conversions, checked against the definition of
+// round-to-nearest-even (nearest neighbour, ties to the even pattern).
+#include "soupkit/cast.hpp"
+#include "soupkit/error.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+namespace soupkit {
+namespace {
+
+// The two bf16 values around x (as doubles): truncation and the next one up.
+void expect_nearest_even_bf16(double x, std::uint16_t got) {
+  const double value = bf16_to_f32(got);
+  const std::uint16_t sign = std::signbit(x) ? 0x8000 : 0;
+  // Neighbours of the result in the same sign's direction.
+  const std::uint16_t mag = got & 0x7fff;
+  for (int delta : {-1, 1}) {
+    if ((mag == 0 && delta < 0) || mag + delta >= 0x7f80) continue;
+    const double other = bf16_to_f32(static_cast<std::uint16_t>(sign | (mag + delta)));
+    const double d_got = std::fabs(x - value), d_other = std::fabs(x - other);
+    ASSERT_LE(d_got, d_other) << "x=" << x << " got " << value << " but " << other << " is nearer";
+    if (d_got == d_other) {
+      ASSERT_EQ(got & 1, 0) << "tie must go to even for x=" << x;
+    }
+  }
+}
+
+TEST(Cast, Bf16RoundTripsEveryFinitePattern) {
+  for (std::uint32_t b = 0; b < 0x10000; ++b) {
+    const auto bits = static_cast<std::uint16_t>(b);
+    const float f = bf16_to_f32(bits);
+    if (std::isnan(f)) {
+      EXPECT_TRUE(std::isnan(bf16_to_f32(f32_to_bf16(f))));
+      continue;
+    }
+    ASSERT_EQ(f32_to_bf16(f), bits);
+    ASSERT_EQ(f64_to_bf16(static_cast<double>(f)), bits);
+  }
+}
+
+TEST(Cast, FloatToBf16IsNearestEven) {
+  std::mt19937_64 rng(7);
+  std::uniform_int_distribution<std::uint32_t> bits;
+  for (int i = 0; i < 200000; ++i) {
+    const float x = std::bit_cast<float>(bits(rng));
+    if (!std::isfinite(x) || std::fabs(x) > 3.3e38f) continue;
+    expect_nearest_even_bf16(x, f32_to_bf16(x));
+  }
+  // Exact ties: 1 + 2^-8 lies halfway between 1 and 1 + 2^-7.
+  EXPECT_EQ(f32_to_bf16(1.0f + 0x1p-8f), 0x3f80);           // to even (1.0)
+  EXPECT_EQ(f32_to_bf16(1.0f + 3 * 0x1p-8f), 0x3f82);       // to even (1 + 2^-6)
+}
+
+TEST(Cast, DoubleToBf16RoundsOnce) {
+  // Through float, 1 + 2^-8 + 2^-30 becomes the tie 1 + 2^-8 and then 1.0;
+  // rounded directly it is above the midpoint and must go up.
+  EXPECT_EQ(f64_to_bf16(1.0 + 0x1p-8 + 0x1p-30), 0x3f81);
+  EXPECT_EQ(f32_to_bf16(static_cast<float>(1.0 + 0x1p-8 + 0x1p-30)), 0x3f80);
+  std::mt19937_64 rng(11);
+  std::normal_distribution<double> normal;
+  for (int i = 0; i < 100000; ++i) {
+    const double x = normal(rng) * std::ldexp(1.0, static_cast<int>(rng() % 200) - 100);
+    expect_nearest_even_bf16(x, f64_to_bf16(x));
+  }
+  EXPECT_EQ(f64_to_bf16(1e300), 0x7f80);
+  EXPECT_EQ(f64_to_bf16(-1e300), 0xff80);
+  EXPECT_EQ(f64_to_bf16(1e-300), 0x0000);
+  EXPECT_TRUE(std::isnan(bf16_to_f32(f64_to_bf16(std::nan("")))));
+  // Subnormal bf16: 2^-133 is the smallest.
+  EXPECT_EQ(f64_to_bf16(0x1p-133), 0x0001);
+  EXPECT_EQ(f64_to_bf16(0x1p-134), 0x0000);  // tie between 0 and 2^-133 -> even (0)
+  EXPECT_EQ(f64_to_bf16(0x1.8p-134), 0x0001);
+}
+
+TEST(Cast, HalfConversionsAreNearestEven) {
+  EXPECT_EQ(f32_to_f16(1.0f), 0x3c00);
+  EXPECT_EQ(f32_to_f16(65504.0f), 0x7bff);
+  EXPECT_EQ(f32_to_f16(65520.0f), 0x7c00);          // halfway to the next binade: overflows to inf
+  EXPECT_EQ(f32_to_f16(1.0f + 0x1p-11f), 0x3c00);   // tie to even
+  EXPECT_EQ(f32_to_f16(1.0f + 3 * 0x1p-11f), 0x3c02);
+  EXPECT_EQ(f64_to_f16(1.0 + 0x1p-11 + 0x1p-40), 0x3c01);  // no double rounding from double
+  for (std::uint32_t b = 0; b < 0x10000; ++b) {
+    const auto bits = static_cast<std::uint16_t>(b);
+    const float f = f16_to_f32(bits);
+    if (!std::isnan(f)) {
+      ASSERT_EQ(f32_to_f16(f), bits);
+    }
+  }
+}
+
+TEST(Cast, CastElementsConvertsBuffersAndRejectsIntegers) {
+  const float in[3] = {1.0f, -2.5f, 0.1f};
+  std::byte bf[6], back[12];
+  cast_elements(DType::F32, DType::BF16, reinterpret_cast<const std::byte*>(in), 3, bf);
+  cast_elements(DType::BF16, DType::F32, bf, 3, back);
+  float out[3];
+  std::memcpy(out, back, 12);
+  EXPECT_EQ(out[0], 1.0f);
+  EXPECT_EQ(out[1], -2.5f);
+  EXPECT_NEAR(out[2], 0.1f, 0.001f);
+  EXPECT_THROW(cast_elements(DType::I32, DType::F32, bf, 1, back), InputError);
+}
+
+}  // namespace
+}  // namespace soupkit
