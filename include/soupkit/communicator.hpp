@@ -6,6 +6,7 @@
 
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace soupkit {
 
@@ -29,6 +30,8 @@ class Communicator {
   void barrier() const;
   // Returns root's string on every rank.
   std::string broadcast(std::string text, int root = 0) const;
+  // Every rank's string, in rank order, on root (empty elsewhere).
+  std::vector<std::string> gather(const std::string& text, int root = 0) const;
   bool any(bool flag) const;
   double max(double value) const;
   double sum(double value) const;

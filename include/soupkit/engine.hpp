@@ -31,12 +31,17 @@ class Method {
   virtual MethodPlan plan() = 0;
   // Every rank, with the coordinator's plan: open inputs for reading.
   virtual void prepare(const MethodPlan& plan) = 0;
-  // Owner rank: compute output tensor `index` into `out` (exactly its bytes).
-  virtual void compute(std::size_t index, std::span<std::byte> out) = 0;
+  // Owner rank: compute output tensor `index` into `out` (exactly its
+  // bytes). Returns what the method wants to report about it (or null).
+  virtual nlohmann::json compute(std::size_t index, std::span<std::byte> out) = 0;
   // Coordinator: contents of aux file `index` of the output spec.
   virtual std::string aux_contents(std::size_t index) = 0;
-  // Coordinator, after success: a one-line summary for the operator.
-  virtual std::string summary() const { return {}; }
+  // Coordinator, after the output is committed: every tensor's record (in
+  // output order), to report and summarise.
+  virtual void finish(const std::vector<nlohmann::json>& records, double seconds) {
+    (void)records;
+    (void)seconds;
+  }
 };
 
 // Assigns tasks to ranks, largest cost first onto the least-loaded rank

@@ -57,6 +57,28 @@ std::string Communicator::broadcast(std::string text, int root) const {
   return text;
 }
 
+std::vector<std::string> Communicator::gather(const std::string& text, int root) const {
+  SOUPKIT_ERROR_IF(text.size() > INT_MAX, "gather: {} bytes is too large for one message", text.size());
+  int length = static_cast<int>(text.size());
+  std::vector<int> lengths(rank_ == root ? size_ : 0), displs(rank_ == root ? size_ : 0);
+  MPI_Gather(&length, 1, MPI_INT, lengths.data(), 1, MPI_INT, root, comm_);
+  std::string all;
+  if (rank_ == root) {
+    long long total = 0;
+    for (int r = 0; r < size_; ++r) {
+      displs[r] = static_cast<int>(total);
+      total += lengths[r];
+    }
+    SOUPKIT_ERROR_IF(total > INT_MAX, "gather: {} bytes in total is too large", total);
+    all.resize(static_cast<std::size_t>(total));
+  }
+  MPI_Gatherv(text.data(), length, MPI_CHAR, all.data(), lengths.data(), displs.data(), MPI_CHAR, root, comm_);
+  std::vector<std::string> parts;
+  if (rank_ == root)
+    for (int r = 0; r < size_; ++r) parts.push_back(all.substr(displs[r], lengths[r]));
+  return parts;
+}
+
 bool Communicator::any(bool flag) const {
   int local = flag ? 1 : 0, global = 0;
   MPI_Allreduce(&local, &global, 1, MPI_INT, MPI_LOR, comm_);

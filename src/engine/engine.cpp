@@ -1,5 +1,6 @@
 #include "soupkit/engine.hpp"
 
+#include "progress.hpp"
 #include "soupkit/error.hpp"
 #include "soupkit/log.hpp"
 
@@ -17,6 +18,71 @@ nlohmann::json plan_to_json(const MethodPlan& plan) {
 MethodPlan plan_from_json(const nlohmann::json& j) {
   return {OutputSpec::from_json(j.at("output")), j.at("costs").get<std::vector<double>>(), j.at("state")};
 }
+
+// Workers tell the coordinator about each finished tensor (for progress) and
+// then that they are done, with or without an error, so the coordinator
+// never waits for a message that will not come.
+constexpr int kProgressTag = 7001;
+constexpr long long kRankFinished = -1;
+
+class ProgressChannel {
+ public:
+  ProgressChannel(const Communicator& comm, const std::vector<TensorInfo>& tensors, Progress* progress)
+      : comm_(comm), tensors_(tensors), progress_(progress) {}
+
+  // Any rank: tensor `index` is done.
+  void tensor_done(std::size_t index) {
+    if (comm_.is_root()) {
+      progress_->advance(tensors_[index].nbytes(), tensors_[index].name);
+      poll();
+    } else {
+      send(static_cast<long long>(index));
+    }
+  }
+
+  // Any rank, once: no more tensors from this rank. On the coordinator,
+  // waits for every other rank to say the same.
+  void rank_finished() {
+    if (!comm_.is_root()) {
+      send(kRankFinished);
+      MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE);
+      return;
+    }
+    while (finished_ranks_ < comm_.size() - 1) receive_one(true);
+    progress_->finish();
+  }
+
+ private:
+  void send(long long value) {
+    messages_.push_back(std::make_unique<long long>(value));
+    requests_.emplace_back();
+    MPI_Isend(messages_.back().get(), 1, MPI_LONG_LONG, 0, kProgressTag, comm_.get(), &requests_.back());
+  }
+  void poll() {
+    while (receive_one(false)) {
+    }
+  }
+  bool receive_one(bool block) {
+    int flag = 1;
+    MPI_Status status;
+    if (!block) MPI_Iprobe(MPI_ANY_SOURCE, kProgressTag, comm_.get(), &flag, &status);
+    if (!flag) return false;
+    long long value = 0;
+    MPI_Recv(&value, 1, MPI_LONG_LONG, MPI_ANY_SOURCE, kProgressTag, comm_.get(), MPI_STATUS_IGNORE);
+    if (value == kRankFinished)
+      ++finished_ranks_;
+    else
+      progress_->advance(tensors_[static_cast<std::size_t>(value)].nbytes(), tensors_[static_cast<std::size_t>(value)].name);
+    return true;
+  }
+
+  const Communicator& comm_;
+  const std::vector<TensorInfo>& tensors_;
+  Progress* progress_;
+  std::vector<std::unique_ptr<long long>> messages_;
+  std::vector<MPI_Request> requests_;
+  int finished_ranks_ = 0;
+};
 
 }  // namespace
 
@@ -59,22 +125,25 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
   for (std::size_t i = 0; i < tensors.size(); ++i)
     if (owner[i] == comm.rank()) mine.push_back(i);
   std::stable_sort(mine.begin(), mine.end(), [&](std::size_t a, std::size_t b) { return plan.costs[a] > plan.costs[b]; });
+  Progress progress(method.name(), tensors.size(), total_bytes);
+  ProgressChannel channel(comm, tensors, &progress);
   std::string error;
-  std::vector<std::byte> buffer;
-  std::size_t done = 0;
-  for (auto i : mine) {
-    try {
-      buffer.resize(tensors[i].nbytes());
-      method.compute(i, buffer);
-      writer->write(i, buffer);
-      ++done;
-      log::debug("[rank {}] {} done ({}/{})", comm.rank(), tensors[i].name, done, mine.size());
-    } catch (const std::exception& e) {
-      error = fmt::format("rank {}: tensor '{}': {}", comm.rank(), tensors[i].name, e.what());
-      break;
+  nlohmann::json records = nlohmann::json::array();
+  {
+    std::vector<std::byte> buffer;
+    for (auto i : mine) {
+      try {
+        buffer.resize(tensors[i].nbytes());
+        nlohmann::json record = method.compute(i, buffer);
+        writer->write(i, buffer);
+        records.push_back({i, std::move(record)});
+        channel.tensor_done(i);
+      } catch (const std::exception& e) {
+        error = fmt::format("rank {}: tensor '{}': {}", comm.rank(), tensors[i].name, e.what());
+        break;
+      }
     }
   }
-  buffer = {};
   if (error.empty() && comm.is_root()) {
     try {
       for (std::size_t a = 0; a < plan.output.aux_files.size(); ++a) writer->write_aux(a, method.aux_contents(a));
@@ -82,6 +151,7 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
       error = e.what();
     }
   }
+  channel.rank_finished();
 
   // 4. Commit only if every rank succeeded.
   try {
@@ -91,6 +161,7 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
     throw;
   }
   writer->commit();
+  const auto parts = comm.gather(records.dump());
 
   RunResult result;
   result.tensors = tensors.size();
@@ -98,7 +169,12 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   log::info("wrote {} ({} tensors, {}) in {:.2f} s", out.string(), result.tensors, human_bytes(total_bytes),
             result.seconds);
-  if (const auto s = method.summary(); !s.empty()) log::info("{}", s);
+  on_root(comm, [&] {
+    std::vector<nlohmann::json> by_tensor(tensors.size());
+    for (const auto& part : parts)
+      for (const auto& entry : nlohmann::json::parse(part)) by_tensor.at(entry[0].get<std::size_t>()) = entry[1];
+    method.finish(by_tensor, result.seconds);
+  });
   return result;
 }
 

@@ -36,17 +36,18 @@ void ConvertMethod::prepare(const MethodPlan& plan) {
   spec_ = plan.output;
 }
 
-void ConvertMethod::compute(std::size_t index, std::span<std::byte> out) {
+nlohmann::json ConvertMethod::compute(std::size_t index, std::span<std::byte> out) {
   const TensorInfo& want = spec_.tensors.at(index);
   const TensorInfo* have = reader_->find(want.name);
   SOUPKIT_ERROR_IF(!have, "{}: tensor '{}' disappeared since planning", options_.input.string(), want.name);
   if (have->dtype == want.dtype) {
     reader_->read(*have, out);
-    return;
+    return nullptr;
   }
   scratch_.resize(have->nbytes());
   reader_->read(*have, scratch_);
   cast_elements(have->dtype, want.dtype, scratch_.data(), have->numel(), out.data());
+  return nullptr;
 }
 
 std::string ConvertMethod::aux_contents(std::size_t index) {

@@ -68,7 +68,7 @@ MethodPlan ExampleMethod::plan() {
   return plan;
 }
 
-void ExampleMethod::compute(std::size_t index, std::span<std::byte> out) {
+nlohmann::json ExampleMethod::compute(std::size_t index, std::span<std::byte> out) {
   const TensorInfo& t = spec_.tensors.at(index);
   const std::size_t n = t.numel();
   if (t.dtype == DType::I64) {
@@ -76,11 +76,11 @@ void ExampleMethod::compute(std::size_t index, std::span<std::byte> out) {
       const std::int64_t v = static_cast<std::int64_t>(i);
       std::memcpy(out.data() + 8 * i, &v, 8);
     }
-    return;
+    return nullptr;
   }
   if (t.dtype == DType::BOOL) {  // causal mask
     for (std::size_t i = 0; i < n; ++i) out[i] = std::byte((i % kContext) <= (i / kContext % kContext) ? 1 : 0);
-    return;
+    return nullptr;
   }
   std::vector<double> v(n);
   Rng rng{name_seed(options_.seed, t.name)};
@@ -108,6 +108,7 @@ void ExampleMethod::compute(std::size_t index, std::span<std::byte> out) {
     }
   }
   store_from_f64(t.dtype, v.data(), n, out.data());
+  return nullptr;
 }
 
 std::string ExampleMethod::aux_contents(std::size_t) {

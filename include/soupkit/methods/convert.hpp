@@ -21,7 +21,7 @@ class ConvertMethod final : public Method {
   std::string name() const override { return "convert"; }
   MethodPlan plan() override;
   void prepare(const MethodPlan& plan) override;
-  void compute(std::size_t index, std::span<std::byte> out) override;
+  nlohmann::json compute(std::size_t index, std::span<std::byte> out) override;
   std::string aux_contents(std::size_t index) override;
 
  private:

@@ -21,7 +21,7 @@ class ExampleMethod final : public Method {
   std::string name() const override { return options_.finetuned ? "example (finetuned)" : "example (base)"; }
   MethodPlan plan() override;
   void prepare(const MethodPlan& plan) override { spec_ = plan.output; }
-  void compute(std::size_t index, std::span<std::byte> out) override;
+  nlohmann::json compute(std::size_t index, std::span<std::byte> out) override;
   std::string aux_contents(std::size_t index) override;
 
  private:
