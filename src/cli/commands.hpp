@@ -13,5 +13,6 @@ using Args = std::vector<std::string>;
 int cmd_convert(const Communicator& comm, const Args& args);
 int cmd_inspect(const Communicator& comm, const Args& args);
 int cmd_example(const Communicator& comm, const Args& args);
+int cmd_monosoup(const Communicator& comm, const Args& args);
 
 }  // namespace soupkit::cli

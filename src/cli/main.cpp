@@ -16,6 +16,8 @@ namespace {
 constexpr const char* kUsage = R"(usage: soupkit <command> [options]
 
 commands:
+  monosoup --base W0 --finetuned W1 --out OUT
+                      MonoSoup: reweight a fine-tuned model's update by its singular spectrum
   convert IN OUT      convert a checkpoint between safetensors, model directories and HDF5
   inspect PATH        list a checkpoint's tensors
   example DIR         write the built-in example model pair (DIR/base, DIR/finetuned)
@@ -31,6 +33,7 @@ int dispatch(const soupkit::Communicator& comm, int argc, char** argv) {
       {"convert", soupkit::cli::cmd_convert},
       {"inspect", soupkit::cli::cmd_inspect},
       {"example", soupkit::cli::cmd_example},
+      {"monosoup", soupkit::cli::cmd_monosoup},
   };
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
     if (comm.is_root()) std::fputs(kUsage, argc < 2 ? stderr : stdout);
@@ -42,7 +45,7 @@ int dispatch(const soupkit::Communicator& comm, int argc, char** argv) {
   }
   const auto it = commands.find(argv[1]);
   if (it == commands.end())
-    throw soupkit::InputError(fmt::format("unknown command '{}' (commands: convert, inspect, example)", argv[1]));
+    throw soupkit::InputError(fmt::format("unknown command '{}' (commands: monosoup, convert, inspect, example)", argv[1]));
   return it->second(comm, soupkit::cli::Args(argv + 2, argv + argc));
 }
 

@@ -1,0 +1,46 @@
+#pragma once
+// `soupkit monosoup`: MonoSoup ("Model soups need only one ingredient", 2026).
+// For each weight matrix, the fine-tuning update dW = W1 - W0 is split by
+// SVD into its top-k (high-energy) part and the rest, which are reweighted
+// with coefficients taken from the singular spectrum:
+//   W = W0 + lambda_high dW_high + lambda_low dW_low.
+// See docs/monosoup.md for the exact rules.
+#include "soupkit/engine.hpp"
+#include "soupkit/methods/monosoup_coefficients.hpp"
+
+#include <optional>
+
+namespace soupkit {
+
+struct MonosoupOptions {
+  fs::path base;
+  fs::path finetuned;
+  fs::path output;
+  MonosoupMode mode = MonosoupMode::EffectiveRank;
+  double variance_threshold = 0.8;
+  double min_rel_update = 1e-6;
+  std::optional<fs::path> report;
+  bool strict = false;
+  std::optional<DType> out_dtype;  // floating-point outputs in this dtype instead of W1's
+  std::uint64_t shard_size = 5'000'000'000ull;
+  bool overwrite = false;
+};
+
+class MonosoupMethod final : public Method {
+ public:
+  explicit MonosoupMethod(MonosoupOptions options) : options_(std::move(options)) {}
+  std::string name() const override { return "monosoup"; }
+  MethodPlan plan() override;
+  void prepare(const MethodPlan& plan) override;
+  nlohmann::json compute(std::size_t index, std::span<std::byte> out) override;
+  std::string aux_contents(std::size_t index) override;
+  void finish(const std::vector<nlohmann::json>& records, double seconds) override;
+
+ private:
+  MonosoupOptions options_;
+  std::unique_ptr<CheckpointReader> base_, finetuned_;
+  OutputSpec spec_;
+  std::vector<std::string> kept_reason_;  // per output tensor; empty = a MonoSoup candidate
+};
+
+}  // namespace soupkit

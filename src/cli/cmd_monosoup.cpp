@@ -1,0 +1,53 @@
+#include "commands.hpp"
+#include "options.hpp"
+#include "soupkit/methods/monosoup.hpp"
+
+namespace soupkit::cli {
+
+int cmd_monosoup(const Communicator& comm, const Args& args) {
+  po::options_description desc("monosoup options");
+  desc.add_options()("base", po::value<std::string>()->required(), "pretrained checkpoint W0")(
+      "finetuned", po::value<std::string>()->required(), "fine-tuned checkpoint W1")(
+      "out", po::value<std::string>()->required(), "output: .safetensors, .h5, or a directory")(
+      "mode", po::value<std::string>()->default_value("effective-rank"), "effective-rank or variance")(
+      "variance-threshold", po::value<double>()->default_value(0.8), "energy fraction R for --mode variance")(
+      "min-rel-update", po::value<double>()->default_value(1e-6), "keep W1 where ||W1-W0||/||W0|| is below this")(
+      "report", po::value<std::string>(), "write a JSON report of every tensor here")(
+      "strict", "missing tensors and shape/dtype mismatches are errors, not warnings")(
+      "out-dtype", po::value<std::string>(), "write floating-point tensors as F64, F32, F16 or BF16 (default: as W1)")(
+      "shard-size", po::value<std::string>()->default_value("5GB"), "largest shard of a directory output")(
+      "overwrite", "replace an existing output");
+  add_common_options(desc);
+  const auto vm = parse("monosoup", args, desc, {}, comm.rank(),
+                        "soupkit monosoup --base W0 --finetuned W1 --out OUT [--mode effective-rank|variance] "
+                        "[--variance-threshold R] [--min-rel-update T] [--report report.json] [--strict]");
+  if (!vm) return 0;
+  MonosoupOptions options;
+  options.base = (*vm)["base"].as<std::string>();
+  options.finetuned = (*vm)["finetuned"].as<std::string>();
+  options.output = (*vm)["out"].as<std::string>();
+  const auto mode = (*vm)["mode"].as<std::string>();
+  SOUPKIT_INPUT_ERROR_IF(mode != "effective-rank" && mode != "variance",
+                         "--mode: '{}' is not effective-rank or variance", mode);
+  options.mode = mode == "variance" ? MonosoupMode::Variance : MonosoupMode::EffectiveRank;
+  options.variance_threshold = (*vm)["variance-threshold"].as<double>();
+  SOUPKIT_INPUT_ERROR_IF(!(options.variance_threshold > 0 && options.variance_threshold <= 1),
+                         "--variance-threshold: {} is not in (0, 1]", options.variance_threshold);
+  options.min_rel_update = (*vm)["min-rel-update"].as<double>();
+  SOUPKIT_INPUT_ERROR_IF(!(options.min_rel_update >= 0), "--min-rel-update: {} is negative", options.min_rel_update);
+  if (vm->count("report")) options.report = (*vm)["report"].as<std::string>();
+  options.strict = vm->count("strict") > 0;
+  if (vm->count("out-dtype")) {
+    const auto text = (*vm)["out-dtype"].as<std::string>();
+    const auto dtype = parse_dtype(text);
+    SOUPKIT_INPUT_ERROR_IF(!dtype || !is_float_arith(*dtype), "--out-dtype: '{}' is not one of F64, F32, F16, BF16", text);
+    options.out_dtype = dtype;
+  }
+  options.shard_size = size_option(*vm, "shard-size");
+  options.overwrite = vm->count("overwrite") > 0;
+  MonosoupMethod method(options);
+  run_method(comm, method, options.output);
+  return 0;
+}
+
+}  // namespace soupkit::cli
