@@ -28,6 +28,8 @@ class Communicator {
   bool is_root() const { return rank_ == 0; }
 
   void barrier() const;
+  // Collective: a new owning communicator of the ranks passing the same color.
+  Communicator split(int color, int key) const;
   // Returns root's string on every rank.
   std::string broadcast(std::string text, int root = 0) const;
   // Every rank's string, in rank order, on root (empty elsewhere).

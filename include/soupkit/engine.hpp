@@ -20,6 +20,9 @@ namespace soupkit {
 struct MethodPlan {
   OutputSpec output;
   std::vector<double> costs;                     // estimated cost per output tensor (seconds-ish units)
+  // Tensors computed by a group of ranks together (a ScaLAPACK grid) rather
+  // than by one rank; empty means none.
+  std::vector<bool> grid;
   nlohmann::json state = nlohmann::json::object();  // method-specific data every rank needs
 };
 
@@ -34,6 +37,11 @@ class Method {
   // Owner rank: compute output tensor `index` into `out` (exactly its
   // bytes). Returns what the method wants to report about it (or null).
   virtual nlohmann::json compute(std::size_t index, std::span<std::byte> out) = 0;
+  // All ranks of `group`, together, for a tensor the plan marks as a grid
+  // task: compute it and write it through `writer` (each rank its own rows).
+  // Must fail on all ranks of the group alike (agree before throwing).
+  // The group's rank 0 returns the record.
+  virtual nlohmann::json compute_grid(std::size_t index, const Communicator& group, CheckpointWriter& writer);
   // Coordinator: contents of aux file `index` of the output spec.
   virtual std::string aux_contents(std::size_t index) = 0;
   // Coordinator, after the output is committed: every tensor's record (in

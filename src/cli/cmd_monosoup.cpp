@@ -16,7 +16,9 @@ int cmd_monosoup(const Communicator& comm, const Args& args) {
       "strict", "missing tensors and shape/dtype mismatches are errors, not warnings")(
       "out-dtype", po::value<std::string>(), "write floating-point tensors as F64, F32, F16 or BF16 (default: as W1)")(
       "shard-size", po::value<std::string>()->default_value("5GB"), "largest shard of a directory output")(
-      "overwrite", "replace an existing output");
+      "overwrite", "replace an existing output")(
+      "scalapack-min-dim", po::value<std::int64_t>()->default_value(0),
+      "matrices whose smaller side is at least this use ScaLAPACK on a grid of all ranks (0: automatic)");
   add_common_options(desc);
   const auto vm = parse("monosoup", args, desc, {}, comm.rank(),
                         "soupkit monosoup --base W0 --finetuned W1 --out OUT [--mode effective-rank|variance] "
@@ -45,6 +47,9 @@ int cmd_monosoup(const Communicator& comm, const Args& args) {
   }
   options.shard_size = size_option(*vm, "shard-size");
   options.overwrite = vm->count("overwrite") > 0;
+  options.scalapack_min_dim = (*vm)["scalapack-min-dim"].as<std::int64_t>();
+  SOUPKIT_INPUT_ERROR_IF(options.scalapack_min_dim < 0, "--scalapack-min-dim: {} is negative", options.scalapack_min_dim);
+  options.ranks = comm.size();
   MonosoupMethod method(options);
   run_method(comm, method, options.output);
   return 0;

@@ -44,6 +44,12 @@ Communicator::~Communicator() {
 
 void Communicator::barrier() const { MPI_Barrier(comm_); }
 
+Communicator Communicator::split(int color, int key) const {
+  MPI_Comm sub = MPI_COMM_NULL;
+  MPI_Comm_split(comm_, color, key, &sub);
+  return adopt(sub);
+}
+
 std::string Communicator::broadcast(std::string text, int root) const {
   unsigned long long length = text.size();
   MPI_Bcast(&length, 1, MPI_UNSIGNED_LONG_LONG, root, comm_);

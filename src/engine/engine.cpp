@@ -12,11 +12,17 @@ namespace soupkit {
 namespace {
 
 nlohmann::json plan_to_json(const MethodPlan& plan) {
-  return {{"output", plan.output.to_json()}, {"costs", plan.costs}, {"state", plan.state}};
+  return {{"output", plan.output.to_json()}, {"costs", plan.costs}, {"grid", plan.grid}, {"state", plan.state}};
 }
 
 MethodPlan plan_from_json(const nlohmann::json& j) {
-  return {OutputSpec::from_json(j.at("output")), j.at("costs").get<std::vector<double>>(), j.at("state")};
+  MethodPlan plan;
+  plan.output = OutputSpec::from_json(j.at("output"));
+  plan.costs = j.at("costs").get<std::vector<double>>();
+  plan.grid = j.at("grid").get<std::vector<bool>>();
+  plan.state = j.at("state");
+  if (plan.grid.empty()) plan.grid.assign(plan.costs.size(), false);
+  return plan;
 }
 
 // Workers tell the coordinator about each finished tensor (for progress) and
@@ -86,6 +92,10 @@ class ProgressChannel {
 
 }  // namespace
 
+nlohmann::json Method::compute_grid(std::size_t index, const Communicator&, CheckpointWriter&) {
+  throw Error(fmt::format("internal: {} has no distributed computation for tensor {}", name(), index));
+}
+
 std::vector<int> assign_owners(const std::vector<double>& costs, int ranks) {
   std::vector<std::size_t> order(costs.size());
   std::iota(order.begin(), order.end(), 0);
@@ -108,13 +118,22 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
   on_root(comm, [&] { plan_text = plan_to_json(method.plan()).dump(); });
   const MethodPlan plan = plan_from_json(nlohmann::json::parse(comm.broadcast(plan_text)));
   const auto& tensors = plan.output.tensors;
-  SOUPKIT_ERROR_IF(plan.costs.size() != tensors.size(), "internal: plan has {} costs for {} tensors", plan.costs.size(),
+  SOUPKIT_ERROR_IF(plan.costs.size() != tensors.size() || plan.grid.size() != tensors.size(),
+                   "internal: plan has {} costs and {} grid flags for {} tensors", plan.costs.size(), plan.grid.size(),
                    tensors.size());
   collectively(comm, [&] { method.prepare(plan); });
 
   // 2. Every rank creates the output together.
   auto writer = create_checkpoint_writer(comm, out, plan.output);
-  const std::vector<int> owner = assign_owners(plan.costs, comm.size());
+  // Grid tasks load every rank alike; the rest are balanced over ranks.
+  std::vector<double> single_costs = plan.costs;
+  std::vector<std::size_t> grid_tasks;
+  for (std::size_t i = 0; i < tensors.size(); ++i)
+    if (plan.grid[i]) {
+      grid_tasks.push_back(i);
+      single_costs[i] = 0;
+    }
+  const std::vector<int> owner = assign_owners(single_costs, comm.size());
   std::uint64_t total_bytes = 0;
   for (const auto& t : tensors) total_bytes += t.nbytes();
   log::info("{}: {} tensors, {} -> {} on {} rank{}", method.name(), tensors.size(), human_bytes(total_bytes),
@@ -123,13 +142,29 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
   // 3. Each rank computes and writes the tensors it owns, largest first.
   std::vector<std::size_t> mine;
   for (std::size_t i = 0; i < tensors.size(); ++i)
-    if (owner[i] == comm.rank()) mine.push_back(i);
+    if (!plan.grid[i] && owner[i] == comm.rank()) mine.push_back(i);
   std::stable_sort(mine.begin(), mine.end(), [&](std::size_t a, std::size_t b) { return plan.costs[a] > plan.costs[b]; });
   Progress progress(method.name(), tensors.size(), total_bytes);
   ProgressChannel channel(comm, tensors, &progress);
   std::string error;
   nlohmann::json records = nlohmann::json::array();
-  {
+  if (!grid_tasks.empty()) {
+    // 3a. The largest matrices: all ranks together on a process grid.
+    const Communicator group = comm.split(0, comm.rank());
+    for (auto i : grid_tasks) {
+      try {
+        nlohmann::json record = method.compute_grid(i, group, *writer);
+        if (group.is_root()) {
+          records.push_back({i, std::move(record)});
+          channel.tensor_done(i);
+        }
+      } catch (const std::exception& e) {
+        error = fmt::format("tensor '{}' (on a {}-rank grid): {}", tensors[i].name, group.size(), e.what());
+        break;
+      }
+    }
+  }
+  if (error.empty()) {
     std::vector<std::byte> buffer;
     for (auto i : mine) {
       try {

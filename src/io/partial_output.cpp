@@ -31,7 +31,11 @@ void PartialOutput::prepare() const {
     if (ec) throw SystemError(fmt::format("{}: cannot create output: {}", partial_.string(), ec.message()));
   } else {
     // Probe that the directory is writable now, before any heavy work.
-    File::open_write(partial_, true);
+    try {
+      File::open_write(partial_, true);
+    } catch (const SystemError& e) {
+      throw SystemError(fmt::format("{}: cannot write the output: {}", final_.string(), e.what()));
+    }
   }
 }
 

@@ -3,6 +3,7 @@
 #include "soupkit/cast.hpp"
 #include "soupkit/error.hpp"
 #include "soupkit/linalg/gram_svd.hpp"
+#include "soupkit/linalg/pgram_svd.hpp"
 #include "soupkit/log.hpp"
 
 #include <cmath>
@@ -30,11 +31,37 @@ std::int64_t first_non_finite(const std::vector<double>& v) {
   return -1;
 }
 
-double frobenius(const std::vector<double>& v) {
+double sum_of_squares(const std::vector<double>& v) {
   double s = 0;
   for (double x : v) s += x * x;
-  return std::sqrt(s);
+  return s;
 }
+
+// Step 1's threshold: why a tensor with these norms is kept (empty: process it).
+std::string reason_to_keep(double delta_norm, double base_norm, double min_rel_update) {
+  if (base_norm < kEps) return delta_norm < kEps ? "zero update" : "";
+  return delta_norm / (base_norm + kEps) < min_rel_update ? "update below --min-rel-update" : "";
+}
+
+double energy(const std::vector<double>& singular) { return sum_of_squares(singular); }
+
+void describe(nlohmann::json& record, const MonosoupCoefficients& c, std::int64_t r) {
+  record["action"] = "monosoup";
+  record["k"] = c.k;
+  record["rank"] = r;
+  record["effective_rank"] = c.effective_rank;
+  record["P_k"] = c.energy_k;
+  record["rho"] = c.rho;
+  record["lambda_high"] = c.lambda_high;
+  record["lambda_low"] = c.lambda_low;
+}
+
+// Row blocks of this size are the unit of distribution on a grid (ScaLAPACK
+// block-cyclic rows) and of reading and writing there.
+constexpr int kGridBlock = 64;
+// Automatic choice: matrices whose smaller side is at least this go to the
+// grid when there are several ranks (docs/monosoup.md has the measurements).
+constexpr double kAutoGridMinDim = 4096;
 
 // Output in W1's dtype (or --out-dtype): W1's bytes unchanged when the
 // dtype is the same, else cast.
@@ -101,11 +128,15 @@ MethodPlan MonosoupMethod::plan() {
     reasons.push_back(reason);
     // Cost in rough seconds: Gram (m n r) + eigensolver (~9 r^3) flops at a few GFLOP/s, plus I/O.
     double cost = static_cast<double>(t.nbytes() + out.nbytes()) / 1e9;
+    bool grid = false;
     if (reason.empty()) {
       const double m = static_cast<double>(t.shape[0]), n = static_cast<double>(t.numel()) / m, r = std::min(m, n);
       cost += (m * n * r + 9 * r * r * r) / 5e9;
+      grid = options_.scalapack_min_dim > 0 ? r >= static_cast<double>(options_.scalapack_min_dim)
+                                            : options_.ranks > 1 && r >= kAutoGridMinDim;
     }
     plan.costs.push_back(cost);
+    plan.grid.push_back(grid);
   }
   if (!problems.empty()) {
     if (options_.strict) {
@@ -152,31 +183,123 @@ nlohmann::json MonosoupMethod::compute(std::size_t index, std::span<std::byte> o
   if (const auto bad = first_non_finite(delta); bad >= 0)
     throw InputError(fmt::format("update W1 - W0 overflows to Inf (element {})", bad));
 
-  const double delta_norm = frobenius(delta), base_norm = frobenius(base);
+  const double delta_norm = std::sqrt(sum_of_squares(delta));
   record["delta_norm"] = delta_norm;
-  if (base_norm < kEps ? delta_norm < kEps : delta_norm / (base_norm + kEps) < options_.min_rel_update)
-    return keep(base_norm < kEps ? "zero update" : "update below --min-rel-update");
+  if (const auto reason = reason_to_keep(delta_norm, std::sqrt(sum_of_squares(base)), options_.min_rel_update);
+      !reason.empty())
+    return keep(reason);
 
-  const std::int64_t m = static_cast<std::int64_t>(w1.shape[0]);
-  const std::int64_t n = static_cast<std::int64_t>(w1.numel()) / m;
+  const auto [w0_, w1_, out_, m, n] = inputs(index);
   const linalg::GramSvd svd = linalg::dgram_svd(delta.data(), m, n);
-  double energy = 0;
-  for (double s : svd.singular) energy += s * s;
-  if (energy < kEps) return keep("zero update");
+  if (energy(svd.singular) < kEps) return keep("zero update");
 
   const MonosoupCoefficients c = monosoup_coefficients(svd.singular, options_.mode, options_.variance_threshold);
   linalg::dspectral_reweight(delta.data(), svd, c.k, c.lambda_high, c.lambda_low);
   for (std::size_t i = 0; i < delta.size(); ++i) delta[i] += base[i];
   store_from_f64(out_info.dtype, delta.data(), delta.size(), out.data());
+  describe(record, c, svd.r());
+  return record;
+}
 
-  record["action"] = "monosoup";
-  record["k"] = c.k;
-  record["rank"] = svd.r();
-  record["effective_rank"] = c.effective_rank;
-  record["P_k"] = c.energy_k;
-  record["rho"] = c.rho;
-  record["lambda_high"] = c.lambda_high;
-  record["lambda_low"] = c.lambda_low;
+MonosoupMethod::Inputs MonosoupMethod::inputs(std::size_t index) const {
+  const TensorInfo& out = spec_.tensors.at(index);
+  const TensorInfo& w1 = *finetuned_->find(out.name);
+  const TensorInfo& w0 = *base_->find(out.name);
+  const auto m = static_cast<std::int64_t>(w1.shape[0]);
+  return {w0, w1, out, m, static_cast<std::int64_t>(w1.numel()) / m};
+}
+
+// The same computation with the matrix distributed over a P x 1 grid of the
+// group's ranks: each rank reads only its block-cyclic row blocks of W0 and
+// W1 straight from the files, and writes back only those rows, so nothing
+// is gathered and no rank holds the whole matrix.
+nlohmann::json MonosoupMethod::compute_grid(std::size_t index, const Communicator& group, CheckpointWriter& writer) {
+  const auto [w0, w1, out_info, m, n] = inputs(index);
+  nlohmann::json record = {{"name", w1.name}, {"shape", w1.shape}, {"grid", {group.size(), 1}}};
+  linalg::BlacsGrid grid(group.get(), group.size(), 1);
+  const linalg::MatrixLayout xl = linalg::make_layout(grid, m, n, kGridBlock, kGridBlock);
+  struct RowBlock {
+    std::int64_t local_row, global_row, rows;
+  };
+  std::vector<RowBlock> blocks;
+  for (std::int64_t lr = 0; lr < xl.local_rows; lr += kGridBlock)
+    blocks.push_back({lr, linalg::global_index(lr, kGridBlock, grid.my_row(), grid.rows()),
+                      std::min<std::int64_t>(kGridBlock, xl.local_rows - lr)});
+  const std::size_t lld = static_cast<std::size_t>(xl.lld());
+  std::vector<double> x(std::max<std::size_t>(xl.local_size(), 1)), base(x.size());
+  auto for_each_block = [&](auto&& body) {
+    for (const auto& b : blocks) body(b);
+  };
+
+  // Read this rank's rows of W1 - W0 into its column-major local piece.
+  collectively(group, [&] {
+    std::vector<double> rows1, rows0;
+    for_each_block([&](const RowBlock& b) {
+      const std::size_t count = static_cast<std::size_t>(b.rows * n);
+      std::vector<std::byte> raw1(count * dtype_size(w1.dtype)), raw0(count * dtype_size(w0.dtype));
+      finetuned_->read_rows(w1, b.global_row, b.rows, raw1);
+      base_->read_rows(w0, b.global_row, b.rows, raw0);
+      rows1.resize(count);
+      rows0.resize(count);
+      load_as_f64(w1.dtype, raw1.data(), count, rows1.data());
+      load_as_f64(w0.dtype, raw0.data(), count, rows0.data());
+      for (std::size_t e = 0; e < count; ++e) {
+        const auto global = static_cast<std::int64_t>(e) + b.global_row * n;
+        if (!std::isfinite(rows1[e]))
+          throw InputError(fmt::format("{}: NaN or Inf in the fine-tuned weights (element {})", options_.finetuned.string(), global));
+        if (!std::isfinite(rows0[e]))
+          throw InputError(fmt::format("{}: NaN or Inf in the base weights (element {})", options_.base.string(), global));
+        const double d = rows1[e] - rows0[e];
+        if (!std::isfinite(d)) throw InputError(fmt::format("update W1 - W0 overflows to Inf (element {})", global));
+        const std::size_t r = static_cast<std::size_t>(b.local_row) + e / static_cast<std::size_t>(n);
+        const std::size_t c = e % static_cast<std::size_t>(n);
+        x[r + c * lld] = d;
+        base[r + c * lld] = rows0[e];
+      }
+    });
+  });
+
+  // Writes this rank's rows: `values` (local, column-major) + nothing, or W1's own bytes.
+  auto write_rows = [&](const std::vector<double>* values) {
+    collectively(group, [&] {
+      std::vector<double> rows;
+      for_each_block([&](const RowBlock& b) {
+        const std::size_t count = static_cast<std::size_t>(b.rows * n);
+        std::vector<std::byte> bytes(count * dtype_size(out_info.dtype));
+        if (values) {
+          rows.resize(count);
+          for (std::size_t e = 0; e < count; ++e)
+            rows[e] = (*values)[static_cast<std::size_t>(b.local_row) + e / static_cast<std::size_t>(n) +
+                                (e % static_cast<std::size_t>(n)) * lld];
+          store_from_f64(out_info.dtype, rows.data(), count, bytes.data());
+        } else {
+          std::vector<std::byte> raw(count * dtype_size(w1.dtype));
+          finetuned_->read_rows(w1, b.global_row, b.rows, raw);
+          cast_elements(w1.dtype, out_info.dtype, raw.data(), count, bytes.data());
+        }
+        writer.write_rows(index, static_cast<std::uint64_t>(b.global_row), static_cast<std::uint64_t>(b.rows), bytes);
+      });
+    });
+  };
+  auto keep = [&](const std::string& reason) {
+    write_rows(nullptr);
+    record["action"] = "kept";
+    record["reason"] = reason;
+    return record;
+  };
+
+  const double delta_norm = std::sqrt(group.sum(sum_of_squares(x)));
+  const double base_norm = std::sqrt(group.sum(sum_of_squares(base)));
+  record["delta_norm"] = delta_norm;
+  if (const auto reason = reason_to_keep(delta_norm, base_norm, options_.min_rel_update); !reason.empty())
+    return keep(reason);
+  const linalg::DistributedGramSvd svd = linalg::pdgram_svd(grid, xl, x.data());
+  if (energy(svd.singular) < kEps) return keep("zero update");
+  const MonosoupCoefficients c = monosoup_coefficients(svd.singular, options_.mode, options_.variance_threshold);
+  linalg::pdspectral_reweight(grid, xl, x.data(), svd, c.k, c.lambda_high, c.lambda_low);
+  for (std::size_t i = 0; i < xl.local_size(); ++i) x[i] += base[i];
+  write_rows(&x);
+  describe(record, c, svd.r());
   return record;
 }
 

@@ -157,6 +157,20 @@ class MonoSoupAgainstOracle(TempDirTestCase):
                 report, _ = self.run_monosoup(out, "--out-dtype", "F64", ranks=ranks)
                 self.check(out, report, "effective-rank", exact_dtype=True)
 
+    def test_scalapack_grid_forced(self):
+        # Every processed matrix goes through pdsyrk/pdsyevd/pdgemm on a grid of all ranks.
+        for ranks in (1, 2, 3):
+            with self.subTest(ranks=ranks):
+                out = self.path("grid%d.h5" % ranks)
+                report, _ = self.run_monosoup(out, "--out-dtype", "F64", "--scalapack-min-dim", "1", ranks=ranks)
+                self.check(out, report, "effective-rank", exact_dtype=True)
+                grids = [r.get("grid") for r in report["tensors"] if r["action"] == "monosoup"]
+                self.assertTrue(grids and all(g == [ranks, 1] for g in grids), grids)
+        out = self.path("grid-variance")
+        report, _ = self.run_monosoup(out, "--mode", "variance", "--out-dtype", "F64", "--scalapack-min-dim", "1",
+                                      ranks=2)
+        self.check(out, report, "variance", exact_dtype=True)
+
     def test_variance_mode(self):
         for threshold in ("0.8", "0.5"):
             out = self.path("var" + threshold)
@@ -231,6 +245,8 @@ class MonoSoupBadInput(TempDirTestCase):
         self.write()
         for ranks in (None, 3):
             self.expect_failure(self.path("o%s" % ranks), needles=("tall.f32", "NaN"), ranks=ranks)
+        # The same on the ScaLAPACK path: every rank of the grid stops.
+        self.expect_failure(self.path("grid.h5"), "--scalapack-min-dim", "1", needles=("tall.f32", "NaN"), ranks=2)
 
     def test_inf_in_base(self):
         dtype, values = self.base["attn.f16"]

@@ -24,6 +24,10 @@ struct MonosoupOptions {
   std::optional<DType> out_dtype;  // floating-point outputs in this dtype instead of W1's
   std::uint64_t shard_size = 5'000'000'000ull;
   bool overwrite = false;
+  // Matrices with min(m, n) >= this go to ScaLAPACK on a grid of all ranks;
+  // 0 chooses automatically (see docs/monosoup.md).
+  std::int64_t scalapack_min_dim = 0;
+  int ranks = 1;  // ranks the job runs on (for the automatic choice)
 };
 
 class MonosoupMethod final : public Method {
@@ -33,10 +37,18 @@ class MonosoupMethod final : public Method {
   MethodPlan plan() override;
   void prepare(const MethodPlan& plan) override;
   nlohmann::json compute(std::size_t index, std::span<std::byte> out) override;
+  nlohmann::json compute_grid(std::size_t index, const Communicator& group, CheckpointWriter& writer) override;
   std::string aux_contents(std::size_t index) override;
   void finish(const std::vector<nlohmann::json>& records, double seconds) override;
 
  private:
+  struct Inputs {
+    const TensorInfo& w0;
+    const TensorInfo& w1;
+    const TensorInfo& out;
+    std::int64_t m, n;
+  };
+  Inputs inputs(std::size_t index) const;
   MonosoupOptions options_;
   std::unique_ptr<CheckpointReader> base_, finetuned_;
   OutputSpec spec_;
