@@ -60,6 +60,8 @@ struct RunResult {
   std::size_t tensors = 0;
   std::uint64_t bytes = 0;
   double seconds = 0;
+  double busy_max = 0;       // seconds the busiest rank spent computing and writing
+  double load_balance = 1;   // sum of busy time / (ranks x busy_max)
 };
 
 // Runs a method end to end, collectively on `comm`, writing to `out`.

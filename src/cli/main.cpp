@@ -5,6 +5,7 @@
 #include "soupkit/hdf5.hpp"
 #include "soupkit/log.hpp"
 
+#include <malloc.h>
 #include <mpi.h>
 
 #include <cstdio>
@@ -52,6 +53,12 @@ int dispatch(const soupkit::Communicator& comm, int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Keep freed memory for reuse instead of returning every large block to
+  // the kernel: tensor buffers of similar sizes are allocated over and over,
+  // and fresh pages cost a fault and a zeroing each (measured: ~20% of a
+  // GPT-2-sized MonoSoup run; docs/benchmarks.md). Peak memory is unchanged.
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, -1);
   int provided = 0;
   MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
   soupkit::h5::silence_library_errors();

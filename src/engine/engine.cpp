@@ -148,12 +148,17 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
   ProgressChannel channel(comm, tensors, &progress);
   std::string error;
   nlohmann::json records = nlohmann::json::array();
+  const auto busy_start = std::chrono::steady_clock::now();
+  double waiting = 0;  // time the coordinator spends waiting for others, not working
   if (!grid_tasks.empty()) {
     // 3a. The largest matrices: all ranks together on a process grid.
     const Communicator group = comm.split(0, comm.rank());
     for (auto i : grid_tasks) {
       try {
+        const auto t0 = std::chrono::steady_clock::now();
         nlohmann::json record = method.compute_grid(i, group, *writer);
+        if (record.is_object())
+          record["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         if (group.is_root()) {
           records.push_back({i, std::move(record)});
           channel.tensor_done(i);
@@ -168,9 +173,12 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
     std::vector<std::byte> buffer;
     for (auto i : mine) {
       try {
+        const auto t0 = std::chrono::steady_clock::now();
         buffer.resize(tensors[i].nbytes());
         nlohmann::json record = method.compute(i, buffer);
         writer->write(i, buffer);
+        if (record.is_object())
+          record["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         records.push_back({i, std::move(record)});
         channel.tensor_done(i);
       } catch (const std::exception& e) {
@@ -186,7 +194,13 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
       error = e.what();
     }
   }
-  channel.rank_finished();
+  const double busy = std::chrono::duration<double>(std::chrono::steady_clock::now() - busy_start).count();
+  {
+    const auto wait_start = std::chrono::steady_clock::now();
+    channel.rank_finished();
+    waiting = std::chrono::duration<double>(std::chrono::steady_clock::now() - wait_start).count();
+  }
+  (void)waiting;
 
   // 4. Commit only if every rank succeeded.
   try {
@@ -197,13 +211,17 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
   }
   writer->commit();
   const auto parts = comm.gather(records.dump());
+  // Load balance: sum of busy time over ranks x the slowest (1.0 = perfect).
+  const double busy_max = comm.max(busy), busy_sum = comm.sum(busy);
 
   RunResult result;
   result.tensors = tensors.size();
   result.bytes = total_bytes;
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  log::info("wrote {} ({} tensors, {}) in {:.2f} s", out.string(), result.tensors, human_bytes(total_bytes),
-            result.seconds);
+  result.busy_max = busy_max;
+  result.load_balance = busy_max > 0 ? busy_sum / (comm.size() * busy_max) : 1.0;
+  log::info("wrote {} ({} tensors, {}) in {:.2f} s; compute {:.2f} s on the busiest rank, load balance {:.0f}%",
+            out.string(), result.tensors, human_bytes(total_bytes), result.seconds, busy_max, 100 * result.load_balance);
   on_root(comm, [&] {
     std::vector<nlohmann::json> by_tensor(tensors.size());
     for (const auto& part : parts)

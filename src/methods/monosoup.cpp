@@ -16,12 +16,15 @@ constexpr double kEps = kMonosoupEps;
 
 std::string mode_name(MonosoupMode mode) { return mode == MonosoupMode::EffectiveRank ? "effective-rank" : "variance"; }
 
-// Reads a tensor of a float dtype into doubles.
-std::vector<double> read_as_f64(const CheckpointReader& reader, const TensorInfo& t) {
-  const auto raw = reader.read(t);
-  std::vector<double> values(t.numel());
+// Reads a tensor of a float dtype into doubles, reusing the caller's
+// buffers: fresh multi-megabyte allocations for every tensor cost more in
+// page faults than the reading itself.
+void read_as_f64(const CheckpointReader& reader, const TensorInfo& t, std::vector<std::byte>& raw,
+                 std::vector<double>& values) {
+  raw.resize(t.nbytes());
+  reader.read(t, raw);
+  values.resize(t.numel());
   load_as_f64(t.dtype, raw.data(), values.size(), values.data());
-  return values;
 }
 
 // Index of the first NaN/Inf, or -1.
@@ -59,9 +62,9 @@ void describe(nlohmann::json& record, const MonosoupCoefficients& c, std::int64_
 // Row blocks of this size are the unit of distribution on a grid (ScaLAPACK
 // block-cyclic rows) and of reading and writing there.
 constexpr int kGridBlock = 64;
-// Automatic choice: matrices whose smaller side is at least this go to the
-// grid when there are several ranks (docs/monosoup.md has the measurements).
-constexpr double kAutoGridMinDim = 4096;
+// Below this size a grid's communication outweighs its gain (measured in
+// docs/monosoup.md), whatever the balance of work.
+constexpr double kAutoGridMinDim = 1024;
 
 // Output in W1's dtype (or --out-dtype): W1's bytes unchanged when the
 // dtype is the same, else cast.
@@ -126,17 +129,31 @@ MethodPlan MonosoupMethod::plan() {
                                      options_.base.string()));
     }
     reasons.push_back(reason);
-    // Cost in rough seconds: Gram (m n r) + eigensolver (~9 r^3) flops at a few GFLOP/s, plus I/O.
-    double cost = static_cast<double>(t.nbytes() + out.nbytes()) / 1e9;
+    // Estimated seconds on one rank, fitted to measured per-tensor times
+    // (docs/monosoup.md): Gram + projection ~ m n r, eigensolver ~ r^3, I/O.
+    double cost = static_cast<double>(2 * t.nbytes() + out.nbytes()) / 1.5e9;
     bool grid = false;
     if (reason.empty()) {
       const double m = static_cast<double>(t.shape[0]), n = static_cast<double>(t.numel()) / m, r = std::min(m, n);
-      cost += (m * n * r + 9 * r * r * r) / 5e9;
-      grid = options_.scalapack_min_dim > 0 ? r >= static_cast<double>(options_.scalapack_min_dim)
-                                            : options_.ranks > 1 && r >= kAutoGridMinDim;
+      cost += 9e-11 * m * n * r + 1.6e-10 * r * r * r;
+      grid = options_.scalapack_min_dim > 0 && r >= static_cast<double>(options_.scalapack_min_dim);
     }
     plan.costs.push_back(cost);
     plan.grid.push_back(grid);
+  }
+  if (options_.scalapack_min_dim == 0 && options_.ranks > 1) {
+    // Automatic: a grid runs one matrix at ~65% parallel efficiency on 2
+    // ranks (docs/monosoup.md), while separate ranks on separate matrices
+    // run at ~100%. So only a matrix that alone would outlast an even share
+    // of the work goes to the grid.
+    double total = 0;
+    for (double c : plan.costs) total += c;
+    for (std::size_t i = 0; i < plan.costs.size(); ++i) {
+      const auto& t = plan.output.tensors[i];
+      const bool candidate = reasons[i].get<std::string>().empty();
+      const double r = candidate ? std::min<double>(static_cast<double>(t.shape[0]), static_cast<double>(t.numel() / t.shape[0])) : 0;
+      if (candidate && r >= kAutoGridMinDim && plan.costs[i] > total / options_.ranks) plan.grid[i] = true;
+    }
   }
   if (!problems.empty()) {
     if (options_.strict) {
@@ -173,8 +190,10 @@ nlohmann::json MonosoupMethod::compute(std::size_t index, std::span<std::byte> o
   if (!kept_reason_[index].empty()) return keep(kept_reason_[index]);
 
   const TensorInfo& w0 = *base_->find(w1.name);
-  std::vector<double> delta = read_as_f64(*finetuned_, w1);
-  const std::vector<double> base = read_as_f64(*base_, w0);
+  std::vector<double>& delta = delta_;
+  std::vector<double>& base = base_values_;
+  read_as_f64(*finetuned_, w1, raw_, delta);
+  read_as_f64(*base_, w0, raw_, base);
   if (const auto bad = first_non_finite(delta); bad >= 0)
     throw InputError(fmt::format("{}: NaN or Inf in the fine-tuned weights (element {})", options_.finetuned.string(), bad));
   if (const auto bad = first_non_finite(base); bad >= 0)

@@ -60,7 +60,7 @@ TEST_P(DistributedGramSvd, MatchesTheLocalKernels) {
     }
   err = group.sum(err);
   norm = group.sum(norm);
-  EXPECT_LE(std::sqrt(err / norm), 1e-9);
+  EXPECT_LE(std::sqrt(err / norm), 1e-6);  // the local kernel projects in float32
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, DistributedGramSvd,

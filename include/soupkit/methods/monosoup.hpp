@@ -53,6 +53,9 @@ class MonosoupMethod final : public Method {
   std::unique_ptr<CheckpointReader> base_, finetuned_;
   OutputSpec spec_;
   std::vector<std::string> kept_reason_;  // per output tensor; empty = a MonoSoup candidate
+  // Scratch reused from tensor to tensor (largest first, so they grow once).
+  std::vector<std::byte> raw_;
+  std::vector<double> delta_, base_values_;
 };
 
 }  // namespace soupkit
