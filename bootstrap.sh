@@ -48,7 +48,10 @@ fi
 soupkit=build/bin/soupkit
 mpirun_2=(mpirun --oversubscribe --bind-to none -n 2)
 set -x
+# The main job: MonoSoup on the built-in example pair, on 2 ranks, into HDF5,
+# then to a Hugging Face directory that transformers can load.
 "$soupkit" example demo --overwrite
-"${mpirun_2[@]}" "$soupkit" convert demo/finetuned demo/finetuned.h5 --overwrite
-"${mpirun_2[@]}" "$soupkit" convert demo/finetuned.h5 demo/roundtrip --overwrite
-"$soupkit" inspect demo/roundtrip
+"${mpirun_2[@]}" "$soupkit" monosoup --base demo/base --finetuned demo/finetuned --out demo/monosoup.h5 \
+  --report demo/monosoup-report.json --overwrite
+"${mpirun_2[@]}" "$soupkit" convert demo/monosoup.h5 demo/monosoup --overwrite
+"$soupkit" inspect demo/monosoup

@@ -59,6 +59,17 @@ def make_pair(workdir):
     return sum(v[1].size for v in fine.values())
 
 
+def settle(workdir):
+    """Same footing for every timed run: no writeback of the previous run's
+    output pending, and the inputs warm in the page cache."""
+    os.sync()
+    for sub in ("base", "finetuned"):
+        for name in os.listdir(os.path.join(workdir, sub)):
+            with open(os.path.join(workdir, sub, name), "rb") as f:
+                while f.read(1 << 24):
+                    pass
+
+
 def torch_monosoup(workdir, threads):
     """The reference: load, torch.linalg.svd per matrix, formulas, save."""
     import torch
@@ -135,8 +146,17 @@ def main():
     print("GPT-2-small-shaped pair: %.1fM parameters, float32" % (params / 1e6))
     rows = []
     for rep in range(args.repeats):
-        t_torch = torch_monosoup(args.workdir, threads=args.ranks)
-        t_soup = soupkit_monosoup(args.workdir, args.ranks)
+        # Alternate the order so neither always runs on a warmer machine.
+        if rep % 2 == 0:
+            settle(args.workdir)
+            t_torch = torch_monosoup(args.workdir, threads=args.ranks)
+            settle(args.workdir)
+            t_soup = soupkit_monosoup(args.workdir, args.ranks)
+        else:
+            settle(args.workdir)
+            t_soup = soupkit_monosoup(args.workdir, args.ranks)
+            settle(args.workdir)
+            t_torch = torch_monosoup(args.workdir, threads=args.ranks)
         rows.append((t_torch, t_soup))
         print("run %d: torch %.2f s (%d threads), soupkit %.2f s (%d ranks), ratio %.2fx"
               % (rep + 1, t_torch, args.ranks, t_soup, args.ranks, t_torch / t_soup))

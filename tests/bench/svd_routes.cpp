@@ -262,7 +262,7 @@ int main(int argc, char** argv) {
       auto r3 = route_gram_f32(x, m, n, &t);
       report("float32 Gram + ssyevd (no projection)", r3, ref, t);
       auto r4 = route_gram_f64(x, m, n, &t);
-      report("float64 Gram + dsyevd + projection (soupkit)", r4, ref, t);
+      report("float64 Gram + dsytrd + dstemr + float32 projection (soupkit)", r4, ref, t);
     }
     {
       auto r5 = route_psgesvd(x, m, n, &t, MPI_COMM_WORLD);

@@ -4,11 +4,11 @@
 // MonoSoup applies with it. Only the singular values and the singular
 // vectors MonoSoup actually uses are formed: never U S V^T in full.
 //
-// dgram_svd: Gram (dsyrk), tridiagonal reduction (dsytrd) and all
-// eigenvalues (dsterf). dspectral_reweight then computes just the k (or
-// r - k) eigenvectors it projects on (dstemr on the tridiagonal, dormtr back
-// to the Gram matrix's basis): for MonoSoup's typical k this is 2-3x cheaper
-// than a full dsyevd (docs/monosoup.md).
+// dgram_svd: Gram (dsyrk), tridiagonal reduction (dsytrd), and all
+// eigenpairs of the tridiagonal by MRRR (dstemr, O(r^2)).
+// dspectral_reweight then back-transforms just the k (or r - k)
+// eigenvectors it projects on (dormtr): for MonoSoup's typical k this is
+// 2-3x cheaper than a full dsyevd (docs/monosoup.md).
 //
 // Accuracy: eigenvalues of the Gram matrix carry absolute error ~eps64 s_1^2,
 // so singular values below ~1e-8 s_1 are noise; everything MonoSoup derives
@@ -22,8 +22,9 @@ struct GramSvd {
   std::int64_t m = 0, n = 0;
   bool left = true;               // eigenvectors are left singular vectors (m <= n), else right ones
   std::vector<double> singular;   // r = min(m, n) values, descending
-  // The tridiagonal reduction of the Gram matrix (dsytrd's output).
-  std::vector<double> reflectors, tau, diagonal, off_diagonal;
+  // The tridiagonal reduction of the Gram matrix (dsytrd's reflectors) and
+  // the tridiagonal's eigenvectors (r x r, ascending eigenvalue order).
+  std::vector<double> reflectors, tau, tridiagonal_vectors;
   std::int64_t r() const { return m < n ? m : n; }
 };
 
