@@ -19,7 +19,8 @@ namespace soupkit {
 // What a method plans on the coordinator.
 struct MethodPlan {
   OutputSpec output;
-  std::vector<double> costs;                     // estimated cost per output tensor (seconds-ish units)
+  std::vector<double> costs;   // estimated seconds on one rank, per output tensor
+  std::vector<double> memory;  // estimated peak bytes on one rank (per grid rank for grid tasks)
   // Tensors computed by a group of ranks together (a ScaLAPACK grid) rather
   // than by one rank; empty means none.
   std::vector<bool> grid;
@@ -34,9 +35,10 @@ class Method {
   virtual MethodPlan plan() = 0;
   // Every rank, with the coordinator's plan: open inputs for reading.
   virtual void prepare(const MethodPlan& plan) = 0;
-  // Owner rank: compute output tensor `index` into `out` (exactly its
-  // bytes). Returns what the method wants to report about it (or null).
-  virtual nlohmann::json compute(std::size_t index, std::span<std::byte> out) = 0;
+  // Owner rank: compute output tensor `index` and write all its rows
+  // through `writer` (whole, or row range by row range to bound memory).
+  // Returns what the method wants to report about it (or null).
+  virtual nlohmann::json compute(std::size_t index, CheckpointWriter& writer) = 0;
   // All ranks of `group`, together, for a tensor the plan marks as a grid
   // task: compute it and write it through `writer` (each rank its own rows).
   // Must fail on all ranks of the group alike (agree before throwing).
@@ -56,15 +58,29 @@ class Method {
 // (deterministic for a given cost list and rank count).
 std::vector<int> assign_owners(const std::vector<double>& costs, int ranks);
 
+struct RunOptions {
+  bool dry_run = false;  // print the plan and stop before writing anything
+};
+
 struct RunResult {
   std::size_t tensors = 0;
   std::uint64_t bytes = 0;
   double seconds = 0;
-  double busy_max = 0;       // seconds the busiest rank spent computing and writing
-  double load_balance = 1;   // sum of busy time / (ranks x busy_max)
+  double busy_max = 0;          // seconds the busiest rank spent computing and writing
+  double load_balance = 1;      // sum of busy time / (ranks x busy_max)
+  std::uint64_t peak_rss = 0;   // largest peak resident memory of any rank, bytes
+  std::uint64_t base_rss = 0;   // resident memory of that rank before the run started
 };
 
 // Runs a method end to end, collectively on `comm`, writing to `out`.
-RunResult run_method(const Communicator& comm, Method& method, const fs::path& out);
+RunResult run_method(const Communicator& comm, Method& method, const fs::path& out, const RunOptions& options = {});
+
+// This process's peak and current resident set sizes, in bytes.
+std::uint64_t peak_rss_bytes();
+std::uint64_t current_rss_bytes();
+
+// Default --memory-budget: 80% of this node's available memory, shared by
+// the ranks on this node (collective on comm).
+std::uint64_t default_memory_budget(const Communicator& comm);
 
 }  // namespace soupkit

@@ -2,6 +2,8 @@
 #include "options.hpp"
 #include "soupkit/methods/convert.hpp"
 
+#include <algorithm>
+
 namespace soupkit::cli {
 
 int cmd_convert(const Communicator& comm, const Args& args) {
@@ -11,6 +13,7 @@ int cmd_convert(const Communicator& comm, const Args& args) {
       "dtype", po::value<std::string>(), "cast floating-point tensors to F32, F16, BF16 or F64 (round to nearest even)")(
       "shard-size", po::value<std::string>()->default_value("5GB"), "largest shard of a directory output")(
       "overwrite", "replace an existing output");
+  add_engine_options(desc);
   add_common_options(desc);
   po::positional_options_description pos;
   pos.add("input", 1).add("output", 1);
@@ -28,8 +31,11 @@ int cmd_convert(const Communicator& comm, const Args& args) {
     SOUPKIT_INPUT_ERROR_IF(!dtype || !is_float_arith(*dtype), "--dtype: '{}' is not one of F64, F32, F16, BF16", text);
     options.dtype = dtype;
   }
+  const auto engine = engine_settings(*vm, comm);
+  // Two chunks (read, cast) plus slack must fit the budget.
+  options.chunk_bytes = std::clamp<std::uint64_t>(engine.memory_budget / 4, 1 << 20, 256ull << 20);
   ConvertMethod method(options);
-  run_method(comm, method, options.output);
+  run_method(comm, method, options.output, engine.run);
   return 0;
 }
 

@@ -19,6 +19,7 @@ int cmd_monosoup(const Communicator& comm, const Args& args) {
       "overwrite", "replace an existing output")(
       "scalapack-min-dim", po::value<std::int64_t>()->default_value(0),
       "matrices whose smaller side is at least this use ScaLAPACK on a grid of all ranks (0: automatic)");
+  add_engine_options(desc);
   add_common_options(desc);
   const auto vm = parse("monosoup", args, desc, {}, comm.rank(),
                         "soupkit monosoup --base W0 --finetuned W1 --out OUT [--mode effective-rank|variance] "
@@ -50,8 +51,10 @@ int cmd_monosoup(const Communicator& comm, const Args& args) {
   options.scalapack_min_dim = (*vm)["scalapack-min-dim"].as<std::int64_t>();
   SOUPKIT_INPUT_ERROR_IF(options.scalapack_min_dim < 0, "--scalapack-min-dim: {} is negative", options.scalapack_min_dim);
   options.ranks = comm.size();
+  const auto engine = engine_settings(*vm, comm);
+  options.memory_budget = engine.memory_budget;
   MonosoupMethod method(options);
-  run_method(comm, method, options.output);
+  run_method(comm, method, options.output, engine.run);
   return 0;
 }
 

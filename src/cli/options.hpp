@@ -1,5 +1,6 @@
 #pragma once
 // Shared option handling for the sub-commands (boost::program_options).
+#include "soupkit/engine.hpp"
 #include "soupkit/error.hpp"
 #include "soupkit/log.hpp"
 #include "soupkit/tensor.hpp"
@@ -32,13 +33,14 @@ inline std::optional<po::variables_map> parse(const std::string& command, const 
   po::variables_map vm;
   try {
     po::store(po::command_line_parser(args).options(desc).positional(positional).run(), vm);
+    // --help wins over missing required options, so check it before notify().
+    if (vm.count("help")) {
+      if (rank == 0) std::cout << "usage: " << usage << "\n\n" << desc << "\n";
+      return std::nullopt;
+    }
     po::notify(vm);
   } catch (const po::error& e) {
     throw InputError(fmt::format("{}: {} (see 'soupkit {} --help')", command, e.what(), command));
-  }
-  if (vm.count("help")) {
-    if (rank == 0) std::cout << "usage: " << usage << "\n\n" << desc << "\n";
-    return std::nullopt;
   }
   log::configure(rank, vm.count("quiet") ? log::Level::Error : log::parse_level(vm["log-level"].as<std::string>()));
   return vm;
@@ -49,6 +51,26 @@ inline std::uint64_t size_option(const po::variables_map& vm, const char* name) 
   const auto bytes = parse_size(text);
   SOUPKIT_INPUT_ERROR_IF(!bytes || *bytes == 0, "--{}: cannot read '{}' as a size (for example 5GB, 500MiB)", name, text);
   return *bytes;
+}
+
+// Options every engine command shares.
+inline void add_engine_options(po::options_description& desc) {
+  desc.add_options()("dry-run", "print the plan (tensors, bytes, estimated time and peak memory per rank) and exit")(
+      "memory-budget", po::value<std::string>(),
+      "memory one rank may use, e.g. 8GB (default: 80% of the node's available memory, shared by its ranks)");
+}
+
+struct EngineSettings {
+  RunOptions run;
+  std::uint64_t memory_budget = 0;
+};
+
+// Collective (the default budget looks at every node).
+inline EngineSettings engine_settings(const po::variables_map& vm, const Communicator& comm) {
+  EngineSettings s;
+  s.run.dry_run = vm.count("dry-run") > 0;
+  s.memory_budget = vm.count("memory-budget") ? size_option(vm, "memory-budget") : default_memory_budget(comm);
+  return s;
 }
 
 }  // namespace soupkit::cli

@@ -19,7 +19,9 @@ MethodPlan ConvertMethod::plan() {
     TensorInfo out = t;
     if (options_.dtype && is_float_arith(t.dtype)) out.dtype = *options_.dtype;
     plan.output.tensors.push_back(out);
-    plan.costs.push_back(static_cast<double>(t.nbytes() + out.nbytes()));
+    plan.costs.push_back(static_cast<double>(t.nbytes() + out.nbytes()) / 1.5e9);
+    const double chunk = static_cast<double>(std::min<std::uint64_t>(t.nbytes(), options_.chunk_bytes));
+    plan.memory.push_back(out.dtype == t.dtype ? chunk : chunk * (1.0 + static_cast<double>(dtype_size(out.dtype)) / dtype_size(t.dtype)));
   }
   plan.output.aux_files = reader_->aux_files();
   if (output_kind(options_.output) == OutputKind::SafetensorsFile && !plan.output.aux_files.empty()) {
@@ -36,17 +38,26 @@ void ConvertMethod::prepare(const MethodPlan& plan) {
   spec_ = plan.output;
 }
 
-nlohmann::json ConvertMethod::compute(std::size_t index, std::span<std::byte> out) {
+nlohmann::json ConvertMethod::compute(std::size_t index, CheckpointWriter& writer) {
   const TensorInfo& want = spec_.tensors.at(index);
   const TensorInfo* have = reader_->find(want.name);
   SOUPKIT_ERROR_IF(!have, "{}: tensor '{}' disappeared since planning", options_.input.string(), want.name);
-  if (have->dtype == want.dtype) {
-    reader_->read(*have, out);
-    return nullptr;
+  // Row range by row range: memory stays within chunk_bytes (x2 when casting).
+  const std::uint64_t rows = row_count(*have), in_row = row_bytes(*have), out_row = row_bytes(want);
+  const std::uint64_t step = std::max<std::uint64_t>(1, options_.chunk_bytes / std::max<std::uint64_t>(in_row, 1));
+  for (std::uint64_t first = 0; first < rows || (rows == 0 && first == 0); first += step) {
+    const std::uint64_t count = std::min(step, rows - first);
+    in_.resize(count * in_row);
+    reader_->read_rows(*have, first, count, in_);
+    if (have->dtype == want.dtype) {
+      writer.write_rows(index, first, count, in_);
+    } else {
+      out_.resize(count * out_row);
+      cast_elements(have->dtype, want.dtype, in_.data(), count * in_row / dtype_size(have->dtype), out_.data());
+      writer.write_rows(index, first, count, out_);
+    }
+    if (rows == 0) break;
   }
-  scratch_.resize(have->nbytes());
-  reader_->read(*have, scratch_);
-  cast_elements(have->dtype, want.dtype, scratch_.data(), have->numel(), out.data());
   return nullptr;
 }
 

@@ -68,19 +68,26 @@ MethodPlan ExampleMethod::plan() {
   return plan;
 }
 
-nlohmann::json ExampleMethod::compute(std::size_t index, std::span<std::byte> out) {
+nlohmann::json ExampleMethod::compute(std::size_t index, CheckpointWriter& writer) {
   const TensorInfo& t = spec_.tensors.at(index);
+  std::vector<std::byte> out(t.nbytes());
+  generate(t, out);
+  writer.write(index, out);
+  return nullptr;
+}
+
+void ExampleMethod::generate(const TensorInfo& t, std::span<std::byte> out) const {
   const std::size_t n = t.numel();
   if (t.dtype == DType::I64) {
     for (std::size_t i = 0; i < n; ++i) {
       const std::int64_t v = static_cast<std::int64_t>(i);
       std::memcpy(out.data() + 8 * i, &v, 8);
     }
-    return nullptr;
+    return;
   }
   if (t.dtype == DType::BOOL) {  // causal mask
     for (std::size_t i = 0; i < n; ++i) out[i] = std::byte((i % kContext) <= (i / kContext % kContext) ? 1 : 0);
-    return nullptr;
+    return;
   }
   std::vector<double> v(n);
   Rng rng{name_seed(options_.seed, t.name)};
@@ -108,7 +115,6 @@ nlohmann::json ExampleMethod::compute(std::size_t index, std::span<std::byte> ou
     }
   }
   store_from_f64(t.dtype, v.data(), n, out.data());
-  return nullptr;
 }
 
 std::string ExampleMethod::aux_contents(std::size_t) {

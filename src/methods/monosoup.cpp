@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <map>
+#include <numeric>
 
 namespace soupkit {
 namespace {
@@ -99,6 +100,7 @@ MethodPlan MonosoupMethod::plan() {
                             {"parameters", params}};
 
   std::vector<std::string> problems;  // warnings, or errors with --strict
+  std::vector<double> grid_memories, smaller_side;
   nlohmann::json reasons = nlohmann::json::array();
   for (const auto& t : finetuned_->tensors()) {
     TensorInfo out = t;
@@ -132,29 +134,56 @@ MethodPlan MonosoupMethod::plan() {
     // Estimated seconds on one rank, fitted to measured per-tensor times
     // (docs/monosoup.md): Gram + projection ~ m n r, eigensolver ~ r^3, I/O.
     double cost = static_cast<double>(2 * t.nbytes() + out.nbytes()) / 1.5e9;
-    bool grid = false;
+    // Peak bytes on one rank: kept tensors are copied (and cast) whole.
+    double memory = static_cast<double>(t.nbytes() + out.nbytes()), grid_memory = 0, r = 0;
     if (reason.empty()) {
-      const double m = static_cast<double>(t.shape[0]), n = static_cast<double>(t.numel()) / m, r = std::min(m, n);
+      const double m = static_cast<double>(t.shape[0]), n = static_cast<double>(t.numel()) / m;
+      r = std::min(m, n);
       cost += 9e-11 * m * n * r + 1.6e-10 * r * r * r;
-      grid = options_.scalapack_min_dim > 0 && r >= static_cast<double>(options_.scalapack_min_dim);
+      // dW and W0 in float64, a float32 copy and product for the projection,
+      // the Gram's reflectors and tridiagonal eigenvectors, raw input, output.
+      memory = 22 * m * n + 16 * r * r + static_cast<double>(std::max(t.nbytes(), b->nbytes()) + out.nbytes());
+      // Per grid rank: dW and W0 slices, Gram and eigenvector slices, the
+      // projection's product, a row block of raw input and output.
+      grid_memory = (24 * m * n + 32 * r * r) / options_.ranks + 64 * n * 16;
     }
     plan.costs.push_back(cost);
-    plan.grid.push_back(grid);
+    plan.memory.push_back(memory);
+    plan.grid.push_back(false);
+    grid_memories.push_back(grid_memory);
+    smaller_side.push_back(r);
   }
-  if (options_.scalapack_min_dim == 0 && options_.ranks > 1) {
-    // Automatic: a grid runs one matrix at ~65% parallel efficiency on 2
-    // ranks (docs/monosoup.md), while separate ranks on separate matrices
-    // run at ~100%. So only a matrix that alone would outlast an even share
-    // of the work goes to the grid.
-    double total = 0;
-    for (double c : plan.costs) total += c;
-    for (std::size_t i = 0; i < plan.costs.size(); ++i) {
-      const auto& t = plan.output.tensors[i];
-      const bool candidate = reasons[i].get<std::string>().empty();
-      const double r = candidate ? std::min<double>(static_cast<double>(t.shape[0]), static_cast<double>(t.numel() / t.shape[0])) : 0;
-      if (candidate && r >= kAutoGridMinDim && plan.costs[i] > total / options_.ranks) plan.grid[i] = true;
+
+  // Which matrices go to the grid: forced by --scalapack-min-dim; too large
+  // for one rank's memory budget; or (automatic) a matrix that alone would
+  // outlast an even share of the work. A grid runs one matrix at ~65%
+  // parallel efficiency on 2 ranks, separate ranks on separate matrices at
+  // ~100% (docs/monosoup.md), so nothing else is worth sending there.
+  const double total_cost = std::accumulate(plan.costs.begin(), plan.costs.end(), 0.0);
+  std::size_t over_budget = 0;
+  for (std::size_t i = 0; i < plan.costs.size(); ++i) {
+    if (!reasons[i].get<std::string>().empty()) continue;
+    const double r = smaller_side[i];
+    bool grid = options_.scalapack_min_dim > 0 ? r >= static_cast<double>(options_.scalapack_min_dim)
+                                               : options_.ranks > 1 && r >= kAutoGridMinDim &&
+                                                     plan.costs[i] > total_cost / options_.ranks;
+    if (plan.memory[i] > static_cast<double>(options_.memory_budget)) {
+      grid = true;
+      ++over_budget;
     }
+    if (!grid) continue;
+    const auto& t = plan.output.tensors[i];
+    SOUPKIT_INPUT_ERROR_IF(grid_memories[i] > static_cast<double>(options_.memory_budget),
+                           "tensor '{}' {} needs about {} per rank even on a {}-rank grid, over the memory budget of "
+                           "{}: run on more ranks or raise --memory-budget",
+                           t.name, shape_string(t.shape), human_bytes(static_cast<std::uint64_t>(grid_memories[i])),
+                           options_.ranks, human_bytes(options_.memory_budget));
+    plan.grid[i] = true;
+    plan.memory[i] = grid_memories[i];
   }
+  if (over_budget)
+    log::info("monosoup: {} matri{} exceed the memory budget of {} per rank and go to a {}-rank ScaLAPACK grid",
+              over_budget, over_budget == 1 ? "x" : "ces", human_bytes(options_.memory_budget), options_.ranks);
   if (!problems.empty()) {
     if (options_.strict) {
       std::string list;
@@ -177,12 +206,14 @@ void MonosoupMethod::prepare(const MethodPlan& plan) {
   kept_reason_ = plan.state.at("kept_reason").get<std::vector<std::string>>();
 }
 
-nlohmann::json MonosoupMethod::compute(std::size_t index, std::span<std::byte> out) {
+nlohmann::json MonosoupMethod::compute(std::size_t index, CheckpointWriter& writer) {
   const TensorInfo& out_info = spec_.tensors.at(index);
   const TensorInfo& w1 = *finetuned_->find(out_info.name);
   nlohmann::json record = {{"name", w1.name}, {"shape", w1.shape}};
+  out_.resize(out_info.nbytes());
   auto keep = [&](const std::string& reason) {
-    write_kept(*finetuned_, w1, out_info, out);
+    write_kept(*finetuned_, w1, out_info, out_);
+    writer.write(index, out_);
     record["action"] = "kept";
     record["reason"] = reason;
     return record;
@@ -208,14 +239,15 @@ nlohmann::json MonosoupMethod::compute(std::size_t index, std::span<std::byte> o
       !reason.empty())
     return keep(reason);
 
-  const auto [w0_, w1_, out_, m, n] = inputs(index);
+  const auto m = inputs(index).m, n = inputs(index).n;
   const linalg::GramSvd svd = linalg::dgram_svd(delta.data(), m, n);
   if (energy(svd.singular) < kEps) return keep("zero update");
 
   const MonosoupCoefficients c = monosoup_coefficients(svd.singular, options_.mode, options_.variance_threshold);
   linalg::dspectral_reweight(delta.data(), svd, c.k, c.lambda_high, c.lambda_low);
   for (std::size_t i = 0; i < delta.size(); ++i) delta[i] += base[i];
-  store_from_f64(out_info.dtype, delta.data(), delta.size(), out.data());
+  store_from_f64(out_info.dtype, delta.data(), delta.size(), out_.data());
+  writer.write(index, out_);
   describe(record, c, svd.r());
   return record;
 }

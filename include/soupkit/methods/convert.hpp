@@ -13,6 +13,9 @@ struct ConvertOptions {
   std::optional<DType> dtype;  // cast floating-point tensors to this
   std::uint64_t shard_size = 5'000'000'000ull;
   bool overwrite = false;
+  // Tensors are copied in row ranges of at most this many bytes, so memory
+  // stays bounded whatever the tensor size (set from --memory-budget).
+  std::uint64_t chunk_bytes = 64ull << 20;
 };
 
 class ConvertMethod final : public Method {
@@ -21,14 +24,14 @@ class ConvertMethod final : public Method {
   std::string name() const override { return "convert"; }
   MethodPlan plan() override;
   void prepare(const MethodPlan& plan) override;
-  nlohmann::json compute(std::size_t index, std::span<std::byte> out) override;
+  nlohmann::json compute(std::size_t index, CheckpointWriter& writer) override;
   std::string aux_contents(std::size_t index) override;
 
  private:
   ConvertOptions options_;
   std::unique_ptr<CheckpointReader> reader_;
   OutputSpec spec_;
-  std::vector<std::byte> scratch_;
+  std::vector<std::byte> in_, out_;
 };
 
 }  // namespace soupkit

@@ -21,10 +21,11 @@ class ExampleMethod final : public Method {
   std::string name() const override { return options_.finetuned ? "example (finetuned)" : "example (base)"; }
   MethodPlan plan() override;
   void prepare(const MethodPlan& plan) override { spec_ = plan.output; }
-  nlohmann::json compute(std::size_t index, std::span<std::byte> out) override;
+  nlohmann::json compute(std::size_t index, CheckpointWriter& writer) override;
   std::string aux_contents(std::size_t index) override;
 
  private:
+  void generate(const TensorInfo& t, std::span<std::byte> out) const;
   ExampleOptions options_;
   OutputSpec spec_;
 };

@@ -28,6 +28,8 @@ struct MonosoupOptions {
   // 0 chooses automatically (see docs/monosoup.md).
   std::int64_t scalapack_min_dim = 0;
   int ranks = 1;  // ranks the job runs on (for the automatic choice)
+  // Bytes one rank may use; a matrix whose work needs more goes to the grid.
+  std::uint64_t memory_budget = ~0ull;
 };
 
 class MonosoupMethod final : public Method {
@@ -36,7 +38,7 @@ class MonosoupMethod final : public Method {
   std::string name() const override { return "monosoup"; }
   MethodPlan plan() override;
   void prepare(const MethodPlan& plan) override;
-  nlohmann::json compute(std::size_t index, std::span<std::byte> out) override;
+  nlohmann::json compute(std::size_t index, CheckpointWriter& writer) override;
   nlohmann::json compute_grid(std::size_t index, const Communicator& group, CheckpointWriter& writer) override;
   std::string aux_contents(std::size_t index) override;
   void finish(const std::vector<nlohmann::json>& records, double seconds) override;
@@ -54,7 +56,7 @@ class MonosoupMethod final : public Method {
   OutputSpec spec_;
   std::vector<std::string> kept_reason_;  // per output tensor; empty = a MonoSoup candidate
   // Scratch reused from tensor to tensor (largest first, so they grow once).
-  std::vector<std::byte> raw_;
+  std::vector<std::byte> raw_, out_;
   std::vector<double> delta_, base_values_;
 };
 
