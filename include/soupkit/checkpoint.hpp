@@ -100,9 +100,9 @@ struct OutputSpec {
 class CheckpointWriter {
  public:
   virtual ~CheckpointWriter() = default;
-  // Writes rows [first_row, first_row + rows) of tensor `index` (of spec.tensors).
-  virtual void write_rows(std::size_t index, std::uint64_t first_row, std::uint64_t rows,
-                          std::span<const std::byte> data) = 0;
+  // Writes rows [first_row, first_row + rows) of tensor `index` (of
+  // spec.tensors), and adds them to this rank's checksum of that tensor.
+  void write_rows(std::size_t index, std::uint64_t first_row, std::uint64_t rows, std::span<const std::byte> data);
   void write(std::size_t index, std::span<const std::byte> data);
   // Writes aux file `index` (of spec.aux_files). Any single rank may call it.
   virtual void write_aux(std::size_t index, std::string_view contents) = 0;
@@ -111,15 +111,37 @@ class CheckpointWriter {
   const OutputSpec& spec() const { return spec_; }
   const fs::path& path() const { return path_; }
 
+  // The checksum (see checksum.hpp) of the rows of tensor `index` this rank
+  // has written since the last call; it is reset to zero. Checksums of row
+  // blocks add up, so ranks that wrote parts of a tensor sum theirs.
+  std::uint64_t take_checksum(std::size_t index);
+  // Reads the tensor back from the partial output and returns the checksum
+  // of all its rows: compared with the journal on --resume.
+  std::uint64_t checksum_written(std::size_t index);
+
  protected:
   CheckpointWriter(const Communicator& comm, fs::path path, OutputSpec spec)
       : comm_(comm), path_(std::move(path)), spec_(std::move(spec)) {}
+  virtual void write_rows_impl(std::size_t index, std::uint64_t first_row, std::uint64_t rows,
+                               std::span<const std::byte> data) = 0;
+  virtual void read_back_rows(std::size_t index, std::uint64_t first_row, std::uint64_t rows,
+                              std::span<std::byte> dst) = 0;
   const Communicator& comm_;
   fs::path path_;
   OutputSpec spec_;
+
+ private:
+  std::unordered_map<std::size_t, std::uint64_t> checksums_;
 };
 
+// Create: a new partial output (replacing a stale one). Resume: reopen the
+// partial output a killed run left, keeping what it wrote.
+enum class WriterMode { Create, Resume };
+
 std::unique_ptr<CheckpointWriter> create_checkpoint_writer(const Communicator& comm, const fs::path& path,
-                                                           OutputSpec spec);
+                                                           OutputSpec spec, WriterMode mode = WriterMode::Create);
+
+// "<out>.partial", where an output is written until it is complete.
+fs::path partial_output_path(const fs::path& out);
 
 }  // namespace soupkit

@@ -60,6 +60,10 @@ std::vector<int> assign_owners(const std::vector<double>& costs, int ranks);
 
 struct RunOptions {
   bool dry_run = false;  // print the plan and stop before writing anything
+  // Continue the partial output a killed run left (its journal says which
+  // tensors are done; each is verified by checksum). Without a journal,
+  // starts from scratch, so a requeued job can always pass it.
+  bool resume = false;
 };
 
 struct RunResult {

@@ -57,7 +57,9 @@ inline std::uint64_t size_option(const po::variables_map& vm, const char* name) 
 inline void add_engine_options(po::options_description& desc) {
   desc.add_options()("dry-run", "print the plan (tensors, bytes, estimated time and peak memory per rank) and exit")(
       "memory-budget", po::value<std::string>(),
-      "memory one rank may use, e.g. 8GB (default: 80% of the node's available memory, shared by its ranks)");
+      "memory one rank may use, e.g. 8GB (default: 80% of the node's available memory, shared by its ranks)")(
+      "resume", "continue the partial output of an interrupted run of the same job (finished tensors are verified by "
+                "checksum and kept); starts from scratch when there is nothing to resume");
 }
 
 struct EngineSettings {
@@ -69,6 +71,7 @@ struct EngineSettings {
 inline EngineSettings engine_settings(const po::variables_map& vm, const Communicator& comm) {
   EngineSettings s;
   s.run.dry_run = vm.count("dry-run") > 0;
+  s.run.resume = vm.count("resume") > 0;
   s.memory_budget = vm.count("memory-budget") ? size_option(vm, "memory-budget") : default_memory_budget(comm);
   return s;
 }

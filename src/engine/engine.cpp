@@ -1,5 +1,6 @@
 #include "soupkit/engine.hpp"
 
+#include "journal.hpp"
 #include "progress.hpp"
 #include "soupkit/error.hpp"
 #include "soupkit/log.hpp"
@@ -8,6 +9,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <csignal>
+#include <cstdlib>
+#include <functional>
+#include <set>
 #include <chrono>
 #include <fstream>
 #include <numeric>
@@ -43,30 +48,31 @@ MethodPlan plan_from_json(const nlohmann::json& j) {
 
 // Messages between workers and the coordinator while tensors are computed,
 // on a communicator of their own (so nothing left over can reach another
-// run): each finished tensor (for progress), a failure, and "this rank is
-// done". When any rank fails, the coordinator tells every rank to stop after
-// its current tensor, so a failure stops the job promptly.
+// run), as small JSON texts: each finished tensor with its checksum and
+// record (for progress, the journal and the report), a failure, and "this
+// rank is done". When any rank fails, the coordinator tells every rank to
+// stop after its current tensor, so a failure stops the job promptly.
 constexpr int kWorkerTag = 7001;
 constexpr int kStopTag = 7002;
-constexpr long long kRankFinished = -1;
-constexpr long long kRankFailed = -2;
 
 class WorkChannel {
  public:
-  WorkChannel(const Communicator& comm, const std::vector<TensorInfo>& tensors, Progress* progress)
-      : comm_(comm.split(0, comm.rank())), tensors_(tensors), progress_(progress) {}
+  // Called on the coordinator for every finished tensor (its own too).
+  using OnDone = std::function<void(std::size_t index, std::uint64_t checksum, nlohmann::json record)>;
+
+  WorkChannel(const Communicator& comm, OnDone on_done) : comm_(comm.split(0, comm.rank())), on_done_(std::move(on_done)) {}
 
   ~WorkChannel() {
     if (!requests_.empty()) MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE);
   }
 
   // Any rank: tensor `index` is done.
-  void tensor_done(std::size_t index) {
+  void tensor_done(std::size_t index, std::uint64_t checksum, nlohmann::json record) {
     if (comm_.is_root()) {
-      advance(index);
+      on_done_(index, checksum, std::move(record));
       poll();
     } else {
-      send(0, kWorkerTag, static_cast<long long>(index));
+      send(0, kWorkerTag, {{"done", index}, {"checksum", checksum}, {"record", std::move(record)}});
     }
   }
 
@@ -75,7 +81,7 @@ class WorkChannel {
     if (comm_.is_root())
       stop_everyone();
     else
-      send(0, kWorkerTag, kRankFailed);
+      send(0, kWorkerTag, {{"failed", true}});
   }
 
   // Should this rank stop before its next tensor?
@@ -88,8 +94,7 @@ class WorkChannel {
       int flag = 0;
       MPI_Iprobe(0, kStopTag, comm_.get(), &flag, MPI_STATUS_IGNORE);
       if (flag) {
-        long long value = 0;
-        MPI_Recv(&value, 1, MPI_LONG_LONG, 0, kStopTag, comm_.get(), MPI_STATUS_IGNORE);
+        receive(0, kStopTag);
         stopping_ = true;
       }
     }
@@ -100,52 +105,69 @@ class WorkChannel {
   // waits for every other rank to say the same.
   void rank_finished() {
     if (!comm_.is_root()) {
-      send(0, kWorkerTag, kRankFinished);
+      send(0, kWorkerTag, {{"finished", true}});
       return;
     }
-    while (finished_ranks_ < comm_.size() - 1) receive_one(true);
-    progress_->finish();
+    while (finished_ranks_ < comm_.size() - 1) handle_one(true);
   }
 
  private:
-  void send(int to, int tag, long long value) {
-    messages_.push_back(std::make_unique<long long>(value));
+  void send(int to, int tag, const nlohmann::json& message) {
+    messages_.push_back(std::make_unique<std::string>(message.dump()));
     requests_.emplace_back();
-    MPI_Isend(messages_.back().get(), 1, MPI_LONG_LONG, to, tag, comm_.get(), &requests_.back());
+    MPI_Isend(messages_.back()->data(), static_cast<int>(messages_.back()->size()), MPI_CHAR, to, tag, comm_.get(),
+              &requests_.back());
   }
-  void advance(std::size_t index) { progress_->advance(tensors_[index].nbytes(), tensors_[index].name); }
+  nlohmann::json receive(int from, int tag) {
+    MPI_Status status;
+    MPI_Probe(from, tag, comm_.get(), &status);
+    int count = 0;
+    MPI_Get_count(&status, MPI_CHAR, &count);
+    std::string text(static_cast<std::size_t>(count), '\0');
+    MPI_Recv(text.data(), count, MPI_CHAR, status.MPI_SOURCE, tag, comm_.get(), MPI_STATUS_IGNORE);
+    return nlohmann::json::parse(text);
+  }
   void stop_everyone() {
     if (stopping_) return;
     stopping_ = true;
-    for (int r = 1; r < comm_.size(); ++r) send(r, kStopTag, 1);
+    for (int r = 1; r < comm_.size(); ++r) send(r, kStopTag, {{"stop", true}});
   }
   void poll() {
-    while (receive_one(false)) {
+    while (handle_one(false)) {
     }
   }
-  bool receive_one(bool block) {
-    int flag = 1;
-    if (!block) MPI_Iprobe(MPI_ANY_SOURCE, kWorkerTag, comm_.get(), &flag, MPI_STATUS_IGNORE);
-    if (!flag) return false;
-    long long value = 0;
-    MPI_Recv(&value, 1, MPI_LONG_LONG, MPI_ANY_SOURCE, kWorkerTag, comm_.get(), MPI_STATUS_IGNORE);
-    if (value == kRankFinished)
+  bool handle_one(bool block) {
+    if (!block) {
+      int flag = 0;
+      MPI_Iprobe(MPI_ANY_SOURCE, kWorkerTag, comm_.get(), &flag, MPI_STATUS_IGNORE);
+      if (!flag) return false;
+    }
+    nlohmann::json message = receive(MPI_ANY_SOURCE, kWorkerTag);
+    if (message.contains("finished"))
       ++finished_ranks_;
-    else if (value == kRankFailed)
+    else if (message.contains("failed"))
       stop_everyone();
     else
-      advance(static_cast<std::size_t>(value));
+      on_done_(message["done"].get<std::size_t>(), message["checksum"].get<std::uint64_t>(),
+               std::move(message["record"]));
     return true;
   }
 
   Communicator comm_;
-  const std::vector<TensorInfo>& tensors_;
-  Progress* progress_;
-  std::vector<std::unique_ptr<long long>> messages_;
+  OnDone on_done_;
+  std::vector<std::unique_ptr<std::string>> messages_;
   std::vector<MPI_Request> requests_;
   int finished_ranks_ = 0;
   bool stopping_ = false;
 };
+
+// Fault injection for the kill-and-resume tests: SOUPKIT_FAULT_KILL_AFTER=N
+// makes the coordinator kill itself (SIGKILL, like an OOM kill or a node
+// loss) right after journaling its N-th tensor of this run.
+long fault_kill_after() {
+  const char* text = std::getenv("SOUPKIT_FAULT_KILL_AFTER");
+  return text ? std::strtol(text, nullptr, 10) : 0;
+}
 
 // What --dry-run prints: the plan per rank, without touching the output.
 void print_plan(const MethodPlan& plan, const std::vector<int>& owner, int ranks, const fs::path& out,
@@ -234,6 +256,50 @@ std::uint64_t default_memory_budget(const Communicator& comm) {
   return static_cast<std::uint64_t>(-comm.max(-share));
 }
 
+namespace {
+
+// The identity of a job's output for its journal: everything that decides
+// the output's bytes (tensors, dtypes, shapes, metadata, method parameters
+// and sources, aux files, shard size), not how it is run.
+std::string output_fingerprint(const OutputSpec& spec) {
+  nlohmann::json j = spec.to_json();
+  j.erase("overwrite");
+  return fingerprint_of(j);
+}
+
+// --resume: every rank re-reads a share of the journaled tensors from the
+// partial output and checks their checksums. Returns, on all ranks, the
+// indices that passed.
+std::set<std::size_t> verify_finished(const Communicator& comm, CheckpointWriter& writer,
+                                      const std::vector<std::pair<std::size_t, std::uint64_t>>& journaled) {
+  std::vector<double> bytes;
+  for (const auto& [i, checksum] : journaled) bytes.push_back(static_cast<double>(writer.spec().tensors[i].nbytes()));
+  const std::vector<int> verifier = assign_owners(bytes, comm.size());
+  std::vector<std::size_t> good;
+  std::string error;
+  try {
+    for (std::size_t k = 0; k < journaled.size(); ++k)
+      if (verifier[k] == comm.rank() && writer.checksum_written(journaled[k].first) == journaled[k].second)
+        good.push_back(journaled[k].first);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  agree_on_failure(comm, error);
+  std::set<std::size_t> passed;
+  for (const auto& part : comm.gather(nlohmann::json(good).dump()))
+    for (const auto& i : nlohmann::json::parse(part)) passed.insert(i.get<std::size_t>());
+  const auto all = nlohmann::json::parse(comm.broadcast(nlohmann::json(passed).dump()));
+  return all.get<std::set<std::size_t>>();
+}
+
+std::uint64_t sum_over(const Communicator& comm, std::uint64_t value) {
+  std::uint64_t total = 0;
+  MPI_Allreduce(&value, &total, 1, MPI_UINT64_T, MPI_SUM, comm.get());
+  return total;
+}
+
+}  // namespace
+
 RunResult run_method(const Communicator& comm, Method& method, const fs::path& out, const RunOptions& options) {
   const auto start = Clock::now();
   const std::uint64_t base_rss = current_rss_bytes();
@@ -246,48 +312,105 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
 
   // Grid tasks load every rank alike; the rest are balanced over ranks.
   std::vector<double> single_costs = plan.costs;
-  std::vector<std::size_t> grid_tasks;
   for (std::size_t i = 0; i < tensors.size(); ++i)
-    if (plan.grid[i]) {
-      grid_tasks.push_back(i);
-      single_costs[i] = 0;
-    }
-  const std::vector<int> owner = assign_owners(single_costs, comm.size());
+    if (plan.grid[i]) single_costs[i] = 0;
   if (options.dry_run) {
-    if (comm.is_root()) print_plan(plan, owner, comm.size(), out, method.name());
+    if (comm.is_root()) print_plan(plan, assign_owners(single_costs, comm.size()), comm.size(), out, method.name());
+    return {};
+  }
+  const fs::path partial = partial_output_path(out);
+  if (options.resume && comm.broadcast(fs::exists(out) && !fs::exists(partial) ? "1" : "0") == "1") {
+    log::info("{}: already complete; nothing to resume", out.string());
+    on_root(comm, [&] { fs::remove(Journal::path_for(out)); });
     return {};
   }
   collectively(comm, [&] { method.prepare(plan); });
 
-  // 2. Every rank creates the output together.
-  auto writer = create_checkpoint_writer(comm, out, plan.output);
+  // 2. The coordinator locks the output through its journal and, with
+  //    --resume, reads which tensors a previous run finished.
+  std::unique_ptr<Journal> journal;
+  std::string resume_text;
+  std::unique_ptr<CheckpointWriter> writer;
+  try {
+    on_root(comm, [&] {
+      journal = std::make_unique<Journal>(out, output_fingerprint(plan.output), options.resume);
+      if (!journal->finished().empty() && !fs::exists(partial)) {
+        log::warn("{}: {} is gone; starting over", out.string(), partial.string());
+        journal->restart(output_fingerprint(plan.output));
+      }
+      nlohmann::json finished = nlohmann::json::array();
+      for (const auto& [i, entry] : journal->finished()) finished.push_back({i, entry.checksum});
+      resume_text = finished.dump();
+    });
+    // 3. Every rank opens the output together: a new one, or the one a killed run left.
+    const auto journaled = nlohmann::json::parse(comm.broadcast(resume_text));
+    writer = create_checkpoint_writer(comm, out, plan.output, journaled.empty() ? WriterMode::Create : WriterMode::Resume);
+    resume_text = journaled.dump();
+  } catch (...) {
+    // Nothing was written: leave no journal behind either.
+    if (journal && journal->finished().empty()) journal->remove();
+    throw;
+  }
+  const auto journaled = nlohmann::json::parse(resume_text).get<std::vector<std::pair<std::size_t, std::uint64_t>>>();
   std::uint64_t total_bytes = 0;
   for (const auto& t : tensors) total_bytes += t.nbytes();
   log::info("{}: {} tensors, {} -> {} on {} rank{}", method.name(), tensors.size(), human_bytes(total_bytes),
             out.string(), comm.size(), comm.size() == 1 ? "" : "s");
+  std::set<std::size_t> done;
+  if (!journaled.empty()) {
+    done = verify_finished(comm, *writer, journaled);
+    on_root(comm, [&] {
+      for (const auto& [i, checksum] : journaled)
+        if (!done.count(i)) journal->forget(i);
+    });
+    log::info("resuming: {} of {} tensors already written and verified by checksum{}", done.size(), tensors.size(),
+              done.size() < journaled.size()
+                  ? fmt::format(" ({} failed verification and will be recomputed)", journaled.size() - done.size())
+                  : "");
+  }
 
-  // 3. Each rank computes and writes the tensors it owns, largest first.
-  std::vector<std::size_t> mine;
-  for (std::size_t i = 0; i < tensors.size(); ++i)
-    if (!plan.grid[i] && owner[i] == comm.rank()) mine.push_back(i);
+  // 4. Each rank computes and writes the tensors it owns, largest first.
+  std::vector<double> remaining_costs = single_costs;
+  for (auto i : done) remaining_costs[i] = 0;
+  const std::vector<int> owner = assign_owners(remaining_costs, comm.size());
+  std::vector<std::size_t> grid_tasks, mine;
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    if (done.count(i)) continue;
+    if (plan.grid[i])
+      grid_tasks.push_back(i);
+    else if (owner[i] == comm.rank())
+      mine.push_back(i);
+  }
   std::stable_sort(mine.begin(), mine.end(), [&](std::size_t a, std::size_t b) { return plan.costs[a] > plan.costs[b]; });
+
+  // The coordinator's view of finished tensors: journal, records, progress.
+  std::uint64_t done_bytes = 0;
+  for (auto i : done) done_bytes += tensors[i].nbytes();
   Progress progress(method.name(), tensors.size(), total_bytes);
-  WorkChannel channel(comm, tensors, &progress);
+  progress.skip(done.size(), done_bytes);
+  std::vector<nlohmann::json> records(comm.is_root() ? tensors.size() : 0);
+  if (journal)
+    for (const auto& [i, entry] : journal->finished()) records[i] = entry.record;
+  const long kill_after = fault_kill_after();
+  long journaled_now = 0;
+  WorkChannel channel(comm, [&](std::size_t i, std::uint64_t checksum, nlohmann::json record) {
+    journal->record(i, tensors[i].name, checksum, record);
+    records.at(i) = std::move(record);
+    progress.advance(tensors[i].nbytes(), tensors[i].name);
+    if (kill_after > 0 && ++journaled_now == kill_after) std::raise(SIGKILL);
+  });
   std::string error;
-  nlohmann::json records = nlohmann::json::array();
   const auto busy_start = Clock::now();
   if (!grid_tasks.empty()) {
-    // 3a. The largest matrices: all ranks together on a process grid.
+    // 4a. The largest matrices: all ranks together on a process grid.
     const Communicator group = comm.split(0, comm.rank());
     for (auto i : grid_tasks) {
       try {
         const auto t0 = Clock::now();
         nlohmann::json record = method.compute_grid(i, group, *writer);
         if (record.is_object()) record["seconds"] = seconds_since(t0);
-        if (group.is_root()) {
-          records.push_back({i, std::move(record)});
-          channel.tensor_done(i);
-        }
+        const std::uint64_t checksum = sum_over(group, writer->take_checksum(i));
+        if (group.is_root()) channel.tensor_done(i, checksum, std::move(record));
       } catch (const std::exception& e) {
         error = fmt::format("tensor '{}' (on a {}-rank grid): {}", tensors[i].name, group.size(), e.what());
         break;
@@ -301,8 +424,7 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
         const auto t0 = Clock::now();
         nlohmann::json record = method.compute(i, *writer);
         if (record.is_object()) record["seconds"] = seconds_since(t0);
-        records.push_back({i, std::move(record)});
-        channel.tensor_done(i);
+        channel.tensor_done(i, writer->take_checksum(i), std::move(record));
       } catch (const std::exception& e) {
         error = fmt::format("rank {}: tensor '{}': {}", comm.rank(), tensors[i].name, e.what());
         channel.failed();
@@ -319,16 +441,21 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
   }
   const double busy = seconds_since(busy_start);
   channel.rank_finished();
+  if (comm.is_root()) progress.finish();
 
-  // 4. Commit only if every rank succeeded.
+  // 5. Commit only if every rank succeeded. A reported error (bad input,
+  //    I/O failure) discards the partial output: --resume is for runs that
+  //    were killed (time limit, node loss), whose error needs no fixing and
+  //    whose journal is therefore still there.
   try {
     agree_on_failure(comm, error);
   } catch (...) {
     writer->discard();
+    if (journal) journal->remove();
     throw;
   }
   writer->commit();
-  const auto parts = comm.gather(records.dump());
+  on_root(comm, [&] { journal->remove(); });
 
   RunResult result;
   result.tensors = tensors.size();
@@ -347,12 +474,7 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
             out.string(), result.tensors, human_bytes(total_bytes), result.seconds, result.busy_max,
             100 * result.load_balance, human_bytes(result.peak_rss), human_bytes(static_cast<std::uint64_t>(max_growth)),
             human_bytes(result.base_rss));
-  on_root(comm, [&] {
-    std::vector<nlohmann::json> by_tensor(tensors.size());
-    for (const auto& part : parts)
-      for (const auto& entry : nlohmann::json::parse(part)) by_tensor.at(entry[0].get<std::size_t>()) = entry[1];
-    method.finish(by_tensor, result.seconds);
-  });
+  on_root(comm, [&] { method.finish(records, result.seconds); });
   return result;
 }
 

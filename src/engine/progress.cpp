@@ -32,6 +32,12 @@ void Progress::advance(std::uint64_t bytes, const std::string& tensor) {
   if (since >= (terminal_ ? kBarInterval : kLineInterval)) print(false);
 }
 
+void Progress::skip(std::size_t tensors, std::uint64_t bytes) {
+  done_tensors_ += tensors;
+  done_bytes_ += bytes;
+  skipped_bytes_ += bytes;
+}
+
 void Progress::finish() {
   if (enabled_ && terminal_) print(true);
 }
@@ -41,8 +47,8 @@ void Progress::print(bool final) {
   const double elapsed = std::chrono::duration<double>(last_print_ - start_).count();
   const double fraction = total_bytes_ ? static_cast<double>(done_bytes_) / static_cast<double>(total_bytes_)
                                        : static_cast<double>(done_tensors_) / std::max<double>(1, total_tensors_);
-  const double rate = elapsed > 0 ? static_cast<double>(done_bytes_) / elapsed : 0;
-  const double eta = fraction > 0 ? elapsed * (1 - fraction) / fraction : 0;
+  const double rate = elapsed > 0 ? static_cast<double>(done_bytes_ - skipped_bytes_) / elapsed : 0;
+  const double eta = rate > 0 ? static_cast<double>(total_bytes_ - done_bytes_) / rate : 0;
   const std::string stats = fmt::format("{}/{} tensors, {}/{}, {}/s, ETA {:.0f} s", done_tensors_, total_tensors_,
                                         human_bytes(done_bytes_), human_bytes(total_bytes_),
                                         human_bytes(static_cast<std::uint64_t>(rate)), eta);

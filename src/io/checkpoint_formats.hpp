@@ -10,8 +10,9 @@ std::unique_ptr<CheckpointReader> open_model_directory(const fs::path& dir);
 std::unique_ptr<CheckpointReader> open_hdf5_checkpoint(const fs::path& path);
 
 std::unique_ptr<CheckpointWriter> create_safetensors_writer(const Communicator& comm, const fs::path& path,
-                                                            OutputSpec spec, bool directory);
-std::unique_ptr<CheckpointWriter> create_hdf5_writer(const Communicator& comm, const fs::path& path, OutputSpec spec);
+                                                            OutputSpec spec, bool directory, WriterMode mode);
+std::unique_ptr<CheckpointWriter> create_hdf5_writer(const Communicator& comm, const fs::path& path, OutputSpec spec,
+                                                     WriterMode mode);
 
 // Checks a write_rows request against the tensor and returns its byte offset
 // within the tensor; throws Error naming the output and tensor if it is off.

@@ -39,6 +39,14 @@ void PartialOutput::prepare() const {
   }
 }
 
+void PartialOutput::prepare_resume() const {
+  std::error_code ec;
+  SOUPKIT_INPUT_ERROR_IF(fs::exists(final_, ec) && !overwrite_,
+                         "{}: output already exists (pass --overwrite to replace it)", final_.string());
+  SOUPKIT_INPUT_ERROR_IF(!fs::exists(partial_, ec) || fs::is_directory(partial_, ec) != is_directory_,
+                         "{}: nothing to resume: {} is missing", final_.string(), partial_.string());
+}
+
 void PartialOutput::commit() const {
   std::error_code ec;
   fs::path old;

@@ -13,6 +13,9 @@ class PartialOutput {
   // Checks the final path may be written, clears a stale partial output and
   // creates the parent directory (and the partial directory for directory outputs).
   void prepare() const;
+  // For --resume: checks the partial output a previous run left is there
+  // (and that the final path may be written), keeping it as it is.
+  void prepare_resume() const;
   // Atomically moves the partial output into place (replacing an old output
   // only when overwrite was asked for).
   void commit() const;

@@ -47,7 +47,7 @@ std::vector<Shard> plan_shards(const OutputSpec& spec, bool directory) {
 
 class SafetensorsWriter final : public CheckpointWriter {
  public:
-  SafetensorsWriter(const Communicator& comm, const fs::path& path, OutputSpec spec, bool directory)
+  SafetensorsWriter(const Communicator& comm, const fs::path& path, OutputSpec spec, bool directory, WriterMode mode)
       : CheckpointWriter(comm, path, std::move(spec)),
         directory_(directory),
         partial_(path, directory, spec_.overwrite),
@@ -62,6 +62,17 @@ class SafetensorsWriter final : public CheckpointWriter {
     }
     files_ = std::vector<std::optional<File>>(shards_.size());
     on_root(comm_, [&] {
+      if (mode == WriterMode::Resume) {
+        partial_.prepare_resume();
+        for (std::size_t s = 0; s < shards_.size(); ++s) {
+          std::error_code ec;
+          const auto size = fs::file_size(shard_path(s), ec);
+          SOUPKIT_INPUT_ERROR_IF(ec || size != layouts_[s].file_size,
+                                 "{}: cannot resume: {} is missing or has another size than this job's layout",
+                                 path_.string(), shard_path(s).string());
+        }
+        return;
+      }
       partial_.prepare();
       for (std::size_t s = 0; s < shards_.size(); ++s) {
         File f = File::open_write(shard_path(s), true);
@@ -75,13 +86,20 @@ class SafetensorsWriter final : public CheckpointWriter {
     if (!finished_ && comm_.is_root()) partial_.discard();
   }
 
-  void write_rows(std::size_t index, std::uint64_t first_row, std::uint64_t rows,
-                  std::span<const std::byte> data) override {
+  void write_rows_impl(std::size_t index, std::uint64_t first_row, std::uint64_t rows,
+                       std::span<const std::byte> data) override {
     const TensorInfo& t = spec_.tensors.at(index);
     const std::uint64_t offset = checked_row_range(path_, t, first_row, rows, data.size());
     const auto [shard, base] = location_[index];
     if (!files_[shard]) files_[shard] = File::open_write(shard_path(shard), false);
     files_[shard]->pwrite_all(base + offset, data);
+  }
+
+  void read_back_rows(std::size_t index, std::uint64_t first_row, std::uint64_t rows, std::span<std::byte> dst) override {
+    const TensorInfo& t = spec_.tensors.at(index);
+    const std::uint64_t offset = checked_row_range(path_, t, first_row, rows, dst.size());
+    const auto [shard, base] = location_[index];
+    File::open_read(shard_path(shard)).pread_exact(base + offset, dst);
   }
 
   void write_aux(std::size_t index, std::string_view contents) override {
@@ -145,8 +163,8 @@ class SafetensorsWriter final : public CheckpointWriter {
 }  // namespace
 
 std::unique_ptr<CheckpointWriter> create_safetensors_writer(const Communicator& comm, const fs::path& path,
-                                                            OutputSpec spec, bool directory) {
-  return std::make_unique<SafetensorsWriter>(comm, path, std::move(spec), directory);
+                                                            OutputSpec spec, bool directory, WriterMode mode) {
+  return std::make_unique<SafetensorsWriter>(comm, path, std::move(spec), directory, mode);
 }
 
 }  // namespace soupkit::detail
