@@ -49,9 +49,9 @@ soupkit=build/bin/soupkit
 mpirun_2=(mpirun --oversubscribe --bind-to none -n 2)
 set -x
 # The main job: MonoSoup on the built-in example pair, on 2 ranks, into HDF5,
-# then to a Hugging Face directory that transformers can load.
+# described by a job file (jobs/monosoup.yaml), then to a Hugging Face
+# directory in bfloat16 that transformers can load (jobs/convert.yaml).
 "$soupkit" example demo --overwrite
-"${mpirun_2[@]}" "$soupkit" monosoup --base demo/base --finetuned demo/finetuned --out demo/monosoup.h5 \
-  --report demo/monosoup-report.json --overwrite
-"${mpirun_2[@]}" "$soupkit" convert demo/monosoup.h5 demo/monosoup --overwrite
-"$soupkit" inspect demo/monosoup
+"${mpirun_2[@]}" "$soupkit" run jobs/monosoup.yaml --overwrite
+"${mpirun_2[@]}" "$soupkit" run jobs/convert.yaml --overwrite
+"$soupkit" inspect demo/monosoup-bf16

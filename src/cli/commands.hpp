@@ -14,5 +14,10 @@ int cmd_convert(const Communicator& comm, const Args& args);
 int cmd_inspect(const Communicator& comm, const Args& args);
 int cmd_example(const Communicator& comm, const Args& args);
 int cmd_monosoup(const Communicator& comm, const Args& args);
+int cmd_run(const Communicator& comm, const Args& args);
+
+using CommandFunction = int (*)(const Communicator&, const Args&);
+// The sub-command called `name`, or nullptr.
+const CommandFunction* find_command(const std::string& name);
 
 }  // namespace soupkit::cli

@@ -9,8 +9,6 @@
 #include <mpi.h>
 
 #include <cstdio>
-#include <functional>
-#include <map>
 
 namespace {
 
@@ -22,6 +20,7 @@ commands:
   convert IN OUT      convert a checkpoint between safetensors, model directories and HDF5
   inspect PATH        list a checkpoint's tensors
   example DIR         write the built-in example model pair (DIR/base, DIR/finetuned)
+  run JOB.yaml        run the merge a job file describes (mergekit-style keys; see jobs/)
 
 Checkpoints: a .safetensors file, a Hugging Face model directory (model.safetensors or
 sharded with model.safetensors.index.json), or a soupkit .h5 file.
@@ -29,13 +28,6 @@ Run 'soupkit <command> --help' for a command's options. Run under mpirun/srun to
 )";
 
 int dispatch(const soupkit::Communicator& comm, int argc, char** argv) {
-  using Command = std::function<int(const soupkit::Communicator&, const soupkit::cli::Args&)>;
-  static const std::map<std::string, Command> commands = {
-      {"convert", soupkit::cli::cmd_convert},
-      {"inspect", soupkit::cli::cmd_inspect},
-      {"example", soupkit::cli::cmd_example},
-      {"monosoup", soupkit::cli::cmd_monosoup},
-  };
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
     if (comm.is_root()) std::fputs(kUsage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 1 : 0;
@@ -44,10 +36,9 @@ int dispatch(const soupkit::Communicator& comm, int argc, char** argv) {
     if (comm.is_root()) std::printf("soupkit %s\n", SOUPKIT_VERSION);
     return 0;
   }
-  const auto it = commands.find(argv[1]);
-  if (it == commands.end())
-    throw soupkit::InputError(fmt::format("unknown command '{}' (commands: monosoup, convert, inspect, example)", argv[1]));
-  return it->second(comm, soupkit::cli::Args(argv + 2, argv + argc));
+  const auto* command = soupkit::cli::find_command(argv[1]);
+  if (!command) throw soupkit::InputError(fmt::format("unknown command '{}' (see 'soupkit --help')", argv[1]));
+  return (*command)(comm, soupkit::cli::Args(argv + 2, argv + argc));
 }
 
 }  // namespace

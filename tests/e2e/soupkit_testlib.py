@@ -130,12 +130,12 @@ def write_model_dir(path, tensors, shard_bytes=None, metadata=None, extra_files=
             f.write(text)
 
 
-def run_soupkit(args, ranks=None, check=True, timeout=600, env=None):
+def run_soupkit(args, ranks=None, check=True, timeout=600, env=None, cwd=None):
     """Runs soupkit (under mpirun with `ranks` ranks if given), with extra
     environment variables `env`. Returns CompletedProcess."""
     cmd = ([*MPIRUN, "-n", str(ranks)] if ranks else []) + [SOUPKIT, *map(str, args)]
     full_env = dict(os.environ, **(env or {}))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd)
     if check and proc.returncode != 0:
         raise AssertionError("soupkit failed (%d): %s\nstdout:\n%s\nstderr:\n%s"
                              % (proc.returncode, " ".join(cmd), proc.stdout, proc.stderr))

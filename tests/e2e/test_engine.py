@@ -238,6 +238,35 @@ class DryRun(EngineTestCase):
         self.assertNothingAt(out)
 
 
+JOBS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "jobs")
+
+
+class JobFiles(TempDirTestCase):
+    def test_job_files_run_the_same_merge_as_the_command_line(self):
+        run_soupkit(["example", "demo"], cwd=self.tmp)
+        run_soupkit(["run", os.path.join(JOBS, "monosoup.yaml")], ranks=2, cwd=self.tmp)
+        run_soupkit(["monosoup", "--base", "demo/base", "--finetuned", "demo/finetuned", "--out", "direct.h5"],
+                    ranks=3, cwd=self.tmp)
+        self.assertTrue(same_output(self.path("demo", "monosoup.h5"), self.path("direct.h5")))
+        self.assertTrue(os.path.exists(self.path("demo", "monosoup-report.json")))
+        run_soupkit(["run", os.path.join(JOBS, "convert.yaml")], ranks=2, cwd=self.tmp)
+        run_soupkit(["convert", "direct.h5", "direct-bf16", "--dtype", "BF16"], cwd=self.tmp)
+        self.assertTrue(same_output(self.path("demo", "monosoup-bf16"), self.path("direct-bf16")))
+        # Options after the job file reach the command.
+        plan = run_soupkit(["run", os.path.join(JOBS, "monosoup.yaml"), "--dry-run"], ranks=2, cwd=self.tmp)
+        self.assertIn("plan: monosoup", plan.stdout)
+
+    def test_bad_job_file(self):
+        with open(self.path("bad.yaml"), "w") as f:
+            f.write("merge_method: monosoup\nbase_model: a\nmodels: [b]\nslices: []\n")
+        for path, fragment in ((self.path("bad.yaml"), "unknown key 'slices'"),
+                               (self.path("missing.yaml"), "no such job file")):
+            proc = run_soupkit(["run", path], ranks=2, check=False)
+            self.assertEqual(proc.returncode, 1, proc.stderr)
+            self.assertIn(path, proc.stderr)
+            self.assertIn(fragment, proc.stderr)
+
+
 def peak_rss_of(args):
     """Peak resident memory (bytes) of one soupkit process, measured by the
     kernel for the child (not by soupkit itself)."""

@@ -1,0 +1,33 @@
+#include "commands.hpp"
+#include "job_file.hpp"
+#include "soupkit/error.hpp"
+#include "soupkit/log.hpp"
+
+#include <fmt/ranges.h>
+
+#include <cstdio>
+
+namespace soupkit::cli {
+
+// `soupkit run JOB [OPTION...]`: runs the command a job file describes;
+// options after the job file are added to (and override) the job's own,
+// e.g. --dry-run or --resume from an sbatch script.
+int cmd_run(const Communicator& comm, const Args& args) {
+  if (!args.empty() && (args[0] == "--help" || args[0] == "-h")) {
+    if (comm.is_root())
+      std::puts("usage: soupkit run JOB.yaml [OPTION...]\n\n"
+                "Runs the merge a job file describes (keys as in mergekit: merge_method, base_model, models,\n"
+                "parameters, dtype, out_dtype, tokenizer_source; plus out_path). Options after the job file\n"
+                "are passed to the command, after the job's own. See docs/operations.md and jobs/.");
+    return 0;
+  }
+  SOUPKIT_INPUT_ERROR_IF(args.empty(), "run: which job file? (soupkit run JOB.yaml)");
+  JobCommand job = read_job_file(args[0]);
+  job.args.insert(job.args.end(), args.begin() + 1, args.end());
+  const CommandFunction* command = find_command(job.command);
+  SOUPKIT_INPUT_ERROR_IF(!command, "{}: this build of soupkit has no '{}' command", args[0], job.command);
+  log::debug("{}: soupkit {} {}", args[0], job.command, fmt::join(job.args, " "));
+  return (*command)(comm, job.args);
+}
+
+}  // namespace soupkit::cli

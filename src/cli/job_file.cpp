@@ -1,0 +1,207 @@
+#include "job_file.hpp"
+
+#include "soupkit/error.hpp"
+#include "soupkit/file.hpp"
+
+#include <yaml-cpp/yaml.h>
+
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <map>
+#include <optional>
+#include <set>
+
+namespace soupkit::cli {
+namespace {
+
+// merge_method -> soupkit command (and its leading positional words).
+// mergekit's "linear" is the weighted average, which is a (weighted) soup.
+const std::map<std::string, std::vector<std::string>>& methods() {
+  static const std::map<std::string, std::vector<std::string>> m = {
+      {"monosoup", {"monosoup"}},
+      {"linear", {"soup", "uniform"}},
+      {"model_soup", {"soup", "uniform"}},
+      {"uniform_soup", {"soup", "uniform"}},
+      {"greedy_soup", {"soup", "greedy"}},
+      {"transplant", {"transplant"}},
+      {"tokenizer_transplant", {"transplant"}},
+      {"convert", {"convert"}},
+  };
+  return m;
+}
+
+const std::set<std::string> kTopLevelKeys = {"merge_method", "base_model", "models",    "parameters",
+                                             "dtype",        "out_dtype",  "out_path",  "tokenizer_source"};
+
+// mergekit spells dtypes as torch does; soupkit as safetensors does.
+std::string dtype_option(const std::string& source, const std::string& key, const std::string& value) {
+  static const std::map<std::string, std::string> names = {
+      {"float32", "F32"}, {"float", "F32"}, {"fp32", "F32"}, {"float16", "F16"}, {"half", "F16"}, {"fp16", "F16"},
+      {"bfloat16", "BF16"}, {"bf16", "BF16"}, {"float64", "F64"}, {"double", "F64"},
+      {"F32", "F32"}, {"F16", "F16"}, {"BF16", "BF16"}, {"F64", "F64"}};
+  const auto it = names.find(value);
+  SOUPKIT_INPUT_ERROR_IF(it == names.end(), "{}: {}: '{}' is not a dtype (float32, float16, bfloat16, float64)", source,
+                         key, value);
+  return it->second;
+}
+
+std::string scalar(const YAML::Node& node, const std::string& source, const std::string& key) {
+  SOUPKIT_INPUT_ERROR_IF(!node.IsScalar(), "{}: {}: expected a single value (line {})", source, key, node.Mark().line + 1);
+  return node.as<std::string>();
+}
+
+// parameters: {snake_or_kebab_key: value} -> --kebab-key value. true is a
+// bare flag, false leaves it out, a list becomes a comma-separated value.
+void add_parameters(const YAML::Node& params, const std::string& source, std::vector<std::string>& args) {
+  if (!params) return;
+  SOUPKIT_INPUT_ERROR_IF(!params.IsMap(), "{}: parameters: expected a mapping of option names to values (line {})",
+                         source, params.Mark().line + 1);
+  for (const auto& kv : params) {
+    std::string key = kv.first.as<std::string>();
+    std::replace(key.begin(), key.end(), '_', '-');
+    const YAML::Node& value = kv.second;
+    const std::string where = "parameters." + kv.first.as<std::string>();
+    if (value.IsSequence()) {
+      std::string joined;
+      for (const auto& item : value) {
+        if (!joined.empty()) joined += ',';
+        joined += scalar(item, source, where);
+      }
+      args.insert(args.end(), {"--" + key, joined});
+      continue;
+    }
+    const std::string text = scalar(value, source, where);
+    if (text == "true") {
+      args.push_back("--" + key);
+    } else if (text != "false") {
+      args.insert(args.end(), {"--" + key, text});
+    }
+  }
+}
+
+struct Model {
+  std::string path;
+  std::optional<std::string> weight;
+};
+
+std::vector<Model> read_models(const YAML::Node& models, const std::string& source) {
+  std::vector<Model> out;
+  if (!models) return out;
+  SOUPKIT_INPUT_ERROR_IF(!models.IsSequence(), "{}: models: expected a list (line {})", source, models.Mark().line + 1);
+  for (std::size_t i = 0; i < models.size(); ++i) {
+    const YAML::Node& m = models[i];
+    const std::string where = fmt::format("models[{}]", i);
+    if (m.IsScalar()) {
+      out.push_back({m.as<std::string>(), std::nullopt});
+      continue;
+    }
+    SOUPKIT_INPUT_ERROR_IF(!m.IsMap() || !m["model"], "{}: {}: expected 'model: PATH' (line {})", source, where,
+                           m.Mark().line + 1);
+    Model model{scalar(m["model"], source, where + ".model"), std::nullopt};
+    if (const auto p = m["parameters"]) {
+      for (const auto& kv : p)
+        SOUPKIT_INPUT_ERROR_IF(kv.first.as<std::string>() != "weight",
+                               "{}: {}.parameters.{}: soupkit takes only a per-model 'weight'", source, where,
+                               kv.first.as<std::string>());
+      if (p["weight"]) model.weight = scalar(p["weight"], source, where + ".parameters.weight");
+    }
+    out.push_back(model);
+  }
+  return out;
+}
+
+}  // namespace
+
+JobCommand parse_job(const std::string& yaml_text, const std::string& source) {
+  YAML::Node job;
+  try {
+    job = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    throw InputError(fmt::format("{}: not valid YAML: {}", source, e.what()));
+  }
+  SOUPKIT_INPUT_ERROR_IF(!job.IsMap(), "{}: a job file is a YAML mapping (merge_method, models, ...)", source);
+  for (const auto& kv : job) {
+    const auto key = kv.first.as<std::string>();
+    SOUPKIT_INPUT_ERROR_IF(!kTopLevelKeys.count(key), "{}: unknown key '{}' (line {}); a job has {}", source, key,
+                           kv.first.Mark().line + 1, fmt::join(kTopLevelKeys, ", "));
+  }
+  SOUPKIT_INPUT_ERROR_IF(!job["merge_method"], "{}: merge_method is missing", source);
+  const std::string method = scalar(job["merge_method"], source, "merge_method");
+  const auto it = methods().find(method);
+  if (it == methods().end()) {
+    std::vector<std::string> known;
+    for (const auto& [name, command] : methods()) known.push_back(name);
+    throw InputError(fmt::format("{}: merge_method '{}' is not one soupkit runs ({})", source, method, fmt::join(known, ", ")));
+  }
+  JobCommand out{it->second.front(), {it->second.begin() + 1, it->second.end()}};
+  auto& args = out.args;
+  const auto models = read_models(job["models"], source);
+  const std::string base = job["base_model"] ? scalar(job["base_model"], source, "base_model") : "";
+  auto need = [&](bool ok, const std::string& what) {
+    SOUPKIT_INPUT_ERROR_IF(!ok, "{}: merge_method {} needs {}", source, method, what);
+  };
+  auto no_weights = [&] {
+    for (const auto& m : models)
+      SOUPKIT_INPUT_ERROR_IF(m.weight.has_value(), "{}: {}: per-model weights apply only to soups", source, m.path);
+  };
+  if (out.command == "monosoup") {
+    need(!base.empty() && models.size() == 1, "base_model and exactly one entry in models (the fine-tuned model)");
+    no_weights();
+    args.insert(args.end(), {"--base", base, "--finetuned", models[0].path});
+  } else if (out.command == "soup") {
+    need(!models.empty(), "models (the ingredients)");
+    SOUPKIT_INPUT_ERROR_IF(!base.empty(), "{}: base_model: a soup averages its models only; list every ingredient "
+                                          "under models", source);
+    const bool weighted = std::any_of(models.begin(), models.end(), [](const Model& m) { return m.weight.has_value(); });
+    std::string weights;
+    for (const auto& m : models) {
+      SOUPKIT_INPUT_ERROR_IF(weighted && !m.weight, "{}: {}: every model needs a weight once one has it", source, m.path);
+      if (weighted && !weights.empty()) weights += ',';
+      if (weighted) weights += *m.weight;
+      args.push_back(m.path);
+    }
+    if (weighted) args.insert(args.end(), {"--weights", weights});
+  } else if (out.command == "transplant") {
+    need(!base.empty() && job["tokenizer_source"], "base_model and tokenizer_source (the donor model directory)");
+    no_weights();
+    SOUPKIT_INPUT_ERROR_IF(!models.empty(), "{}: models: a transplant takes base_model and tokenizer_source only", source);
+    args.insert(args.end(), {"--base", base, "--donor", scalar(job["tokenizer_source"], source, "tokenizer_source")});
+  } else {  // convert
+    need(models.size() == 1 && base.empty(), "exactly one entry in models (the checkpoint to convert)");
+    no_weights();
+    args.push_back(models[0].path);
+  }
+  SOUPKIT_INPUT_ERROR_IF(job["tokenizer_source"] && out.command != "transplant",
+                         "{}: tokenizer_source applies to merge_method transplant only", source);
+  if (job["out_path"]) {
+    const std::string out_path = scalar(job["out_path"], source, "out_path");
+    if (out.command == "convert")
+      args.push_back(out_path);
+    else
+      args.insert(args.end(), {"--out", out_path});
+  }
+  if (job["out_dtype"]) {
+    const std::string dtype = dtype_option(source, "out_dtype", scalar(job["out_dtype"], source, "out_dtype"));
+    args.insert(args.end(), {out.command == "convert" ? "--dtype" : "--out-dtype", dtype});
+  }
+  if (job["dtype"]) {
+    // mergekit's compute dtype. soupkit computes spectra in float64 and
+    // averages in float64 (float32 on request), never below float32.
+    const std::string dtype = dtype_option(source, "dtype", scalar(job["dtype"], source, "dtype"));
+    SOUPKIT_INPUT_ERROR_IF(dtype != "F32" && dtype != "F64",
+                           "{}: dtype: soupkit computes in float32 or float64, not {}; use out_dtype for the output",
+                           source, dtype);
+    if (out.command == "soup") args.insert(args.end(), {"--accumulate", dtype});
+  }
+  add_parameters(job["parameters"], source, args);
+  return out;
+}
+
+JobCommand read_job_file(const std::filesystem::path& path) {
+  std::error_code ec;
+  SOUPKIT_INPUT_ERROR_IF(!std::filesystem::is_regular_file(path, ec), "{}: no such job file", path.string());
+  return parse_job(read_text_file(path), path.string());
+}
+
+}  // namespace soupkit::cli

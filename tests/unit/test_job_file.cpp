@@ -1,0 +1,83 @@
+// Job files (mergekit-style YAML) become exactly the command lines a user
+// would type; every example in jobs/ translates; bad files name the problem.
+#include "cli/job_file.hpp"
+#include "soupkit/error.hpp"
+
+#include <gtest/gtest.h>
+
+namespace soupkit::cli {
+namespace {
+
+using Strings = std::vector<std::string>;
+
+TEST(JobFile, MonosoupExample) {
+  const auto job = read_job_file(SOUPKIT_SOURCE_DIR "/jobs/monosoup.yaml");
+  EXPECT_EQ(job.command, "monosoup");
+  EXPECT_EQ(job.args, (Strings{"--base", "demo/base", "--finetuned", "demo/finetuned", "--out", "demo/monosoup.h5",
+                               "--mode", "effective-rank", "--min-rel-update", "1.0e-6", "--report",
+                               "demo/monosoup-report.json"}));
+}
+
+TEST(JobFile, WeightedSoupIsMergekitLinear) {
+  const auto job = read_job_file(SOUPKIT_SOURCE_DIR "/jobs/wise-ft.yaml");
+  EXPECT_EQ(job.command, "soup");
+  EXPECT_EQ(job.args, (Strings{"uniform", "demo/finetuned", "demo/base", "--weights", "0.5,0.5", "--out",
+                               "demo/wise-ft", "--out-dtype", "BF16"}));
+}
+
+TEST(JobFile, EveryExampleTranslates) {
+  EXPECT_EQ(read_job_file(SOUPKIT_SOURCE_DIR "/jobs/uniform-soup.yaml").args,
+            (Strings{"uniform", "runs/ft-lr1e-5-seed0", "runs/ft-lr1e-5-seed1", "runs/ft-lr3e-5-seed0",
+                     "runs/ft-lr3e-5-seed1", "--out", "soups/uniform", "--accumulate", "F64", "--shard-size", "5GB"}));
+  const auto greedy = read_job_file(SOUPKIT_SOURCE_DIR "/jobs/greedy-soup.yaml");
+  EXPECT_EQ(greedy.args[0], "greedy");
+  EXPECT_NE(std::find(greedy.args.begin(), greedy.args.end(), "python3 evaluate.py --split val {model}"),
+            greedy.args.end());
+  const auto transplant = read_job_file(SOUPKIT_SOURCE_DIR "/jobs/transplant.yaml");
+  EXPECT_EQ(transplant.command, "transplant");
+  EXPECT_EQ(transplant.args, (Strings{"--base", "models/base-llama", "--donor", "models/donor-qwen", "--out",
+                                      "transplanted/base-with-donor-tokenizer", "--k", "64", "--report",
+                                      "transplanted/report.json"}));
+  EXPECT_EQ(read_job_file(SOUPKIT_SOURCE_DIR "/jobs/convert.yaml").args,
+            (Strings{"demo/monosoup.h5", "demo/monosoup-bf16", "--dtype", "BF16"}));
+}
+
+TEST(JobFile, FlagsAndLists) {
+  const auto job = parse_job(
+      "merge_method: monosoup\nbase_model: a\nmodels: [b]\nparameters: {strict: true, overwrite: false, x_y: [1, 2]}\n",
+      "j.yaml");
+  EXPECT_EQ(job.args, (Strings{"--base", "a", "--finetuned", "b", "--strict", "--x-y", "1,2"}));
+}
+
+void expect_error(const std::string& yaml, const std::string& fragment) {
+  try {
+    parse_job(yaml, "bad.yaml");
+    ADD_FAILURE() << "no error for: " << yaml;
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("bad.yaml"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+  }
+}
+
+TEST(JobFile, BadJobsNameTheProblem) {
+  expect_error("merge_method: [", "not valid YAML");
+  expect_error("- a\n- b\n", "YAML mapping");
+  expect_error("models: [a]\n", "merge_method is missing");
+  expect_error("merge_method: ties\nmodels: [a]\n", "merge_method 'ties'");
+  expect_error("merge_method: monosoup\nbase_model: a\nmodels: [b, c]\n", "exactly one entry");
+  expect_error("merge_method: monosoup\nbase_model: a\nmodels: [b]\nslices: []\n", "unknown key 'slices'");
+  expect_error("merge_method: linear\nmodels:\n  - model: a\n    parameters: {weight: 1}\n  - model: b\n",
+               "every model needs a weight");
+  expect_error("merge_method: linear\nmodels:\n  - model: a\n    parameters: {density: 1}\n", "'weight'");
+  expect_error("merge_method: model_soup\nmodels: [a]\nout_dtype: int8\n", "not a dtype");
+  expect_error("merge_method: model_soup\nmodels: [a]\ndtype: bfloat16\n", "float32 or float64");
+  expect_error("merge_method: transplant\nbase_model: a\n", "tokenizer_source");
+  expect_error("merge_method: monosoup\nbase_model: a\nmodels: [b]\ntokenizer_source: c\n", "transplant only");
+}
+
+TEST(JobFile, MissingFile) {
+  EXPECT_THROW(read_job_file("/nonexistent/job.yaml"), InputError);
+}
+
+}  // namespace
+}  // namespace soupkit::cli
