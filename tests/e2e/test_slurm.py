@@ -1,0 +1,65 @@
+"""The sbatch scripts in slurm/: valid bash, and runnable outside Slurm with
+the launcher swapped for mpirun: a dry run prints the plan, a killed run is
+resumed by simply running the script again (what a requeue does)."""
+import glob
+import os
+import subprocess
+import unittest
+
+from soupkit_testlib import MPIRUN, SOUPKIT, TempDirTestCase, run_soupkit
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+SCRIPTS = sorted(glob.glob(os.path.join(ROOT, "slurm", "*")))
+
+
+class SlurmScripts(TempDirTestCase):
+    def run_script(self, name, *args, ranks=2, env=None):
+        full_env = dict(os.environ, SOUPKIT=os.path.abspath(SOUPKIT), SLURM_SUBMIT_DIR=ROOT,
+                        SOUPKIT_LAUNCHER=" ".join([*MPIRUN, "-n", str(ranks)]), **(env or {}))
+        return subprocess.run(["bash", os.path.join(ROOT, "slurm", name), *args], cwd=self.tmp, env=full_env,
+                              capture_output=True, text=True, timeout=300)
+
+    def test_scripts_are_valid_bash(self):
+        self.assertGreaterEqual(len(SCRIPTS), 4)
+        for script in SCRIPTS:
+            proc = subprocess.run(["bash", "-n", script], capture_output=True, text=True)
+            self.assertEqual(proc.returncode, 0, f"{script}: {proc.stderr}")
+
+    def test_sbatch_headers_ask_for_requeue_and_the_time_limit_signal(self):
+        for script in glob.glob(os.path.join(ROOT, "slurm", "*.sbatch")):
+            with open(script) as f:
+                text = f.read()
+            for directive in ("#SBATCH --requeue", "#SBATCH --signal=B:USR1@", "#SBATCH --nodes=",
+                              "#SBATCH --ntasks-per-node="):
+                self.assertIn(directive, text, script)
+
+    def test_monosoup_dry_run(self):
+        run_soupkit(["example", "demo"], cwd=self.tmp)
+        proc = self.run_script("monosoup.sbatch", os.path.join(ROOT, "jobs", "monosoup.yaml"), "--dry-run")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("plan: monosoup -> demo/monosoup.h5", proc.stdout)
+        self.assertIn("--resume", proc.stderr)  # run-job.sh says what it runs
+        self.assertFalse(os.path.exists(self.path("demo", "monosoup.h5")))
+
+    def test_a_killed_job_resumes_when_run_again(self):
+        run_soupkit(["example", "demo"], cwd=self.tmp)
+        job = os.path.join(ROOT, "jobs", "monosoup.yaml")
+        killed = self.run_script("monosoup.sbatch", job, env={"SOUPKIT_FAULT_KILL_AFTER": "5"})
+        self.assertNotEqual(killed.returncode, 0)
+        self.assertTrue(os.path.exists(self.path("demo", "monosoup.h5.journal")))
+        resumed = self.run_script("monosoup.sbatch", job, ranks=3)
+        self.assertEqual(resumed.returncode, 0, resumed.stderr)
+        self.assertIn("resuming: ", resumed.stderr)
+        run_soupkit(["monosoup", "--base", "demo/base", "--finetuned", "demo/finetuned", "--out", "direct.h5"],
+                    cwd=self.tmp)
+        with open(self.path("demo", "monosoup.h5"), "rb") as f, open(self.path("direct.h5"), "rb") as g:
+            self.assertEqual(f.read(), g.read())
+
+    def test_missing_job_file(self):
+        proc = self.run_script("monosoup.sbatch", "nope.yaml")
+        self.assertEqual(proc.returncode, 1)
+        self.assertIn("no job file nope.yaml", proc.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
