@@ -47,6 +47,10 @@ class CheckpointReader {
   void read(const TensorInfo& t, std::span<std::byte> dst) const;
   std::vector<std::byte> read(const TensorInfo& t) const;
 
+  // Where a tensor's bytes are, for plans and messages: "FILE@OFFSET" for
+  // safetensors, "FILE:/tensors/NAME" for HDF5.
+  virtual std::string location(const TensorInfo& t) const = 0;
+
   virtual std::vector<AuxFileInfo> aux_files() const = 0;
   virtual std::string read_aux(const std::string& name) const = 0;
 

@@ -24,6 +24,9 @@ struct MethodPlan {
   // Tensors computed by a group of ranks together (a ScaLAPACK grid) rather
   // than by one rank; empty means none.
   std::vector<bool> grid;
+  // Per output tensor, where its inputs are (CheckpointReader::location),
+  // for --dry-run; empty means not given.
+  std::vector<std::vector<std::string>> sources;
   nlohmann::json state = nlohmann::json::object();  // method-specific data every rank needs
 };
 

@@ -25,6 +25,7 @@ using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 nlohmann::json plan_to_json(const MethodPlan& plan) {
+  // Sources are for --dry-run on the coordinator only: not broadcast.
   return {{"output", plan.output.to_json()}, {"costs", plan.costs}, {"memory", plan.memory},
           {"grid", plan.grid},               {"state", plan.state}};
 }
@@ -193,6 +194,20 @@ void print_plan(const MethodPlan& plan, const std::vector<int>& owner, int ranks
     ++count[r];
   }
   std::printf("plan: %s -> %s\n", method.c_str(), out.c_str());
+  std::printf("  %-40s %-6s %-18s %5s %9s %10s  %s\n", "tensor", "dtype", "shape", "rank", "est. s", "est. mem",
+              "inputs");
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    std::string inputs;
+    if (i < plan.sources.size()) {
+      const auto& s = plan.sources[i];
+      for (std::size_t k = 0; k < s.size() && k < 2; ++k) inputs += (k ? ", " : "") + s[k];
+      if (s.size() > 2) inputs += fmt::format(" (+{} more)", s.size() - 2);
+    }
+    std::printf("  %-40s %-6s %-18s %5s %9.3f %10s  %s\n", tensors[i].name.c_str(),
+                std::string(dtype_name(tensors[i].dtype)).c_str(), shape_string(tensors[i].shape).c_str(),
+                plan.grid[i] ? "grid" : std::to_string(owner[i]).c_str(), plan.costs[i],
+                human_bytes(static_cast<std::uint64_t>(plan.memory[i])).c_str(), inputs.c_str());
+  }
   std::printf("  %zu tensors, %s, %zu on a %d-rank grid\n", tensors.size(), human_bytes(bytes).c_str(), grid_tasks, ranks);
   std::printf("  %-6s %10s %14s %16s\n", "rank", "tensors", "est. seconds", "est. peak memory");
   for (int r = 0; r < ranks; ++r)
@@ -306,8 +321,14 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
 
   // 1. The coordinator plans and validates; nobody does heavy work before it says go.
   std::string plan_text;
-  on_root(comm, [&] { plan_text = plan_to_json(method.plan()).dump(); });
-  const MethodPlan plan = plan_from_json(nlohmann::json::parse(comm.broadcast(plan_text)));
+  std::vector<std::vector<std::string>> sources;
+  on_root(comm, [&] {
+    MethodPlan planned = method.plan();
+    sources = std::move(planned.sources);
+    plan_text = plan_to_json(planned).dump();
+  });
+  MethodPlan plan = plan_from_json(nlohmann::json::parse(comm.broadcast(plan_text)));
+  plan.sources = std::move(sources);
   const auto& tensors = plan.output.tensors;
 
   // Grid tasks load every rank alike; the rest are balanced over ranks.

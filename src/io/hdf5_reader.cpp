@@ -133,6 +133,8 @@ class Hdf5Reader final : public CheckpointReader {
     throw InputError(fmt::format("{}: no file '{}' stored", path_.string(), name));
   }
 
+  std::string location(const TensorInfo& t) const override { return locations_.at(index_of(t)); }
+
  private:
   void load_tensor(const std::string& link) {
     const std::string where = fmt::format("{}: /tensors/{}", path_.string(), link);
@@ -157,10 +159,12 @@ class Hdf5Reader final : public CheckpointReader {
     SOUPKIT_INPUT_ERROR_IF(!checked_numel(info.shape), "{}: tensor '{}': shape too large", where, info.name);
     datasets_.push_back(std::move(d));
     add_tensor(std::move(info), where);
+    locations_.push_back(path_.string() + ":/tensors/" + link);
   }
 
   h5::Handle file_, tensors_group_, files_group_;
   std::vector<h5::Handle> datasets_;  // parallel to tensors_
+  std::vector<std::string> locations_;  // parallel to tensors_
   std::vector<AuxFileInfo> aux_;
   std::vector<std::string> aux_links_;
 };

@@ -55,6 +55,11 @@ class SafetensorsReader final : public CheckpointReader {
     shards_[loc.shard].pread_exact(loc.offset + first_row * rb, dst);
   }
 
+  std::string location(const TensorInfo& t) const override {
+    const auto& loc = locations_.at(index_of(t));
+    return fmt::format("{}@{}", shards_[loc.shard].path().string(), loc.offset);
+  }
+
   std::vector<AuxFileInfo> aux_files() const override {
     std::vector<AuxFileInfo> files;
     if (!directory_) return files;

@@ -19,6 +19,7 @@ MethodPlan ConvertMethod::plan() {
     TensorInfo out = t;
     if (options_.dtype && is_float_arith(t.dtype)) out.dtype = *options_.dtype;
     plan.output.tensors.push_back(out);
+    plan.sources.push_back({reader_->location(t)});
     plan.costs.push_back(static_cast<double>(t.nbytes() + out.nbytes()) / 1.5e9);
     const double chunk = static_cast<double>(std::min<std::uint64_t>(t.nbytes(), options_.chunk_bytes));
     plan.memory.push_back(out.dtype == t.dtype ? chunk : chunk * (1.0 + static_cast<double>(dtype_size(out.dtype)) / dtype_size(t.dtype)));

@@ -131,6 +131,8 @@ MethodPlan MonosoupMethod::plan() {
                                      options_.base.string()));
     }
     reasons.push_back(reason);
+    plan.sources.push_back({finetuned_->location(t)});
+    if (b && reason.empty()) plan.sources.back().push_back(base_->location(*b));
     // Estimated seconds on one rank, fitted to measured per-tensor times
     // (docs/monosoup.md): Gram + projection ~ m n r, eigensolver ~ r^3, I/O.
     double cost = static_cast<double>(2 * t.nbytes() + out.nbytes()) / 1.5e9;

@@ -57,6 +57,48 @@ def peak_rss_single(args):
     return int(proc.stderr.strip().splitlines()[-1]) / 1024
 
 
+def estimated_cost(t):
+    """The engine's MonoSoup cost model (src/methods/monosoup.cpp, plan())."""
+    shape = t["shape"]
+    numel = int(np.prod(shape)) if shape else 1
+    cost = 3 * 4 * numel / 1.5e9
+    if t.get("action") == "monosoup":
+        m, n = shape[0], numel // shape[0]
+        r = min(m, n)
+        cost += 9e-11 * m * n * r + 1.6e-10 * r ** 3
+    return cost
+
+
+def schedule_efficiencies(report, ranks):
+    """Load-balance efficiency (sum of work / (ranks x makespan)) of three
+    ways to place the measured tensors: static largest-first by *estimated*
+    cost (what the engine does), dynamic self-scheduling (each rank takes the
+    next tensor, in estimated-largest-first order, when it is free), and
+    largest-first by the *actual* costs (a bound no online scheme beats by
+    much)."""
+    tensors = [t for t in report["tensors"] if "seconds" in t]
+    actual = np.array([t["seconds"] for t in tensors])
+    estimate = np.array([estimated_cost(t) for t in tensors])
+    order = np.argsort(-estimate, kind="stable")
+
+    def static(by):
+        loads, est = np.zeros(ranks), np.zeros(ranks)
+        for i in np.argsort(-by, kind="stable"):
+            r = np.argmin(est)
+            est[r] += by[i]
+            loads[r] += actual[i]
+        return loads.max()
+
+    loads = np.zeros(ranks)
+    for i in order:
+        loads[np.argmin(loads)] += actual[i]
+    dynamic = loads.max()
+    total = actual.sum()
+    return {name: total / (ranks * wall) for name, wall in
+            (("static LPT (estimated costs)", static(estimate)), ("dynamic", dynamic),
+             ("LPT on actual costs", static(actual)))}
+
+
 def llama70b_shapes():
     """Llama-2-70B's weight matrices (GQA: 8 KV heads of 128)."""
     shapes = [("embed", 32000, 8192), ("lm_head", 32000, 8192)]
@@ -130,6 +172,13 @@ def main():
         print("  best %s: 1 rank %.2f s, 2 ranks %.2f s, speed-up %.2fx, parallel efficiency %.0f%%"
               % (key, t1, t2, t1 / t2, 100 * t1 / (2 * t2)))
     print("  load balance on 2 ranks: %s" % ", ".join("%.0f%%" % (100 * r["balance"]) for r in results[2]))
+
+    print("== Assignment: measured per-tensor seconds (1-rank run) placed three ways")
+    with open(os.path.join(args.workdir, "report-1.json")) as f:
+        report = json.load(f)
+    for ranks in (2, 4, 8):
+        eff = schedule_efficiencies(report, ranks)
+        print("  %d ranks: " % ranks + ", ".join("%s %.1f%%" % (k, 100 * v) for k, v in eff.items()))
 
     print("== Memory: convert to bf16 HDF5 with --memory-budget = checkpoint / 10")
     size = sum(os.path.getsize(os.path.join(args.workdir, "finetuned", f))
