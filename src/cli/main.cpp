@@ -19,6 +19,10 @@ constexpr const char* kUsage = R"(usage: soupkit <command> [options]
 commands:
   monosoup --base W0 --finetuned W1 --out OUT
                       MonoSoup: reweight a fine-tuned model's update by its singular spectrum
+  soup uniform --out OUT MODEL...
+                      model soup: the (weighted, --weights) mean of fine-tuned models
+  soup greedy --out OUT --eval-cmd 'CMD {model}' MODEL...
+                      greedy soup: add ingredients best first while your evaluator's score holds
   convert IN OUT      convert a checkpoint between safetensors, model directories and HDF5
   inspect PATH        list a checkpoint's tensors
   example DIR         write the built-in example model pair (DIR/base, DIR/finetuned)
@@ -35,6 +39,7 @@ int dispatch(const soupkit::Communicator& comm, int argc, char** argv) {
       {"inspect", soupkit::cli::cmd_inspect},
       {"example", soupkit::cli::cmd_example},
       {"monosoup", soupkit::cli::cmd_monosoup},
+      {"soup", soupkit::cli::cmd_soup},
   };
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
     if (comm.is_root()) std::fputs(kUsage, argc < 2 ? stderr : stdout);
@@ -46,7 +51,7 @@ int dispatch(const soupkit::Communicator& comm, int argc, char** argv) {
   }
   const auto it = commands.find(argv[1]);
   if (it == commands.end())
-    throw soupkit::InputError(fmt::format("unknown command '{}' (commands: monosoup, convert, inspect, example)", argv[1]));
+    throw soupkit::InputError(fmt::format("unknown command '{}' (commands: monosoup, soup, convert, inspect, example)", argv[1]));
   return it->second(comm, soupkit::cli::Args(argv + 2, argv + argc));
 }
 
