@@ -35,12 +35,15 @@ std::string trim(const std::string& s) {
   return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
 }
 
+// Lines with something on them, trailing blanks removed (leading ones kept:
+// they show a traceback's structure).
 std::vector<std::string> non_empty_lines(const std::string& text) {
   std::vector<std::string> lines;
   std::size_t start = 0;
   while (start <= text.size()) {
     const auto end = std::min(text.find('\n', start), text.size());
-    if (auto line = trim(text.substr(start, end - start)); !line.empty()) lines.push_back(line);
+    const std::string line = text.substr(start, end - start);
+    if (!trim(line).empty()) lines.push_back(line.substr(0, line.find_last_not_of(" \t\r\n") + 1));
     start = end + 1;
   }
   return lines;
@@ -102,7 +105,7 @@ std::string substitute_model(const std::string& command, const fs::path& model) 
 
 double parse_score(const std::string& stdout_text, const std::string& stderr_text, const std::string& describe) {
   const auto lines = non_empty_lines(stdout_text);
-  const std::string last = lines.empty() ? "" : lines.back();
+  const std::string last = lines.empty() ? "" : trim(lines.back());
   char* end = nullptr;
   const double score = last.empty() ? NAN : std::strtod(last.c_str(), &end);
   SOUPKIT_INPUT_ERROR_IF(last.empty() || end != last.c_str() + last.size() || !std::isfinite(score),
