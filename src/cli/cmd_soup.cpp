@@ -85,8 +85,9 @@ int cmd_soup(const Communicator& comm, const Args& args) {
   soup.shard_size = size_option(*vm, "shard-size");
   soup.overwrite = vm->count("overwrite") > 0;
   const auto engine = engine_settings(*vm, comm);
-  // An accumulator and an output row range, plus slack, within the budget.
-  soup.chunk_bytes = std::clamp<std::uint64_t>(engine.memory_budget / 4, 1 << 20, 256ull << 20);
+  // An output row range, plus slack, within the budget; larger ranges gain
+  // nothing (docs/soups.md).
+  soup.chunk_bytes = std::clamp<std::uint64_t>(engine.memory_budget / 4, 1 << 20, 8ull << 20);
 
   if (mode == "uniform") {
     refuse(*vm, mode, {"eval-cmd", "scores", "log", "resume", "keep-candidates"});

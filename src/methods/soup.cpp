@@ -161,12 +161,12 @@ MethodPlan SoupMethod::plan() {
     std::uint64_t in_bytes = 0;
     for (const auto& r : readers_) in_bytes += r->find(t.name)->nbytes();
     plan.costs.push_back(static_cast<double>(in_bytes + out.nbytes()) / 1.5e9);
-    // One row range of accumulator and output, plus one block of raw input.
-    const double per_element = (is_float_arith(t.dtype) ? acc_size : 0) + static_cast<double>(dtype_size(out.dtype));
-    const double elements = std::min(static_cast<double>(t.numel()),
-                                     std::max(static_cast<double>(options_.chunk_bytes) / per_element,
-                                              static_cast<double>(row_elements(t))));
-    plan.memory.push_back(elements * per_element + static_cast<double>(kBlockBytes) * 2);
+    // One row range of output, and a block of raw input and its accumulator
+    // (a row at least), whatever the number of ingredients.
+    const double row = static_cast<double>(row_bytes(out)), elements = static_cast<double>(row_elements(t));
+    const double out_chunk = std::min(static_cast<double>(out.nbytes()), std::max(static_cast<double>(options_.chunk_bytes), row));
+    const double block = std::max(static_cast<double>(kBlockBytes), elements * 8);
+    plan.memory.push_back(out_chunk + block * (1 + acc_size / 2));
   }
   log::info("{}: {} ingredient{}, {} tensors each, accumulating in {}", options_.label, ing.size(),
             ing.size() == 1 ? "" : "s", first.tensors().size(), options_.accumulate == DType::F64 ? "float64" : "float32");
@@ -192,9 +192,10 @@ nlohmann::json SoupMethod::compute(std::size_t index, CheckpointWriter& writer) 
   const TensorInfo& want = spec_.tensors.at(index);
   const auto in = inputs_of(want);
   const bool average = is_float_arith(in[0]->dtype);
+  // Row ranges of at most chunk_bytes of output, each written at once: few
+  // enough writes for HDF5's 4 MiB chunks, small enough to stay in cache.
   const std::uint64_t rows = row_count(want), out_row = row_bytes(want);
-  const std::uint64_t per_row = row_elements(want) * (average ? dtype_size(options_.accumulate) : 0) + out_row;
-  const std::uint64_t step = std::max<std::uint64_t>(1, options_.chunk_bytes / std::max<std::uint64_t>(per_row, 1));
+  const std::uint64_t step = std::max<std::uint64_t>(1, options_.chunk_bytes / std::max<std::uint64_t>(out_row, 1));
   for (std::uint64_t first = 0; first < rows || (rows == 0 && first == 0); first += step) {
     const std::uint64_t count = std::min(step, rows - first);
     out_.resize(count * out_row);

@@ -25,9 +25,10 @@ struct SoupOptions {
   DType accumulate = DType::F64;   // F64 or F32 (docs/soups.md: why F64 is the default)
   std::uint64_t shard_size = 5'000'000'000ull;
   bool overwrite = false;
-  // Output row ranges of at most this many bytes of accumulator + output,
-  // so memory is bounded whatever the tensor size (set from --memory-budget).
-  std::uint64_t chunk_bytes = 64ull << 20;
+  // Output row ranges of at most this many bytes (at least one row), so
+  // memory is bounded whatever the tensor size (at most 8 MiB, less under
+  // a small --memory-budget).
+  std::uint64_t chunk_bytes = 8ull << 20;
   std::string label = "soup";  // method name in logs and provenance
 };
 
