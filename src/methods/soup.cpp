@@ -39,8 +39,20 @@ inline Acc widen(const std::byte* p) {
 // acc[j] = w * x[j] for the first ingredient, acc[j] += w * x[j] after:
 // the same operations in the same order on every rank, so the result does
 // not depend on how tensors are distributed.
+// Compiled for AVX-512, AVX2 and baseline x86-64, chosen at run time: the
+// sum is memory-bound, but with 2-wide SSE2 vectors the widening and
+// multiply-add cost as much as the reading (docs/benchmarks.md). Every
+// version does the same IEEE operations per element (this file is compiled
+// with -ffp-contract=off: no fused multiply-add), so results do not depend
+// on the machine's vector units.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SOUPKIT_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define SOUPKIT_VECTOR_CLONES
+#endif
+
 template <class Acc, DType D>
-void accumulate_typed(Acc* acc, Acc w, const std::byte* src, std::size_t n, bool first) {
+SOUPKIT_VECTOR_CLONES void accumulate_typed(Acc* acc, Acc w, const std::byte* src, std::size_t n, bool first) {
   constexpr std::size_t size = D == DType::F64 ? 8 : D == DType::F32 ? 4 : 2;
   if (first)
     for (std::size_t j = 0; j < n; ++j) acc[j] = w * widen<Acc, D>(src + size * j);

@@ -76,7 +76,7 @@ def numpy_soup(paths, out):
     headers = [read_header(p) for p in paths]
     names = list(headers[0][0])
     w = 1.0 / len(paths)
-    out_header, blobs, offset = {}, [], 0
+    result = {}
     for name in names:
         info = headers[0][0][name]
         acc = None
@@ -89,19 +89,12 @@ def numpy_soup(paths, out):
                 bits = np.fromfile(path, dtype=np.uint16, count=(end - begin) // 2, offset=base + begin)
                 x = (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
             acc = w * x if acc is None else acc + w * x
-        data = (acc.astype(np.float32) if info["dtype"] == "F32" else f32_to_bf16_bits(acc.astype(np.float32))).tobytes()
-        out_header[name] = {"dtype": info["dtype"], "shape": info["shape"], "data_offsets": [offset, offset + len(data)]}
-        offset += len(data)
-        blobs.append(data)
-    text = json.dumps(out_header).encode()
-    text += b" " * ((8 - len(text) % 8) % 8)
-    with open(out, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for b in blobs:
-            f.write(b)
-        f.flush()
-        os.fsync(f.fileno())
+        values = acc.astype(np.float32) if info["dtype"] == "F32" else f32_to_bf16_bits(acc.astype(np.float32))
+        result[name] = (info["dtype"], values.reshape(info["shape"]))
+    write_safetensors(out, result)
+    fd = os.open(out, os.O_RDONLY)  # durable, as soupkit's output is
+    os.fsync(fd)
+    os.close(fd)
 
 
 def timed(fn):
