@@ -10,6 +10,7 @@
 #include <cmath>
 #include <map>
 #include <numeric>
+#include <set>
 
 namespace soupkit {
 namespace {
@@ -320,6 +321,7 @@ std::vector<double> read_scores_file(const fs::path& file, const std::vector<fs:
     by_file[same_file_key(key)] = {key, &value};
   }
   std::vector<double> scores;
+  std::set<std::string> used;
   for (std::size_t i = 0; i < ingredients.size(); ++i) {
     const auto& p = ingredients[i];
     const json* value = doc.contains(p.string()) ? &doc.at(p.string()) : nullptr;
@@ -333,7 +335,10 @@ std::vector<double> read_scores_file(const fs::path& file, const std::vector<fs:
                            "--scores {}: the score of '{}' is not a finite number: {}", file.string(), key,
                            value->dump());
     scores.push_back(value->get<double>());
+    used.insert(key);
   }
+  for (const auto& [key, value] : doc.items())
+    if (!used.count(key)) log::warn("--scores {}: '{}' is not one of the ingredients; ignored", file.string(), key);
   return scores;
 }
 

@@ -139,14 +139,20 @@ class UniformSoup(BadInputBase):
         out_f64 = self.path("weighted.safetensors")
         out_bf16 = self.path("weighted-bf16")
         out_f32acc = self.path("weighted-f32acc")
+        out_h5 = self.path("weighted.h5")
         common = ["--weights", "3,1,0.5", "--memory-budget", "4MB"]
         self.run_ok([
             (["soup", "uniform", "--out", out_f64, *common, *paths], 2),
+            (["soup", "uniform", "--out", out_h5, *common, *paths], 3),
             (["soup", "uniform", "--out", out_bf16, "--out-dtype", "BF16", *common, *paths], 3),
             (["soup", "uniform", "--out", out_f32acc, "--accumulate", "F32", "--out-dtype", "F16", *common, *paths],
              None),
         ])
         self.assert_same_tensors(out_f64, reference_soup(models, weights))
+        # HDF5 output (written collectively by 3 ranks), read back through convert (tested against h5py).
+        back = self.path("weighted-h5.safetensors")
+        self.run_ok([(["convert", out_h5, back], None)])
+        self.assert_same_tensors(back, reference_soup(models, weights))
         self.assert_same_tensors(out_bf16, reference_soup(models, weights, out_dtype="BF16"))
         self.assert_same_tensors(out_f32acc, reference_soup(models, weights, accumulate="F32", out_dtype="F16"))
         # The soup really is weighted: not the uniform mean.
