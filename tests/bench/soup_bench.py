@@ -2,7 +2,9 @@
 """Benchmark: a uniform soup of 4 ingredients of ~500 MB each (issue 5).
 
 Compares, in one session on the same files (warm page cache):
-  (a) read bandwidth: `cat` of the ingredient files to /dev/null;
+  (a) read bandwidth: `cat` of the ingredient files to /dev/null; and the
+      soup's I/O floor: that `cat` plus writing and fsyncing a file of the
+      output's size with dd (no computation);
   (b) a numpy reference that loads every ingredient (np.fromfile per tensor),
       averages in float64 in ingredient order, casts and writes the soup as
       safetensors (fsynced, as soupkit does);
@@ -121,6 +123,14 @@ def cat(paths):
     subprocess.run("cat %s > /dev/null" % " ".join(paths), shell=True, check=True)
 
 
+def io_floor(paths, out_bytes, out):
+    """The soup's unavoidable I/O with no computation: read the inputs (cat), write an output of the
+    soup's size and fsync it (dd)."""
+    cat(paths)
+    subprocess.run(["dd", "if=/dev/zero", "of=" + out, "bs=8M", "count=%d" % (out_bytes // (8 << 20) + 1),
+                    "conv=fsync", "status=none"], check=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mb", type=int, default=500)
@@ -148,6 +158,7 @@ def main():
         out32 = os.path.join(workdir, "soup-f32acc.safetensors")
         runs = {
             "cat": lambda: cat(paths),
+            "cat + write output (dd, fsync)": lambda: io_floor(paths, total // len(paths), out + ".dd"),
             "numpy": lambda: numpy_soup(paths, os.path.join(workdir, "numpy.safetensors")),
             "soupkit 1 rank": lambda: run_soupkit(paths, out, 1),
             "soupkit 2 ranks": lambda: run_soupkit(paths, out, 2),
