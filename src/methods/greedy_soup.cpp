@@ -25,6 +25,12 @@ fs::path same_file_key(const fs::path& p) {
   return ec ? p.lexically_normal() : canonical;
 }
 
+// Beside OUT ("out/" and "out" alike: never inside it).
+fs::path work_directory(fs::path out) {
+  if (!out.has_filename()) out = out.parent_path();
+  return out.string() + ".greedy-work";
+}
+
 // Waits for rank 0 without spinning: the evaluator (which may launch its
 // own parallel job) gets the CPUs while the other ranks sleep.
 void idle_barrier(const Communicator& comm) {
@@ -130,7 +136,7 @@ class GreedyRun {
  public:
   GreedyRun(const Communicator& comm, const GreedyOptions& options)
       : comm_(comm), options_(options), log_(options),
-        work_(options.soup.output.string() + ".greedy-work") {}
+        work_(work_directory(options.soup.output)) {}
 
   GreedyResult run() {
     setup();

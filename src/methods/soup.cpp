@@ -174,11 +174,12 @@ MethodPlan SoupMethod::plan() {
     for (const auto& r : readers_) in_bytes += r->find(t.name)->nbytes();
     plan.costs.push_back(static_cast<double>(in_bytes + out.nbytes()) / 1.5e9);
     // One row range of output, and a block of raw input and its accumulator
-    // (a row at least), whatever the number of ingredients.
+    // (a row at least), whatever the number of ingredients; tensors that are
+    // compared instead hold a second row range.
     const double row = static_cast<double>(row_bytes(out)), elements = static_cast<double>(row_elements(t));
     const double out_chunk = std::min(static_cast<double>(out.nbytes()), std::max(static_cast<double>(options_.chunk_bytes), row));
     const double block = std::max(static_cast<double>(kBlockBytes), elements * 8);
-    plan.memory.push_back(out_chunk + block * (1 + acc_size / 2));
+    plan.memory.push_back(is_float_arith(t.dtype) ? out_chunk + block * (1 + acc_size / 2) : 2 * out_chunk);
   }
   log::info("{}: {} ingredient{}, {} tensors each, accumulating in {}", options_.label, ing.size(),
             ing.size() == 1 ? "" : "s", first.tensors().size(), options_.accumulate == DType::F64 ? "float64" : "float32");
