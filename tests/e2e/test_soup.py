@@ -271,13 +271,20 @@ class GreedySoup(BadInputBase):
             # Keys may spell the path differently (here with a redundant "./").
             json.dump({os.path.join(os.path.dirname(self.paths[n]), ".", os.path.basename(self.paths[n])): SCORES[n]
                        for n in CLI_ORDER}, f)
-        proc = self.run_many([(self.greedy_args(out, calls, "--log", log, "--accept", "greater", "--scores", scores),
-                               3)])[0]
+        proc = self.run_many([(self.greedy_args(out, calls, "--log", log, "--accept", "greater", "--scores", scores,
+                                                "--keep-candidates"), 3)])[0]
         self.assertEqual(proc.returncode, 0, proc.stderr)
         final = self.assert_log(log, "greater", "scores file")
         self.assertEqual(final, "A")
         self.assertEqual(self.count_calls(calls), 3)  # candidates only
         self.assert_final_weights(out, final)
+        # --keep-candidates: every candidate the evaluator saw, as a model directory.
+        work = out + ".greedy-work"
+        with open(calls) as f:
+            self.assertEqual(f.read().splitlines(), [os.path.join(work, "candidate-%d" % k) for k in (1, 2, 3)])
+        for k, (_, members, _, _) in enumerate(expected_steps("greater")[1:], start=1):
+            self.assert_final_weights(os.path.join(work, "candidate-%d" % k), members)
+            self.assertTrue(os.path.exists(os.path.join(work, "candidate-%d" % k, "config.json")))
 
     def test_interrupted_run_resumes_without_reevaluating(self):
         out, calls, log = self.path("soup-resume"), self.path("calls-resume"), self.path("greedy-resume.json")
