@@ -85,6 +85,26 @@ void drain(int out_fd, int err_fd, std::string& out, std::string& err) {
   }
 }
 
+// soupkit's environment minus what its MPI launcher set for this rank
+// (Open MPI/PMIx, MPICH/Hydra, Slurm's PMI): with those, an evaluator that
+// itself uses MPI (mpirun, mpi4py, torch.distributed) would take itself for
+// a rank of soupkit's job and fail or hang in MPI_Init. Users' settings
+// (OMPI_MCA_btl..., SLURM_*, I_MPI_*) are kept.
+std::vector<std::string> evaluator_environment() {
+  static const char* const launcher_prefixes[] = {
+      "PMIX_", "PMI_", "OMPI_COMM_WORLD_", "OMPI_MCA_orte_", "OMPI_MCA_ess", "OMPI_MCA_pmix", "OMPI_APP_CTX_",
+      "OMPI_NUM_APP_CTX", "OMPI_COMMAND", "OMPI_ARGV", "OMPI_FILE_LOCATION", "OMPI_FIRST_RANKS", "OMPI_UNIVERSE_SIZE",
+      "OMPI_MCA_initial_wdir", "OMPI_MCA_shmem_RUNTIME_QUERY_hint", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"};
+  std::vector<std::string> env;
+  for (char** e = environ; *e; ++e) {
+    const std::string_view var(*e);
+    bool launcher = false;
+    for (const char* prefix : launcher_prefixes) launcher = launcher || var.starts_with(prefix);
+    if (!launcher) env.emplace_back(var);
+  }
+  return env;
+}
+
 }  // namespace
 
 void check_eval_command(const std::string& command) {
@@ -126,8 +146,12 @@ double run_evaluator(const std::string& command, const fs::path& model) {
   posix_spawn_file_actions_adddup2(&actions, err_pipe[1], STDERR_FILENO);
   posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
   const char* argv[] = {"/bin/sh", "-c", line.c_str(), nullptr};
+  const auto env = evaluator_environment();
+  std::vector<char*> envp;
+  for (const auto& var : env) envp.push_back(const_cast<char*>(var.c_str()));
+  envp.push_back(nullptr);
   pid_t pid = 0;
-  const int rc = posix_spawn(&pid, "/bin/sh", &actions, nullptr, const_cast<char* const*>(argv), environ);
+  const int rc = posix_spawn(&pid, "/bin/sh", &actions, nullptr, const_cast<char* const*>(argv), envp.data());
   posix_spawn_file_actions_destroy(&actions);
   close(out_pipe[1]);
   close(err_pipe[1]);

@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from soupkit_testlib import (NP_DTYPES, TempDirTestCase, as_float64, f32_to_bf16_bits, read_checkpoint,
+from soupkit_testlib import (NP_DTYPES, SOUPKIT, TempDirTestCase, as_float64, f32_to_bf16_bits, read_checkpoint,
                              write_model_dir, write_safetensors)
 from test_bad_input import BadInputBase
 
@@ -285,6 +285,19 @@ class GreedySoup(BadInputBase):
         for k, (_, members, _, _) in enumerate(expected_steps("greater")[1:], start=1):
             self.assert_final_weights(os.path.join(work, "candidate-%d" % k), members)
             self.assertTrue(os.path.exists(os.path.join(work, "candidate-%d" % k, "config.json")))
+
+    def test_evaluator_may_use_mpi(self):
+        # The evaluator starts an MPI program (soupkit itself) from rank 0 of a 2-rank job: it must not
+        # take itself for a rank of that job (it would fail or hang in MPI_Init).
+        out = self.path("soup-mpi")
+        cmd = "%s inspect {model} > /dev/null && %s %s {model}" % (SOUPKIT, sys.executable, EVALUATOR)
+        scores = self.path("scores-mpi.json")
+        with open(scores, "w") as f:
+            json.dump({self.paths[n]: SCORES[n] for n in "AB"}, f)
+        proc = self.run_many([(["soup", "greedy", "--out", out, "--eval-cmd", cmd, "--scores", scores,
+                                 self.paths["A"], self.paths["B"]], 2)])[0]
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assert_final_weights(out, "AB")  # {A, B} ties A: kept under the default rule
 
     def test_interrupted_run_resumes_without_reevaluating(self):
         out, calls, log = self.path("soup-resume"), self.path("calls-resume"), self.path("greedy-resume.json")
