@@ -34,7 +34,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
-from soupkit_testlib import f32_to_bf16_bits, read_safetensors, write_safetensors  # noqa: E402
+from soupkit_testlib import as_float64, f32_to_bf16_bits, f64_to_bf16_bits, read_safetensors, write_safetensors  # noqa: E402
 
 SOUPKIT = os.environ.get("SOUPKIT", os.path.join(HERE, "../../build/bin/soupkit"))
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
@@ -91,7 +91,7 @@ def numpy_soup(paths, out):
                 bits = np.fromfile(path, dtype=np.uint16, count=(end - begin) // 2, offset=base + begin)
                 x = (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
             acc = w * x if acc is None else acc + w * x
-        values = acc.astype(np.float32) if info["dtype"] == "F32" else f32_to_bf16_bits(acc.astype(np.float32))
+        values = acc.astype(np.float32) if info["dtype"] == "F32" else f64_to_bf16_bits(acc)
         result[name] = (info["dtype"], values.reshape(info["shape"]))
     write_safetensors(out, result)
     fd = os.open(out, os.O_RDONLY)  # durable, as soupkit's output is
@@ -186,7 +186,7 @@ def main():
         same = sorted(mine) == sorted(theirs) and all(np.array_equal(mine[k][1], theirs[k][1]) for k in mine)
         print("soupkit (F64 accumulator) tensors == numpy's, bit for bit: %s" % same)
         mine32 = read_safetensors(out32)[0]
-        worst = max(float(np.max(np.abs(mine32[k][1].astype(np.float64) - theirs[k][1].astype(np.float64))))
+        worst = max(float(np.max(np.abs(as_float64(mine32[k][0], mine32[k][1]) - as_float64(*theirs[k]))))
                     for k in mine32)
         print("soupkit F32 accumulator: largest difference from numpy's float64 soup: %.3g" % worst)
 

@@ -18,22 +18,11 @@ import sys
 
 import numpy as np
 
-from soupkit_testlib import (NP_DTYPES, SOUPKIT, TempDirTestCase, as_float64, f32_to_bf16_bits, read_checkpoint,
-                             write_model_dir, write_safetensors)
+from soupkit_testlib import (NP_DTYPES, SOUPKIT, TempDirTestCase, as_float64, f32_to_bf16_bits, f64_to_bf16_bits,
+                             read_checkpoint, write_model_dir, write_safetensors)
 from test_bad_input import BadInputBase
 
 EVALUATOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "soup_evaluator.py")
-
-
-def f64_to_bf16_bits(x):
-    """float64 rounded once to bf16 (nearest, ties to even), as bit patterns (finite inputs)."""
-    x = np.asarray(x, dtype=np.float64)
-    a = np.abs(x)
-    _, e = np.frexp(a)  # a = m * 2**e, m in [0.5, 1)
-    quantum = np.ldexp(1.0, np.maximum(e - 1, -126) - 7)
-    rounded = np.rint(a / quantum) * quantum  # exact in float32
-    bits = (rounded.astype(np.float32).view(np.uint32) >> np.uint32(16)).astype(np.uint16)
-    return bits | np.where(np.signbit(x), np.uint16(0x8000), np.uint16(0))
 
 
 def store(values, dtype, from_f32=False):
