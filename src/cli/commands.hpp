@@ -14,6 +14,7 @@ int cmd_convert(const Communicator& comm, const Args& args);
 int cmd_inspect(const Communicator& comm, const Args& args);
 int cmd_example(const Communicator& comm, const Args& args);
 int cmd_monosoup(const Communicator& comm, const Args& args);
+int cmd_soup(const Communicator& comm, const Args& args);
 int cmd_run(const Communicator& comm, const Args& args);
 
 using CommandFunction = int (*)(const Communicator&, const Args&);

@@ -486,7 +486,9 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
   result.busy_max = comm.max(busy);
   result.load_balance = result.busy_max > 0 ? comm.sum(busy) / (comm.size() * result.busy_max) : 1.0;
   // Memory: the rank with the largest growth over its starting footprint.
-  const double growth = static_cast<double>(peak_rss_bytes()) - static_cast<double>(base_rss);
+  // (getrusage's peak covers the whole process: a later run in the same
+  // process, like a greedy soup's, may start above its own peak: no growth.)
+  const double growth = std::max(0.0, static_cast<double>(peak_rss_bytes()) - static_cast<double>(base_rss));
   const double max_growth = comm.max(growth);
   result.peak_rss = static_cast<std::uint64_t>(comm.max(static_cast<double>(peak_rss_bytes())));
   result.base_rss = static_cast<std::uint64_t>(result.peak_rss - max_growth);

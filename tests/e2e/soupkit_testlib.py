@@ -42,6 +42,17 @@ def f32_to_bf16_bits(values):
     return np.where(nan, ((u >> s16) | np.uint64(0x40)).astype(np.uint16), rounded)
 
 
+def f64_to_bf16_bits(x):
+    """float64 rounded once to bf16 (nearest, ties to even), as bit patterns (finite inputs)."""
+    x = np.asarray(x, dtype=np.float64)
+    a = np.abs(x)
+    _, e = np.frexp(a)  # a = m * 2**e, m in [0.5, 1)
+    quantum = np.ldexp(1.0, np.maximum(e - 1, -126) - 7)
+    rounded = np.rint(a / quantum) * quantum  # exact in float32
+    bits = (rounded.astype(np.float32).view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+    return bits | np.where(np.signbit(x), np.uint16(0x8000), np.uint16(0))
+
+
 def as_float64(dtype, array):
     """Values of a raw array of a float safetensors dtype, as float64."""
     if dtype == "BF16":

@@ -252,6 +252,10 @@ class JobFiles(TempDirTestCase):
         run_soupkit(["run", os.path.join(JOBS, "convert.yaml")], ranks=2, cwd=self.tmp)
         run_soupkit(["convert", "direct.h5", "direct-bf16", "--dtype", "BF16"], cwd=self.tmp)
         self.assertTrue(same_output(self.path("demo", "monosoup-bf16"), self.path("direct-bf16")))
+        run_soupkit(["run", os.path.join(JOBS, "wise-ft.yaml")], ranks=3, cwd=self.tmp)
+        run_soupkit(["soup", "uniform", "demo/finetuned", "demo/base", "--weights", "1,1", "--out-dtype", "BF16",
+                     "--out", "direct-wise"], cwd=self.tmp)
+        self.assertTrue(same_output(self.path("demo", "wise-ft"), self.path("direct-wise")))
         # Options after the job file reach the command.
         plan = run_soupkit(["run", os.path.join(JOBS, "monosoup.yaml"), "--dry-run"], ranks=2, cwd=self.tmp)
         self.assertIn("plan: monosoup", plan.stdout)

@@ -75,6 +75,36 @@ TEST(Cast, DoubleToBf16RoundsOnce) {
   EXPECT_EQ(f64_to_bf16(0x1.8p-134), 0x0001);
 }
 
+TEST(Cast, DoubleToBf16TiesCarriesAndOverflow) {
+  // Exact ties between neighbours in many binades go to the even pattern;
+  // a hair above a tie goes up, a hair below goes down.
+  std::mt19937_64 rng(5);
+  for (int i = 0; i < 20000; ++i) {
+    const auto lo_bits = static_cast<std::uint16_t>(0x0080 + rng() % (0x7f7f - 0x0080));  // normal, below max
+    const double lo = bf16_to_f32(lo_bits), hi = bf16_to_f32(static_cast<std::uint16_t>(lo_bits + 1));
+    const double mid = (lo + hi) / 2;  // exact in double
+    const std::uint16_t even = (lo_bits & 1) ? lo_bits + 1 : lo_bits;
+    ASSERT_EQ(f64_to_bf16(mid), even) << mid;
+    ASSERT_EQ(f64_to_bf16(-mid), even | 0x8000) << -mid;
+    ASSERT_EQ(f64_to_bf16(std::nextafter(mid, 1e300)), lo_bits + 1) << mid;
+    ASSERT_EQ(f64_to_bf16(std::nextafter(mid, 0.0)), lo_bits) << mid;
+  }
+  // Rounding up carries into the next binade: 2 - 2^-9 -> 2.0.
+  EXPECT_EQ(f64_to_bf16(2.0 - 0x1p-9), 0x4000);
+  // The largest bf16, the tie above it (-> infinity), values just below.
+  const double max = bf16_to_f32(0x7f7f);
+  EXPECT_EQ(f64_to_bf16(max), 0x7f7f);
+  EXPECT_EQ(f64_to_bf16(max + 0x1p119), 0x7f80);  // halfway to 2^128: even is infinity
+  EXPECT_EQ(f64_to_bf16(max + 0x1p118), 0x7f7f);
+  EXPECT_EQ(f64_to_bf16(0x1p128), 0x7f80);
+  EXPECT_EQ(f64_to_bf16(-0x1p200), 0xff80);
+  // Around the smallest normal (the boundary of the fast path).
+  EXPECT_EQ(f64_to_bf16(0x1p-126), 0x0080);
+  EXPECT_EQ(f64_to_bf16(std::nextafter(0x1p-126, 0.0)), 0x0080);  // rounds up to the smallest normal
+  EXPECT_EQ(f64_to_bf16(0x1p-127), 0x0040);                        // subnormal
+  EXPECT_EQ(f64_to_bf16(-0.0), 0x8000);
+}
+
 TEST(Cast, HalfConversionsAreNearestEven) {
   EXPECT_EQ(f32_to_f16(1.0f), 0x3c00);
   EXPECT_EQ(f32_to_f16(65504.0f), 0x7bff);

@@ -1,0 +1,177 @@
+#include "soupkit/methods/evaluator.hpp"
+
+#include "soupkit/error.hpp"
+#include "soupkit/log.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+extern char** environ;
+
+namespace soupkit {
+namespace {
+
+constexpr const char* kPlaceholder = "{model}";
+constexpr std::size_t kTailLines = 20;
+
+std::string shell_quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+std::string trim(const std::string& s) {
+  const auto b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
+}
+
+// Lines with something on them, trailing blanks removed (leading ones kept:
+// they show a traceback's structure).
+std::vector<std::string> non_empty_lines(const std::string& text) {
+  std::vector<std::string> lines;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    const auto end = std::min(text.find('\n', start), text.size());
+    const std::string line = text.substr(start, end - start);
+    if (!trim(line).empty()) lines.push_back(line.substr(0, line.find_last_not_of(" \t\r\n") + 1));
+    start = end + 1;
+  }
+  return lines;
+}
+
+// The last lines of a stream, indented, for an error message.
+std::string tail(const std::string& label, const std::string& text) {
+  const auto lines = non_empty_lines(text);
+  if (lines.empty()) return fmt::format("\n  {}: (empty)", label);
+  std::string out = fmt::format("\n  {}{}:", label, lines.size() > kTailLines ? fmt::format(" (last {} lines)", kTailLines) : "");
+  for (std::size_t i = lines.size() > kTailLines ? lines.size() - kTailLines : 0; i < lines.size(); ++i)
+    out += "\n    " + lines[i];
+  return out;
+}
+
+// Reads both pipes to their end without letting either fill up and block
+// the child.
+void drain(int out_fd, int err_fd, std::string& out, std::string& err) {
+  pollfd fds[2] = {{out_fd, POLLIN, 0}, {err_fd, POLLIN, 0}};
+  std::string* sinks[2] = {&out, &err};
+  int open = 2;
+  char buf[65536];
+  while (open > 0) {
+    if (poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      throw SystemError(fmt::format("evaluator: poll failed: {}", std::strerror(errno)));
+    }
+    for (int k = 0; k < 2; ++k) {
+      if (fds[k].fd < 0 || !(fds[k].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      const ssize_t n = read(fds[k].fd, buf, sizeof buf);
+      if (n > 0) {
+        sinks[k]->append(buf, static_cast<std::size_t>(n));
+      } else if (n == 0 || errno != EINTR) {
+        close(fds[k].fd);
+        fds[k].fd = -1;
+        --open;
+      }
+    }
+  }
+}
+
+// soupkit's environment minus what its MPI launcher set for this rank
+// (Open MPI/PMIx, MPICH/Hydra, Slurm's PMI): with those, an evaluator that
+// itself uses MPI (mpirun, mpi4py, torch.distributed) would take itself for
+// a rank of soupkit's job and fail or hang in MPI_Init. Users' settings
+// (OMPI_MCA_btl..., SLURM_*, I_MPI_*) are kept.
+std::vector<std::string> evaluator_environment() {
+  static const char* const launcher_prefixes[] = {
+      "PMIX_", "PMI_", "OMPI_COMM_WORLD_", "OMPI_MCA_orte_", "OMPI_MCA_ess", "OMPI_MCA_pmix", "OMPI_APP_CTX_",
+      "OMPI_NUM_APP_CTX", "OMPI_COMMAND", "OMPI_ARGV", "OMPI_FILE_LOCATION", "OMPI_FIRST_RANKS", "OMPI_UNIVERSE_SIZE",
+      "OMPI_MCA_initial_wdir", "OMPI_MCA_shmem_RUNTIME_QUERY_hint", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"};
+  std::vector<std::string> env;
+  for (char** e = environ; *e; ++e) {
+    const std::string_view var(*e);
+    bool launcher = false;
+    for (const char* prefix : launcher_prefixes) launcher = launcher || var.starts_with(prefix);
+    if (!launcher) env.emplace_back(var);
+  }
+  return env;
+}
+
+}  // namespace
+
+void check_eval_command(const std::string& command) {
+  SOUPKIT_INPUT_ERROR_IF(command.find(kPlaceholder) == std::string::npos,
+                         "--eval-cmd '{}' does not contain {{model}} (where the candidate checkpoint's path goes)", command);
+}
+
+std::string substitute_model(const std::string& command, const fs::path& model) {
+  std::string out;
+  const std::string quoted = shell_quote(model.string());
+  std::size_t start = 0;
+  for (auto at = command.find(kPlaceholder); at != std::string::npos; at = command.find(kPlaceholder, start)) {
+    out += command.substr(start, at - start) + quoted;
+    start = at + std::strlen(kPlaceholder);
+  }
+  return out + command.substr(start);
+}
+
+double parse_score(const std::string& stdout_text, const std::string& stderr_text, const std::string& describe) {
+  const auto lines = non_empty_lines(stdout_text);
+  const std::string last = lines.empty() ? "" : trim(lines.back());
+  char* end = nullptr;
+  const double score = last.empty() ? NAN : std::strtod(last.c_str(), &end);
+  SOUPKIT_INPUT_ERROR_IF(last.empty() || end != last.c_str() + last.size() || !std::isfinite(score),
+                         "evaluator {}: the last line of its output is not a score (a finite number, higher is "
+                         "better): '{}'{}{}",
+                         describe, last, tail("stdout", stdout_text), tail("stderr", stderr_text));
+  return score;
+}
+
+double run_evaluator(const std::string& command, const fs::path& model) {
+  const std::string line = substitute_model(command, model);
+  int out_pipe[2], err_pipe[2];
+  SOUPKIT_THROW_IF(pipe2(out_pipe, O_CLOEXEC) != 0 || pipe2(err_pipe, O_CLOEXEC) != 0, SystemError,
+                   "evaluator: cannot create pipes: {}", std::strerror(errno));
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, out_pipe[1], STDOUT_FILENO);
+  posix_spawn_file_actions_adddup2(&actions, err_pipe[1], STDERR_FILENO);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  const char* argv[] = {"/bin/sh", "-c", line.c_str(), nullptr};
+  const auto env = evaluator_environment();
+  std::vector<char*> envp;
+  for (const auto& var : env) envp.push_back(const_cast<char*>(var.c_str()));
+  envp.push_back(nullptr);
+  pid_t pid = 0;
+  const int rc = posix_spawn(&pid, "/bin/sh", &actions, nullptr, const_cast<char* const*>(argv), envp.data());
+  posix_spawn_file_actions_destroy(&actions);
+  close(out_pipe[1]);
+  close(err_pipe[1]);
+  if (rc != 0) {
+    close(out_pipe[0]);
+    close(err_pipe[0]);
+    throw SystemError(fmt::format("evaluator: cannot start /bin/sh: {}", std::strerror(rc)));
+  }
+  std::string out, err;
+  drain(out_pipe[0], err_pipe[0], out, err);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  log::debug("evaluator `{}` output:\n{}{}", line, out, err);
+  const std::string describe = fmt::format("`{}`", line);
+  SOUPKIT_INPUT_ERROR_IF(WIFSIGNALED(status), "evaluator {} was killed by signal {}{}{}", describe, WTERMSIG(status),
+                         tail("stdout", out), tail("stderr", err));
+  SOUPKIT_INPUT_ERROR_IF(WEXITSTATUS(status) != 0, "evaluator {} failed with exit status {}{}{}", describe,
+                         WEXITSTATUS(status), tail("stdout", out), tail("stderr", err));
+  return parse_score(out, err, describe);
+}
+
+}  // namespace soupkit
