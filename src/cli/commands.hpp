@@ -14,5 +14,6 @@ int cmd_convert(const Communicator& comm, const Args& args);
 int cmd_inspect(const Communicator& comm, const Args& args);
 int cmd_example(const Communicator& comm, const Args& args);
 int cmd_monosoup(const Communicator& comm, const Args& args);
+int cmd_transplant(const Communicator& comm, const Args& args);
 
 }  // namespace soupkit::cli

@@ -19,6 +19,8 @@ constexpr const char* kUsage = R"(usage: soupkit <command> [options]
 commands:
   monosoup --base W0 --finetuned W1 --out OUT
                       MonoSoup: reweight a fine-tuned model's update by its singular spectrum
+  transplant --base BASE --donor DONOR --out OUT
+                      give BASE the DONOR's tokenizer (new embedding rows by OMP)
   convert IN OUT      convert a checkpoint between safetensors, model directories and HDF5
   inspect PATH        list a checkpoint's tensors
   example DIR         write the built-in example model pair (DIR/base, DIR/finetuned)
@@ -35,6 +37,7 @@ int dispatch(const soupkit::Communicator& comm, int argc, char** argv) {
       {"inspect", soupkit::cli::cmd_inspect},
       {"example", soupkit::cli::cmd_example},
       {"monosoup", soupkit::cli::cmd_monosoup},
+      {"transplant", soupkit::cli::cmd_transplant},
   };
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
     if (comm.is_root()) std::fputs(kUsage, argc < 2 ? stderr : stdout);
@@ -46,7 +49,7 @@ int dispatch(const soupkit::Communicator& comm, int argc, char** argv) {
   }
   const auto it = commands.find(argv[1]);
   if (it == commands.end())
-    throw soupkit::InputError(fmt::format("unknown command '{}' (commands: monosoup, convert, inspect, example)", argv[1]));
+    throw soupkit::InputError(fmt::format("unknown command '{}' (commands: monosoup, transplant, convert, inspect, example)", argv[1]));
   return it->second(comm, soupkit::cli::Args(argv + 2, argv + argc));
 }
 
