@@ -9,9 +9,16 @@
 namespace soupkit::linalg {
 namespace {
 
+// Float32 vectors, float64 products and sums. Eight independent partial
+// sums let the compiler vectorise without reassociating (the order, hence
+// the result, is fixed).
 double dot(const float* a, const float* b, std::int64_t n) {
-  double s = 0;
-  for (std::int64_t i = 0; i < n; ++i) s += static_cast<double>(a[i]) * static_cast<double>(b[i]);
+  double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; ++l) part[l] += static_cast<double>(a[i + l]) * static_cast<double>(b[i + l]);
+  double s = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+  for (; i < n; ++i) s += static_cast<double>(a[i]) * static_cast<double>(b[i]);
   return s;
 }
 
@@ -87,8 +94,8 @@ double update_residual(const Fit& f, const float* dict, std::int64_t dim, const 
 
 OmpResult batched_omp(const float* dictionary, std::int64_t n_atoms, std::int64_t dim, const float* targets,
                       std::int64_t n_targets, const OmpOptions& options) {
-  SOUPKIT_ERROR_IF(options.k < 1 || options.batch < 1, "OMP: k ({}) and batch ({}) must be positive", options.k,
-                   options.batch);
+  SOUPKIT_ERROR_IF(options.k < 1 || options.batch < 0, "OMP: k ({}) must be positive and batch ({}) not negative",
+                   options.k, options.batch);
   const int k = static_cast<int>(std::min<std::int64_t>(options.k, std::min(n_atoms, dim)));
   OmpResult result;
   result.k = options.k;
@@ -101,7 +108,8 @@ OmpResult batched_omp(const float* dictionary, std::int64_t n_atoms, std::int64_
 
   const int n = to_lapack_int(n_atoms, "OMP dictionary atoms");
   const int d = to_lapack_int(dim, "OMP dimension");
-  const std::int64_t batch = std::min(options.batch, n_targets);
+  const std::int64_t automatic = std::clamp<std::int64_t>((128ll << 20) / (4 * std::max<std::int64_t>(n_atoms, 1)), 128, 1024);
+  const std::int64_t batch = std::min(options.batch > 0 ? options.batch : automatic, n_targets);
   std::vector<Fit> fits(static_cast<std::size_t>(batch));
   for (auto& f : fits) {
     f.l.assign(static_cast<std::size_t>(k) * k, 0.0);
@@ -142,15 +150,10 @@ OmpResult batched_omp(const float* dictionary, std::int64_t n_atoms, std::int64_
         const float* x = targets + (first + active[a]) * dim;
         float* c = corr.data() + a * static_cast<std::size_t>(n_atoms);
         for (int t = 0; t < f.used; ++t) c[f.atoms[t]] = 0;  // already chosen (residual is orthogonal to them)
-        std::int32_t best = -1;
-        float best_value = 0;
-        for (std::int64_t j = 0; j < n_atoms; ++j) {
-          const float v = std::fabs(c[j]);
-          if (v > best_value) {
-            best_value = v;
-            best = static_cast<std::int32_t>(j);
-          }
-        }
+        // Largest |correlation| (first on ties); all zero: nothing left to explain.
+        const int one_step = 1;
+        std::int32_t best = isamax_(&n, c, &one_step) - 1;
+        if (best >= 0 && c[best] == 0) best = -1;
         if (best < 0 || !add_atom(f, k, dictionary, dim, best, x)) {
           f.done = true;
           continue;

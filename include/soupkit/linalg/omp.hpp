@@ -14,7 +14,11 @@ namespace soupkit::linalg {
 
 struct OmpOptions {
   int k = 64;                        // atoms per target, at most
-  std::int64_t batch = 256;          // targets per sgemm (bounds the correlation block: atoms x batch floats)
+  // Targets per sgemm; 0 = automatic: sgemm repacks the whole dictionary
+  // on every call, so larger batches amortise that (measured best near
+  // 512-1024 columns), while the correlation block (atoms x batch floats)
+  // stays at most ~128 MB.
+  std::int64_t batch = 0;
   double tolerance = 1e-6;           // stop once ||residual|| <= tolerance ||target||
 };
 
