@@ -236,7 +236,7 @@ MethodPlan TransplantMethod::plan() {
     const double share = n_approx / options_.ranks;
     plan.memory.push_back(n_atoms * (4 * dd + 4 * db + static_cast<double>(dtype_size(t.dtype)) * db) +
                           n_atoms * 4 * std::clamp(33554432.0 / std::max(n_atoms, 1.0), 128.0, 1024.0) + share * (4 * dd + 12.0 * options_.k) +
-                          2 * static_cast<double>(options_.chunk_bytes));
+                          2 * static_cast<double>(std::min(options_.chunk_bytes, out.nbytes())));
     plan.grid.push_back(true);
     rebuilds[std::to_string(index)] = {{"donor", donor_matrix->name}, {"base", t.name}};
   }
