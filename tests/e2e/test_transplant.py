@@ -17,8 +17,8 @@ import numpy as np
 
 import tokenizer_fixtures
 from soupkit_testlib import TempDirTestCase, read_checkpoint, run_soupkit
-from transplant_fixtures import (WORDS, Planted, byte_level_tokenizer, sentencepiece_tokenizer, vocab_size,
-                                 write_tokenizer)
+from transplant_fixtures import (WORDS, Planted, byte_level_tokenizer, sentencepiece_tokenizer, unigram_tokenizer,
+                                 vocab_size, wordpiece_tokenizer, write_tokenizer)
 
 REL_TOL = 1e-4
 
@@ -128,6 +128,22 @@ class TestSyntheticTransplant(TransplantCase):
         tensors, report = self.transplant(model, self.path("out"), ranks=2, extra=["--k", "8"])
         self.check_output(tensors, model, model.donor_vocab)
         self.assertEqual([m["donor_tensor"] for m in report["matrices"]], ["model.embed_tokens.weight"] * 2)
+
+
+    def test_wordpiece_into_unigram(self):
+        """Donor WordPiece (BERT style), base Unigram (T5 style): '##x' = 'x', other pieces = ' x', '▁' = ' '."""
+        donor_tok, base_tok = self.path("tok-donor"), self.path("tok-base")
+        write_tokenizer(donor_tok, *wordpiece_tokenizer(WORDS))
+        write_tokenizer(base_tok, *unigram_tokenizer(WORDS[10:]))
+        model = Planted(self.tmp, donor_tok, base_tok, vocab_size(load_json(donor_tok + "/tokenizer.json")),
+                        vocab_size(load_json(base_tok + "/tokenizer.json")), sparsity=2, seed=5)
+        tensors, report = self.transplant(model, self.path("out"), ranks=2, extra=["--k", "6"])
+        counts = report["tokens"]
+        self.assertEqual((counts["donor_decoding"], counts["base_decoding"]), ("wordpiece", "sentencepiece"))
+        self.assertEqual(counts["special"], 2)  # [UNK] = <unk>, [PAD] = <pad>
+        self.assertEqual(counts["exact"], sum(1 for _, how in model.shared.values() if how == "exact"))
+        self.assertGreaterEqual(counts["exact"], 2 * (len(WORDS) - 10) - 5)  # ' word' and 'ord' pieces of 40 words
+        self.check_output(tensors, model, model.donor_vocab)
 
 
 class TestRealTokenizers(TransplantCase):

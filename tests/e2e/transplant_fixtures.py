@@ -61,8 +61,46 @@ def sentencepiece_tokenizer(words, single_chars="abcdefgh"):
     return tok, config
 
 
+def wordpiece_tokenizer(words):
+    """A BERT-style tokenizer.json: [PAD] [UNK] [CLS] [SEP], words, '##' continuations."""
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    vocab = {s: i for i, s in enumerate(specials)}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+        vocab.setdefault("##" + w[1:], len(vocab))
+    added = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+              "special": True} for i, s in enumerate(specials)]
+    tok = {"version": "1.0", "added_tokens": added, "normalizer": {"type": "BertNormalizer", "lowercase": True},
+           "pre_tokenizer": {"type": "BertPreTokenizer"}, "decoder": {"type": "WordPiece", "prefix": "##"},
+           "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                     "max_input_chars_per_word": 100, "vocab": vocab}}
+    return tok, {"unk_token": "[UNK]", "pad_token": "[PAD]", "cls_token": "[CLS]", "sep_token": "[SEP]"}
+
+
+def unigram_tokenizer(words):
+    """A T5-style Unigram tokenizer.json: <pad> </s> <unk>, '▁word' and bare suffix pieces, Metaspace."""
+    pieces = [["<pad>", 0.0], ["</s>", 0.0], ["<unk>", 0.0]]
+    for i, w in enumerate(words):
+        pieces.append(["\u2581" + w, -1.0 - i])
+        pieces.append([w[1:], -2.0 - i])
+    seen, unique = set(), []
+    for p in pieces:
+        if p[0] not in seen:
+            seen.add(p[0])
+            unique.append(p)
+    added = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+              "special": True} for i, s in enumerate(["<pad>", "</s>", "<unk>"])]
+    tok = {"version": "1.0", "added_tokens": added, "normalizer": None,
+           "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "add_prefix_space": True},
+           "decoder": {"type": "Metaspace", "replacement": "\u2581", "add_prefix_space": True},
+           "model": {"type": "Unigram", "unk_id": 2, "vocab": unique}}
+    return tok, {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+
+
 def vocab_size(tok):
-    ids = list(tok["model"]["vocab"].values()) + [a["id"] for a in tok.get("added_tokens", [])]
+    vocab = tok["model"]["vocab"]
+    ids = (list(range(len(vocab))) if isinstance(vocab, list) else list(vocab.values()))
+    ids += [a["id"] for a in tok.get("added_tokens", [])]
     return max(ids) + 1
 
 
