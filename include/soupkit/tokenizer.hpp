@@ -53,8 +53,8 @@ struct TokenMapping {
 
 // Matches every donor token to a base token: special tokens by role, then
 // by content among special tokens; others by text. When several base tokens
-// stand for one text, a regular piece wins over a byte-fallback token, then
-// the lowest id.
+// stand for one text, one of the donor token's kind (regular piece or
+// <0xNN> byte fallback) wins, then the lowest id.
 TokenMapping match_tokens(const Tokenizer& donor, const Tokenizer& base);
 
 }  // namespace soupkit

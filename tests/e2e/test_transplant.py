@@ -146,6 +146,20 @@ class TestSyntheticTransplant(TransplantCase):
         self.check_output(tensors, model, model.donor_vocab)
 
 
+    def test_same_tokenizer_is_a_copy(self):
+        """Nothing to approximate (and fewer such tokens than ranks): the base's rows, exactly, on 3 ranks."""
+        tok_dir = self.path("tok")
+        write_tokenizer(tok_dir, *sentencepiece_tokenizer(WORDS))
+        model = Planted(self.tmp, tok_dir, tok_dir, vocab_size(load_json(tok_dir + "/tokenizer.json")),
+                        vocab_size(load_json(tok_dir + "/tokenizer.json")), hidden_donor=16, seed=6)
+        self.assertEqual(model.approx, [])
+        tensors, report = self.transplant(model, self.path("out"), ranks=3)
+        self.assertEqual(report["tokens"]["approximated"], 0)
+        self.assertEqual(report["tokens"]["special"], 3)  # <s>, </s>, <unk> by role
+        for name, base in (("model.embed_tokens.weight", model.base_embed), ("lm_head.weight", model.base_head)):
+            np.testing.assert_array_equal(tensors[name][1], base[:model.donor_vocab])
+
+
 class TestRealTokenizers(TransplantCase):
     @classmethod
     def setUpClass(cls):

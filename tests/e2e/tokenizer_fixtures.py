@@ -159,21 +159,23 @@ def shared_tokens(donor_dir, base_dir):
     """donor id -> (base id, "exact" | "special") for every donor token with a row in the base."""
     donor, base = token_texts(donor_dir), token_texts(base_dir)
     donor_roles, base_roles = roles(donor_dir), roles(base_dir)
-    lookup = {}
-    for i in sorted(base, reverse=True):  # lowest id wins, but a regular piece beats a byte-fallback token
+    lookup = {False: {}, True: {}}  # regular pieces, byte-fallback tokens: text -> lowest id
+    for i in sorted(base):
         key, fallback = base[i]
-        if key[1] in (b"", ""):
-            continue
-        if key not in lookup or not fallback or lookup[key][1]:
-            lookup[key] = (i, fallback)
+        if key[1] not in (b"", ""):
+            lookup[fallback].setdefault(key, i)
     role_of = {}
     for role in ("pad", "unk", "eos", "bos"):
         if role in donor_roles and role in base_roles:
             role_of[donor_roles[role]] = role
     out = {}
-    for i, (key, _) in donor.items():
+    for i, (key, fallback) in donor.items():
         if i in role_of:
             out[i] = (base_roles[role_of[i]], "special")
-        elif key in lookup and key[1] not in (b"", ""):
-            out[i] = (lookup[key][0], "exact")
+        elif key[1] not in (b"", ""):
+            # Same kind first (a <0xNN> token takes the base's <0xNN>), then the other.
+            for kind in (fallback, not fallback):
+                if key in lookup[kind]:
+                    out[i] = (lookup[kind][key], "exact")
+                    break
     return out

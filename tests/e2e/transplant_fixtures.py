@@ -42,7 +42,7 @@ def sentencepiece_tokenizer(words, single_chars="abcdefgh"):
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
     for b in range(256):
         vocab["<0x%02X>" % b] = len(vocab)
-    for c in single_chars:  # texts also reachable through <0xNN>: the regular piece must win
+    for c in single_chars:  # texts also reachable through <0xNN>: a regular donor piece must take these
         vocab[c] = len(vocab)
     for w in words:
         vocab["\u2581" + w] = len(vocab)
