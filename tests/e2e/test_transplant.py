@@ -112,13 +112,17 @@ class TestSyntheticTransplant(TransplantCase):
         self.assertEqual(generation["temperature"], 0.7)
 
     def test_tied_base(self):
-        donor_tok, base_tok = self.synthetic_tokenizers()
+        """Also: the base names its special tokens in special_tokens_map.json only."""
+        donor_tok, base_tok = self.path("tok-donor"), self.path("tok-base")
+        write_tokenizer(donor_tok, *byte_level_tokenizer(WORDS))
+        write_tokenizer(base_tok, *sentencepiece_tokenizer(WORDS[:30]), config_name="special_tokens_map.json")
         model = Planted(self.tmp, donor_tok, base_tok, vocab_size(load_json(donor_tok + "/tokenizer.json")),
                         vocab_size(load_json(base_tok + "/tokenizer.json")), base_tied=True, seed=1)
         for ranks in (1, 3):
             tensors, report = self.transplant(model, self.path("out%d" % ranks), ranks=ranks, extra=["--k", "6"])
             self.check_output(tensors, model, model.donor_vocab)
             self.assertTrue(report["tokens"]["tied_output"])
+            self.assertEqual(report["tokens"]["special"], 2)
             self.assertEqual(len(report["matrices"]), 1)
 
     def test_donor_only_tied(self):

@@ -129,14 +129,15 @@ def token_texts(directory):
 
 
 def roles(directory):
-    """role -> token id, from tokenizer_config.json (bos, eos, pad, unk)."""
+    """role -> token id (bos, eos, pad, unk), from tokenizer_config.json, else special_tokens_map.json."""
     with open(os.path.join(directory, "tokenizer.json"), encoding="utf-8") as f:
         tok = json.load(f)
-    path = os.path.join(directory, "tokenizer_config.json")
-    config = {}
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
+    configs = []  # tokenizer_config.json first, then special_tokens_map.json
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = os.path.join(directory, name)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                configs.append(json.load(f))
     ids = {}
     for piece, i in (tok["model"]["vocab"].items() if isinstance(tok["model"]["vocab"], dict)
                      else ((p[0], i) for i, p in enumerate(tok["model"]["vocab"]))):
@@ -145,9 +146,13 @@ def roles(directory):
         ids[a["content"]] = a["id"]
     out = {}
     for role in ("bos", "eos", "pad", "unk"):
-        value = config.get(role + "_token")
-        if isinstance(value, dict):
-            value = value.get("content")
+        value = None
+        for config in configs:
+            value = config.get(role + "_token")
+            if isinstance(value, dict):
+                value = value.get("content")
+            if value is not None:
+                break
         if value is None and role == "unk":
             value = tok["model"].get("unk_token")
         if isinstance(value, str) and value in ids:

@@ -7,6 +7,7 @@ shared tokens' base rows. Shared rows must come out as the base's bytes.
 """
 import json
 import os
+import shutil
 
 import numpy as np
 
@@ -104,11 +105,12 @@ def vocab_size(tok):
     return max(ids) + 1
 
 
-def write_tokenizer(directory, tok, config):
+def write_tokenizer(directory, tok, config, config_name="tokenizer_config.json"):
+    """tokenizer.json, and the special tokens in tokenizer_config.json (or special_tokens_map.json)."""
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "tokenizer.json"), "w", encoding="utf-8") as f:
         json.dump(tok, f, ensure_ascii=False)
-    with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(directory, config_name), "w", encoding="utf-8") as f:
         json.dump(config, f)
 
 
@@ -166,11 +168,10 @@ class Planted:
         write_model_dir(self.base_dir, base_tensors, extra_files={"config.json": json.dumps(base_config),
                                                                   "generation_config.json": json.dumps({"bos_token_id": 1, "eos_token_id": 2, "temperature": 0.7})})
         write_model_dir(self.donor_dir, donor_tensors, extra_files={"config.json": json.dumps(donor_config)})
-        for name in ("tokenizer.json", "tokenizer_config.json"):
-            with open(os.path.join(base_tok_dir, name), "rb") as src, open(os.path.join(self.base_dir, name), "wb") as dst:
-                dst.write(src.read())
-            with open(os.path.join(donor_tok_dir, name), "rb") as src, open(os.path.join(self.donor_dir, name), "wb") as dst:
-                dst.write(src.read())
+        for src_dir, dst_dir in ((base_tok_dir, self.base_dir), (donor_tok_dir, self.donor_dir)):
+            for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+                if os.path.exists(os.path.join(src_dir, name)):
+                    shutil.copyfile(os.path.join(src_dir, name), os.path.join(dst_dir, name))
 
     def _apply(self, plan, base_matrix):
         """The planted coefficients applied to the atoms' base rows: token -> expected new row (float64)."""
