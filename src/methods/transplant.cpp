@@ -227,9 +227,9 @@ MethodPlan TransplantMethod::plan() {
     out.shape[0] = static_cast<std::uint64_t>(out_rows);
     plan.output.tensors.push_back(out);
     const double dd = static_cast<double>(donor_matrix->shape[1]), db = static_cast<double>(t.shape[1]);
-    // One sgemm of atoms x hidden x targets per OMP step (~20 GFLOP/s a
-    // rank), plus reading both matrices.
-    plan.costs.push_back(2.0 * options_.k * n_atoms * dd * n_approx / 2e10 +
+    // One sgemm of atoms x hidden x targets per OMP step (70-90 GFLOP/s a
+    // rank measured, docs/benchmarks.md), plus reading both matrices.
+    plan.costs.push_back(2.0 * options_.k * n_atoms * dd * n_approx / 7e10 +
                          static_cast<double>(donor_matrix->nbytes() + t.nbytes() + out.nbytes()) / 1.5e9);
     // Per rank: the dictionary and the base rows (float32 and raw), the
     // correlation block, this rank's targets and fits, a chunk of I/O.
@@ -238,6 +238,14 @@ MethodPlan TransplantMethod::plan() {
                           n_atoms * 4 * std::clamp(33554432.0 / std::max(n_atoms, 1.0), 128.0, 1024.0) + share * (4 * dd + 12.0 * options_.k) +
                           2 * static_cast<double>(std::min(options_.chunk_bytes, out.nbytes())));
     plan.grid.push_back(true);
+    // Every rank holds the whole dictionary: more ranks do not shrink it.
+    SOUPKIT_INPUT_ERROR_IF(plan.memory.back() > static_cast<double>(options_.memory_budget),
+                           "{}: tensor '{}': fitting {} tokens over {} shared ones needs about {} per rank (the "
+                           "dictionary is held by every rank), over the memory budget of {}; raise --memory-budget or "
+                           "run fewer ranks per node",
+                           options_.base.string(), t.name, mapping.approximate, atoms_.size(),
+                           human_bytes(static_cast<std::uint64_t>(plan.memory.back())),
+                           human_bytes(options_.memory_budget));
     rebuilds[std::to_string(index)] = {{"donor", donor_matrix->name}, {"base", t.name}};
   }
 

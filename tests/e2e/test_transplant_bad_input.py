@@ -81,6 +81,11 @@ class TestTransplantBadInput(BadInputBase):
                           self.base_cfg)
         self.check(base, self.good_donor(), [base, "model.embed_tokens.weight"], ["not \\[tokens, hidden\\]"])
 
+    def test_over_memory_budget(self):
+        base = self.good_base()
+        self.check(base, self.good_donor(), [base, "model.embed_tokens.weight", "97.66 KiB"],
+                   ["over the memory budget"], extra=["--memory-budget", "100KB"])
+
     def test_nan_in_donor_embedding(self):
         embed = self.donor_embed.copy()
         embed[300, 3] = np.nan  # a row the dictionary or the targets read, whichever rank reads it

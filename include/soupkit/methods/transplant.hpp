@@ -29,6 +29,7 @@ struct TransplantOptions {
   bool overwrite = false;
   int ranks = 1;
   std::uint64_t chunk_bytes = 64ull << 20;  // copies and row reads go by ranges of at most this
+  std::uint64_t memory_budget = ~0ull;      // bytes one rank may use (a fit over it is refused)
 };
 
 class TransplantMethod final : public Method {
