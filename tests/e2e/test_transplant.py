@@ -16,7 +16,7 @@ import unittest
 import numpy as np
 
 import tokenizer_fixtures
-from soupkit_testlib import TempDirTestCase, read_checkpoint, run_soupkit
+from soupkit_testlib import TempDirTestCase, as_float64, read_checkpoint, run_soupkit
 from transplant_fixtures import (WORDS, Planted, byte_level_tokenizer, sentencepiece_tokenizer, unigram_tokenizer,
                                  vocab_size, wordpiece_tokenizer, write_tokenizer)
 
@@ -51,24 +51,28 @@ class TransplantCase(TempDirTestCase):
                      "--report", report, *extra], ranks=ranks)
         return read_checkpoint(out)[0], load_json(report)
 
-    def check_matrix(self, got, model, base_matrix, expected, out_rows):
-        """Shared rows are the base's bytes, planted rows recovered, unused/padding rows zero."""
-        self.assertEqual(got.shape, (out_rows, base_matrix.shape[1]))
+    def check_matrix(self, got, model, base_raw, expected, out_rows):
+        """Shared rows are the base's bytes, planted rows recovered (to 1e-4 in F32, to one rounding in BF16),
+        unused/padding rows zero."""
+        self.assertEqual(got.shape, (out_rows, base_raw.shape[1]))
+        tolerance = REL_TOL if model.base_dtype == "F32" else 2.0 ** -8
         for t in range(out_rows):
             if t in model.shared:
-                np.testing.assert_array_equal(got[t], base_matrix[model.shared[t][0]], "shared token %d" % t)
+                np.testing.assert_array_equal(got[t], base_raw[model.shared[t][0]], "shared token %d" % t)
             elif t in expected:
-                self.assertLessEqual(rel_error(got[t], expected[t]), REL_TOL, "approximated token %d" % t)
+                self.assertLessEqual(rel_error(as_float64(model.base_dtype, got[t]), expected[t]), tolerance,
+                                     "approximated token %d" % t)
             else:
                 self.assertFalse(np.any(got[t]), "row %d should be zero" % t)
 
     def check_output(self, tensors, model, out_rows):
-        embed = tensors["model.embed_tokens.weight"][1]
-        self.check_matrix(embed, model, model.base_embed, model.expected_embed, out_rows)
+        self.assertEqual(tensors["model.embed_tokens.weight"][0], model.base_dtype)
+        self.check_matrix(tensors["model.embed_tokens.weight"][1], model, model.base_embed_raw, model.expected_embed,
+                          out_rows)
         if model.base_tied:
             self.assertNotIn("lm_head.weight", tensors)
         else:
-            self.check_matrix(tensors["lm_head.weight"][1], model, model.base_head, model.expected_head, out_rows)
+            self.check_matrix(tensors["lm_head.weight"][1], model, model.base_head_raw, model.expected_head, out_rows)
         np.testing.assert_array_equal(tensors["model.layers.0.mlp.weight"][1], model.other)
 
 
@@ -126,9 +130,11 @@ class TestSyntheticTransplant(TransplantCase):
             self.assertEqual(len(report["matrices"]), 1)
 
     def test_donor_only_tied(self):
+        """Also: a BF16 base (shared rows keep their bf16 bytes, fitted rows are rounded once)."""
         donor_tok, base_tok = self.synthetic_tokenizers()
         model = Planted(self.tmp, donor_tok, base_tok, vocab_size(load_json(donor_tok + "/tokenizer.json")),
-                        vocab_size(load_json(base_tok + "/tokenizer.json")), donor_tied=True, seed=2)
+                        vocab_size(load_json(base_tok + "/tokenizer.json")), donor_tied=True, seed=2,
+                        base_dtype="BF16")
         tensors, report = self.transplant(model, self.path("out"), ranks=2, extra=["--k", "8"])
         self.check_output(tensors, model, model.donor_vocab)
         self.assertEqual([m["donor_tensor"] for m in report["matrices"]], ["model.embed_tokens.weight"] * 2)
@@ -160,7 +166,7 @@ class TestSyntheticTransplant(TransplantCase):
         tensors, report = self.transplant(model, self.path("out"), ranks=3)
         self.assertEqual(report["tokens"]["approximated"], 0)
         self.assertEqual(report["tokens"]["special"], 3)  # <s>, </s>, <unk> by role
-        for name, base in (("model.embed_tokens.weight", model.base_embed), ("lm_head.weight", model.base_head)):
+        for name, base in (("model.embed_tokens.weight", model.base_embed_raw), ("lm_head.weight", model.base_head_raw)):
             np.testing.assert_array_equal(tensors[name][1], base[:model.donor_vocab])
 
 

@@ -11,7 +11,7 @@ import shutil
 
 import numpy as np
 
-from soupkit_testlib import write_model_dir
+from soupkit_testlib import bf16_bits_to_f32, f32_to_bf16_bits, write_model_dir
 from tokenizer_fixtures import _bytes_to_unicode, shared_tokens
 
 WORDS = ["the", "cat", "dog", "house", "tree", "run", "jump", "blue", "green", "river", "stone", "light", "night",
@@ -118,7 +118,8 @@ class Planted:
     """A donor/base pair with a planted answer, written as model directories."""
 
     def __init__(self, root, donor_tok_dir, base_tok_dir, donor_vocab, base_vocab, hidden_donor=48, hidden_base=32,
-                 sparsity=3, base_tied=False, donor_tied=False, extra_donor_rows=7, extra_base_rows=5, seed=0):
+                 sparsity=3, base_tied=False, donor_tied=False, extra_donor_rows=7, extra_base_rows=5, seed=0,
+                 base_dtype="F32"):
         rng = np.random.default_rng(seed)
         self.shared = shared_tokens(donor_tok_dir, base_tok_dir)
         self.donor_vocab, self.base_vocab = donor_vocab, base_vocab
@@ -139,25 +140,35 @@ class Planted:
             return donor, plan
 
         self.donor_embed, embed_plan = planted(hidden_donor)
-        self.base_embed = rng.standard_normal((base_vocab + extra_base_rows, hidden_base)).astype(np.float32)
+        self.base_dtype = base_dtype
+
+        def base_matrix():
+            """(values, raw elements as written): BF16 values are those the bf16 patterns hold."""
+            values = rng.standard_normal((base_vocab + extra_base_rows, hidden_base)).astype(np.float32)
+            if base_dtype == "F32":
+                return values, values
+            bits = f32_to_bf16_bits(values)
+            return bf16_bits_to_f32(bits), bits
+
+        self.base_embed, self.base_embed_raw = base_matrix()
         self.expected_embed = self._apply(embed_plan, self.base_embed)
         if donor_tied:
             self.donor_head, head_plan = None, embed_plan
         else:
             self.donor_head, head_plan = planted(hidden_donor)  # its own coefficients: the output fit is separate
         if base_tied:
-            self.base_head = self.expected_head = None
+            self.base_head = self.base_head_raw = self.expected_head = None
         else:
-            self.base_head = rng.standard_normal(self.base_embed.shape).astype(np.float32)
+            self.base_head, self.base_head_raw = base_matrix()
             self.expected_head = self._apply(head_plan, self.base_head)
 
         self.other = rng.standard_normal((4, hidden_base)).astype(np.float32)
         self.base_dir = os.path.join(root, "base")
         self.donor_dir = os.path.join(root, "donor")
-        base_tensors = {"model.embed_tokens.weight": ("F32", self.base_embed),
+        base_tensors = {"model.embed_tokens.weight": (base_dtype, self.base_embed_raw),
                         "model.layers.0.mlp.weight": ("F32", self.other)}
         if not base_tied:
-            base_tensors["lm_head.weight"] = ("F32", self.base_head)
+            base_tensors["lm_head.weight"] = (base_dtype, self.base_head_raw)
         donor_tensors = {"model.embed_tokens.weight": ("F32", self.donor_embed)}
         if not donor_tied:
             donor_tensors["lm_head.weight"] = ("F32", self.donor_head)
