@@ -129,6 +129,19 @@ std::vector<float> rows_as_f32(const CheckpointReader& r, const TensorInfo& t, c
   return out;
 }
 
+// Throws naming the file, tensor and row if packed raw rows hold NaN/Inf
+// (converted a row at a time: no float copy of them is kept).
+void check_finite_rows(const CheckpointReader& r, const TensorInfo& t, const std::vector<std::int64_t>& ids,
+                       const std::vector<std::byte>& raw) {
+  const std::uint64_t cols = t.shape[1], rb = row_bytes(t);
+  std::vector<float> row(cols);
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    load_as_f32(t.dtype, raw.data() + i * rb, cols, row.data());
+    SOUPKIT_INPUT_ERROR_IF(std::any_of(row.begin(), row.end(), [](float v) { return !std::isfinite(v); }),
+                           "{}: tensor '{}': NaN or Inf in row {}", r.path().string(), t.name, ids[i]);
+  }
+}
+
 // The first output row of each rank: rows are split into contiguous ranges
 // holding equal shares of the rows to approximate (the expensive ones).
 std::vector<std::int64_t> rank_starts(const std::vector<std::int64_t>& source, int ranks) {
@@ -231,10 +244,10 @@ MethodPlan TransplantMethod::plan() {
     // rank measured, docs/benchmarks.md), plus reading both matrices.
     plan.costs.push_back(2.0 * options_.k * n_atoms * dd * n_approx / 7e10 +
                          static_cast<double>(donor_matrix->nbytes() + t.nbytes() + out.nbytes()) / 1.5e9);
-    // Per rank: the dictionary and the base rows (float32 and raw), the
-    // correlation block, this rank's targets and fits, a chunk of I/O.
+    // Per rank: the dictionary (float32) and the atoms' base rows (raw),
+    // the correlation block, this rank's targets and fits, a chunk of I/O.
     const double share = n_approx / options_.ranks;
-    plan.memory.push_back(n_atoms * (4 * dd + 4 * db + static_cast<double>(dtype_size(t.dtype)) * db) +
+    plan.memory.push_back(n_atoms * (4 * dd + static_cast<double>(dtype_size(t.dtype)) * db) +
                           n_atoms * 4 * std::clamp(33554432.0 / std::max(n_atoms, 1.0), 128.0, 1024.0) + share * (4 * dd + 12.0 * options_.k) +
                           2 * static_cast<double>(std::min(options_.chunk_bytes, out.nbytes())));
     plan.grid.push_back(true);
@@ -332,18 +345,18 @@ nlohmann::json TransplantMethod::compute_grid(std::size_t index, const Communica
   std::sort(base_ids.begin(), base_ids.end());
   base_ids.erase(std::unique(base_ids.begin(), base_ids.end()), base_ids.end());
 
-  std::vector<float> dictionary, x, base_rows;
+  std::vector<float> dictionary, x;
   std::vector<std::byte> base_raw;
   collectively(group, [&] {
     dictionary = rows_as_f32(*donor_, dt, atoms_, read_selected_rows(*donor_, dt, atoms_, options_.chunk_bytes));
     x = rows_as_f32(*donor_, dt, targets, read_selected_rows(*donor_, dt, targets, options_.chunk_bytes));
     base_raw = read_selected_rows(*base_, bt, base_ids, options_.chunk_bytes);
-    base_rows = rows_as_f32(*base_, bt, base_ids, base_raw);
+    check_finite_rows(*base_, bt, base_ids, base_raw);
   });
   const auto dd = static_cast<std::int64_t>(dt.shape[1]);
   const auto db = static_cast<std::size_t>(bt.shape[1]);
   linalg::OmpResult fit;
-  std::unordered_map<std::int64_t, std::size_t> base_pos;  // base id -> position in base_rows
+  std::unordered_map<std::int64_t, std::size_t> base_pos;  // base id -> position in base_raw
   std::vector<std::size_t> atom_base(atoms_.size());       // atom -> position of its base row
   collectively(group, [&] {
     linalg::OmpOptions omp_options;
@@ -359,7 +372,8 @@ nlohmann::json TransplantMethod::compute_grid(std::size_t index, const Communica
     const std::uint64_t orb = row_bytes(out);
     const auto step = static_cast<std::int64_t>(std::max<std::uint64_t>(1, options_.chunk_bytes / orb));
     std::vector<std::byte> bytes;
-    std::vector<double> row(db);
+    std::vector<double> row(db), atom_row(db);
+    const std::uint64_t base_rb = row_bytes(bt);
     std::size_t next_target = 0;
     for (std::int64_t first = lo; first < hi; first += step) {
       const std::int64_t count = std::min(step, hi - first);
@@ -375,8 +389,9 @@ nlohmann::json TransplantMethod::compute_grid(std::size_t index, const Communica
           for (int s = 0; s < fit.used[t]; ++s) {
             const auto slot = t * static_cast<std::size_t>(fit.k) + static_cast<std::size_t>(s);
             const double c = fit.coefficients[slot];
-            const float* b = base_rows.data() + atom_base[static_cast<std::size_t>(fit.atoms[slot])] * db;
-            for (std::size_t e = 0; e < db; ++e) row[e] += c * b[e];
+            load_as_f64(bt.dtype, base_raw.data() + atom_base[static_cast<std::size_t>(fit.atoms[slot])] * base_rb, db,
+                        atom_row.data());
+            for (std::size_t e = 0; e < db; ++e) row[e] += c * atom_row[e];
           }
           store_from_f64(out.dtype, row.data(), db, dst);
         }
