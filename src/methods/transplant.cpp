@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <span>
 #include <set>
 #include <unordered_map>
 
@@ -139,6 +140,15 @@ void check_finite_rows(const CheckpointReader& r, const TensorInfo& t, const std
     load_as_f32(t.dtype, raw.data() + i * rb, cols, row.data());
     SOUPKIT_INPUT_ERROR_IF(std::any_of(row.begin(), row.end(), [](float v) { return !std::isfinite(v); }),
                            "{}: tensor '{}': NaN or Inf in row {}", r.path().string(), t.name, ids[i]);
+  }
+}
+
+// Broadcasts `data` from the group's rank 0, in pieces MPI's int counts can hold.
+void broadcast_bytes(const Communicator& group, std::span<std::byte> data) {
+  constexpr std::size_t kPiece = std::size_t{1} << 30;
+  for (std::size_t at = 0; at < data.size(); at += kPiece) {
+    const int count = static_cast<int>(std::min(kPiece, data.size() - at));
+    MPI_Bcast(data.data() + at, count, MPI_BYTE, 0, group.get());
   }
 }
 
@@ -337,21 +347,30 @@ nlohmann::json TransplantMethod::compute_grid(std::size_t index, const Communica
   std::vector<std::int64_t> targets;  // donor ids = output rows this rank fits
   for (std::int64_t row = lo; row < hi; ++row)
     if (row_source_[static_cast<std::size_t>(row)] == kApproximate) targets.push_back(row);
-  // Base rows needed: the atoms' (to rebuild) and this range's shared rows (to copy).
+  // Base rows needed, the same on every rank: the atoms' (to rebuild) and
+  // the special tokens' (to copy; every other shared row is an atom's).
   std::vector<std::int64_t> base_ids;
-  for (auto a : atoms_) base_ids.push_back(row_source_[static_cast<std::size_t>(a)]);
-  for (std::int64_t row = lo; row < hi; ++row)
-    if (row_source_[static_cast<std::size_t>(row)] >= 0) base_ids.push_back(row_source_[static_cast<std::size_t>(row)]);
+  for (auto source : row_source_)
+    if (source >= 0) base_ids.push_back(source);
   std::sort(base_ids.begin(), base_ids.end());
   base_ids.erase(std::unique(base_ids.begin(), base_ids.end()), base_ids.end());
 
-  std::vector<float> dictionary, x;
-  std::vector<std::byte> base_raw;
+  // The dictionary and the base rows are read once, by the group's rank 0,
+  // and broadcast: P ranks reading gigabytes each from a shared file system
+  // would cost far more than the broadcast. Each rank reads its own targets.
+  std::vector<float> dictionary(atoms_.size() * dt.shape[1]), x;
+  std::vector<std::byte> base_raw(base_ids.size() * row_bytes(bt));
   collectively(group, [&] {
-    dictionary = rows_as_f32(*donor_, dt, atoms_, read_selected_rows(*donor_, dt, atoms_, options_.chunk_bytes));
+    if (group.is_root()) {
+      dictionary = rows_as_f32(*donor_, dt, atoms_, read_selected_rows(*donor_, dt, atoms_, options_.chunk_bytes));
+      base_raw = read_selected_rows(*base_, bt, base_ids, options_.chunk_bytes);
+      check_finite_rows(*base_, bt, base_ids, base_raw);
+    }
+  });
+  broadcast_bytes(group, std::as_writable_bytes(std::span(dictionary)));
+  broadcast_bytes(group, base_raw);
+  collectively(group, [&] {
     x = rows_as_f32(*donor_, dt, targets, read_selected_rows(*donor_, dt, targets, options_.chunk_bytes));
-    base_raw = read_selected_rows(*base_, bt, base_ids, options_.chunk_bytes);
-    check_finite_rows(*base_, bt, base_ids, base_raw);
   });
   const auto dd = static_cast<std::int64_t>(dt.shape[1]);
   const auto db = static_cast<std::size_t>(bt.shape[1]);
