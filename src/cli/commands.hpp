@@ -20,5 +20,6 @@ int cmd_run(const Communicator& comm, const Args& args);
 using CommandFunction = int (*)(const Communicator&, const Args&);
 // The sub-command called `name`, or nullptr.
 const CommandFunction* find_command(const std::string& name);
+int cmd_transplant(const Communicator& comm, const Args& args);
 
 }  // namespace soupkit::cli

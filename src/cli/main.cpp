@@ -17,10 +17,8 @@ constexpr const char* kUsage = R"(usage: soupkit <command> [options]
 commands:
   monosoup --base W0 --finetuned W1 --out OUT
                       MonoSoup: reweight a fine-tuned model's update by its singular spectrum
-  soup uniform --out OUT MODEL...
-                      model soup: the (weighted, --weights) mean of fine-tuned models
-  soup greedy --out OUT --eval-cmd 'CMD {model}' MODEL...
-                      greedy soup: add ingredients best first while your evaluator's score holds
+  transplant --base BASE --donor DONOR --out OUT
+                      give BASE the DONOR's tokenizer (new embedding rows by OMP)
   convert IN OUT      convert a checkpoint between safetensors, model directories and HDF5
   inspect PATH        list a checkpoint's tensors
   example DIR         write the built-in example model pair (DIR/base, DIR/finetuned)

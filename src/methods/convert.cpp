@@ -1,6 +1,5 @@
 #include "soupkit/methods/convert.hpp"
 
-#include "soupkit/cast.hpp"
 #include "soupkit/error.hpp"
 #include "soupkit/log.hpp"
 
@@ -44,21 +43,7 @@ nlohmann::json ConvertMethod::compute(std::size_t index, CheckpointWriter& write
   const TensorInfo* have = reader_->find(want.name);
   SOUPKIT_ERROR_IF(!have, "{}: tensor '{}' disappeared since planning", options_.input.string(), want.name);
   // Row range by row range: memory stays within chunk_bytes (x2 when casting).
-  const std::uint64_t rows = row_count(*have), in_row = row_bytes(*have), out_row = row_bytes(want);
-  const std::uint64_t step = std::max<std::uint64_t>(1, options_.chunk_bytes / std::max<std::uint64_t>(in_row, 1));
-  for (std::uint64_t first = 0; first < rows || (rows == 0 && first == 0); first += step) {
-    const std::uint64_t count = std::min(step, rows - first);
-    in_.resize(count * in_row);
-    reader_->read_rows(*have, first, count, in_);
-    if (have->dtype == want.dtype) {
-      writer.write_rows(index, first, count, in_);
-    } else {
-      out_.resize(count * out_row);
-      cast_elements(have->dtype, want.dtype, in_.data(), count * in_row / dtype_size(have->dtype), out_.data());
-      writer.write_rows(index, first, count, out_);
-    }
-    if (rows == 0) break;
-  }
+  stream_copy(*reader_, *have, want, index, writer, options_.chunk_bytes, buffers_);
   return nullptr;
 }
 

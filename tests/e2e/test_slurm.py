@@ -2,6 +2,7 @@
 the launcher swapped for mpirun: a dry run prints the plan, a killed run is
 resumed by simply running the script again (what a requeue does)."""
 import glob
+import json
 import os
 import subprocess
 import unittest
@@ -54,6 +55,42 @@ class SlurmScripts(TempDirTestCase):
                     cwd=self.tmp)
         with open(self.path("demo", "monosoup.h5"), "rb") as f, open(self.path("direct.h5"), "rb") as g:
             self.assertEqual(f.read(), g.read())
+
+    def write_job(self, name, text):
+        path = self.path(name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_soup_dry_run_and_run(self):
+        run_soupkit(["example", "demo"], cwd=self.tmp)
+        job = self.write_job("soup.yaml", "merge_method: model_soup\nmodels: [demo/base, demo/finetuned]\n"
+                                          "out_path: soup.h5\n")
+        proc = self.run_script("soup.sbatch", job, "--dry-run")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("plan: soup -> soup.h5", proc.stdout)
+        self.assertFalse(os.path.exists(self.path("soup.h5")))
+        proc = self.run_script("soup.sbatch", job)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertTrue(os.path.exists(self.path("soup.h5")))
+
+    def test_transplant_dry_run(self):
+        from transplant_fixtures import (WORDS, Planted, byte_level_tokenizer, sentencepiece_tokenizer, vocab_size,
+                                         write_tokenizer)
+        donor_tok, base_tok = self.path("tok-donor"), self.path("tok-base")
+        write_tokenizer(donor_tok, *byte_level_tokenizer(WORDS))
+        write_tokenizer(base_tok, *sentencepiece_tokenizer(WORDS[:30]))
+        with open(os.path.join(donor_tok, "tokenizer.json")) as f:
+            donor_vocab = vocab_size(json.load(f))
+        with open(os.path.join(base_tok, "tokenizer.json")) as f:
+            base_vocab = vocab_size(json.load(f))
+        Planted(self.tmp, donor_tok, base_tok, donor_vocab, base_vocab)
+        job = self.write_job("transplant.yaml", "merge_method: transplant\nbase_model: base\ntokenizer_source: donor\n"
+                                                "parameters: {k: 8}\nout_path: out\n")
+        proc = self.run_script("transplant.sbatch", job, "--dry-run", ranks=3)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("plan: transplant -> out", proc.stdout)
+        self.assertFalse(os.path.exists(self.path("out")))
 
     def test_missing_job_file(self):
         proc = self.run_script("monosoup.sbatch", "nope.yaml")

@@ -2,6 +2,7 @@
 // `soupkit convert`: any checkpoint format to any other, bit-exact for
 // unchanged dtypes, optionally casting floating-point tensors.
 #include "soupkit/engine.hpp"
+#include "soupkit/methods/stream_copy.hpp"
 
 #include <optional>
 
@@ -31,7 +32,7 @@ class ConvertMethod final : public Method {
   ConvertOptions options_;
   std::unique_ptr<CheckpointReader> reader_;
   OutputSpec spec_;
-  std::vector<std::byte> in_, out_;
+  CopyBuffers buffers_;
 };
 
 }  // namespace soupkit

@@ -1,0 +1,20 @@
+#pragma once
+// Copies one tensor from a reader to a writer row range by row range, so
+// memory stays bounded whatever the tensor size; casts floating-point
+// elements when the output dtype differs (round to nearest even).
+#include "soupkit/checkpoint.hpp"
+
+#include <vector>
+
+namespace soupkit {
+
+struct CopyBuffers {
+  std::vector<std::byte> in, out;  // reused from tensor to tensor
+};
+
+// Writes tensor `have` of `reader` as output tensor `index` (described by
+// `want`, same shape) in row ranges of at most `chunk_bytes`.
+void stream_copy(const CheckpointReader& reader, const TensorInfo& have, const TensorInfo& want, std::size_t index,
+                 CheckpointWriter& writer, std::uint64_t chunk_bytes, CopyBuffers& buffers);
+
+}  // namespace soupkit

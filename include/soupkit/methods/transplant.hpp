@@ -1,0 +1,68 @@
+#pragma once
+// `soupkit transplant`: gives a base model a donor model's tokenizer without
+// training ("Training-Free Tokenizer Transplantation via Orthogonal Matching
+// Pursuit", 2025). Donor tokens the base also has (same text) take the
+// base's rows exactly; every other donor token is written by OMP as a sparse
+// combination of the shared tokens' donor embeddings, and the same
+// coefficients applied to the shared tokens' base rows give its new row.
+// The embedding and (unless tied) the output matrix are rebuilt this way by
+// all ranks together; the other tensors are copied. See docs/transplant.md.
+#include "soupkit/engine.hpp"
+#include "soupkit/methods/stream_copy.hpp"
+#include "soupkit/tokenizer.hpp"
+
+#include <map>
+#include <optional>
+
+namespace soupkit {
+
+struct TransplantOptions {
+  fs::path base;
+  fs::path donor;
+  fs::path output;
+  int k = 64;
+  std::int64_t pad_to_multiple_of = 1;
+  // Tensor names; empty = found among the usual names.
+  std::string embed_name, lm_head_name, donor_embed_name, donor_lm_head_name;
+  std::optional<fs::path> report;
+  std::uint64_t shard_size = 5'000'000'000ull;
+  bool overwrite = false;
+  int ranks = 1;
+  std::uint64_t chunk_bytes = 64ull << 20;  // copies and row reads go by ranges of at most this
+  std::uint64_t memory_budget = ~0ull;      // bytes one rank may use (a fit over it is refused)
+};
+
+class TransplantMethod final : public Method {
+ public:
+  explicit TransplantMethod(TransplantOptions options) : options_(std::move(options)) {}
+  std::string name() const override { return "transplant"; }
+  MethodPlan plan() override;
+  void prepare(const MethodPlan& plan) override;
+  nlohmann::json compute(std::size_t index, CheckpointWriter& writer) override;
+  nlohmann::json compute_grid(std::size_t index, const Communicator& group, CheckpointWriter& writer) override;
+  std::string aux_contents(std::size_t index) override;
+  void finish(const std::vector<nlohmann::json>& records, double seconds) override;
+
+  // One rebuilt matrix: which donor matrix supplies the OMP dictionary and
+  // targets, which base matrix the shared rows and the rebuild.
+  struct Rebuild {
+    std::string donor_tensor, base_tensor;
+  };
+
+ private:
+  TransplantOptions options_;
+  std::unique_ptr<CheckpointReader> base_, donor_;
+  OutputSpec spec_;
+  std::map<std::size_t, Rebuild> rebuilds_;  // by output tensor index
+  // Per output row of a rebuilt matrix: base row to copy (>= 0), kApproximate or kZero.
+  std::vector<std::int64_t> row_source_;
+  std::vector<std::int64_t> atoms_;  // donor token ids of the dictionary (exact matches), ascending
+  // Coordinator only.
+  std::optional<Tokenizer> donor_tokenizer_;
+  std::map<std::string, std::string> rewritten_aux_;  // aux file -> new contents
+  std::map<std::string, const CheckpointReader*> aux_source_;
+  nlohmann::json counts_;
+  CopyBuffers buffers_;
+};
+
+}  // namespace soupkit

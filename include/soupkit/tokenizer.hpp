@@ -1,0 +1,60 @@
+#pragma once
+// Reading a Hugging Face tokenizer (tokenizer.json plus tokenizer_config.json
+// / special_tokens_map.json) and mapping every token to the text it stands
+// for, so that tokens can be matched across tokenizer families:
+//   - byte-level BPE (GPT-2, Llama 3, Qwen): each character of a token is one
+//     byte through GPT-2's byte-to-unicode alphabet ('Ġ' = space, 'Ċ' = \n);
+//   - SentencePiece-style (Llama 2, Mistral, Gemma; BPE or Unigram): '▁' is a
+//     space and '<0xNN>' byte-fallback tokens are the byte NN;
+//   - WordPiece (BERT): '##x' continues a word ("x"), any other token starts
+//     one (" x");
+//   - added tokens: their content, literally; special ones live apart from
+//     ordinary text (a special "<s>" never matches the text "<s>").
+// See docs/transplant.md for the rules.
+#include "soupkit/checkpoint.hpp"
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace soupkit {
+
+struct Tokenizer {
+  std::string source;      // "<model dir>/tokenizer.json", for messages
+  std::string model_type;  // BPE, Unigram, WordPiece
+  std::string decoding;    // byte-level, sentencepiece, wordpiece or plain
+  // By token id (size = largest id + 1); ids no token uses are absent.
+  std::vector<std::string> pieces;  // the token as written in the vocabulary
+  std::vector<std::string> texts;   // the bytes it stands for (see above)
+  std::vector<bool> present, special, byte_fallback;
+  // Roles named by tokenizer_config.json / special_tokens_map.json:
+  // "bos", "eos", "pad", "unk" -> token id (roles whose token is unknown are absent).
+  std::map<std::string, std::int64_t> roles;
+
+  std::int64_t size() const { return static_cast<std::int64_t>(pieces.size()); }
+};
+
+// Reads the tokenizer carried with a model (its aux files). Throws
+// InputError naming the file when tokenizer.json is missing, malformed or of
+// an unsupported model type.
+Tokenizer read_tokenizer(const CheckpointReader& model);
+
+// How a donor token gets its row.
+// Unused: an id no donor token has (a hole in the vocabulary): a zero row.
+enum class TokenMatch : std::int8_t { Exact, Special, Approximate, Unused };
+
+struct TokenMapping {
+  // Per donor token id: the base token id whose row it takes (-1: none).
+  std::vector<std::int64_t> base_id;
+  std::vector<TokenMatch> match;
+  std::size_t exact = 0, special = 0, approximate = 0, unused = 0;
+};
+
+// Matches every donor token to a base token: special tokens by role, then
+// by content among special tokens; others by text. When several base tokens
+// stand for one text, one of the donor token's kind (regular piece or
+// <0xNN> byte fallback) wins, then the lowest id.
+TokenMapping match_tokens(const Tokenizer& donor, const Tokenizer& base);
+
+}  // namespace soupkit

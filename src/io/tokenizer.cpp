@@ -1,0 +1,294 @@
+#include "soupkit/tokenizer.hpp"
+
+#include "soupkit/error.hpp"
+
+#include <algorithm>
+#include <array>
+#include <optional>
+#include <unordered_map>
+
+namespace soupkit {
+namespace {
+
+using nlohmann::json;
+
+const std::string kMetaspace = "\xE2\x96\x81";  // U+2581 '▁', SentencePiece's word marker
+
+// GPT-2's byte-to-unicode table, inverted: code point -> byte. Printable
+// Latin-1 bytes stand for themselves; the other 68 bytes are shifted to
+// U+0100 and up in byte order (so ' ' = U+0120 'Ġ', '\n' = U+010A 'Ċ').
+const std::unordered_map<char32_t, unsigned char>& byte_level_decoder() {
+  static const auto table = [] {
+    std::unordered_map<char32_t, unsigned char> t;
+    char32_t next = 256;
+    for (int b = 0; b < 256; ++b) {
+      const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+      t[printable ? static_cast<char32_t>(b) : next++] = static_cast<unsigned char>(b);
+    }
+    return t;
+  }();
+  return table;
+}
+
+// Splits UTF-8 into code points; nullopt if malformed.
+std::optional<std::vector<char32_t>> code_points(const std::string& s) {
+  std::vector<char32_t> out;
+  for (std::size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    const int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (len == 0 || i + static_cast<std::size_t>(len) > s.size()) return std::nullopt;
+    char32_t cp = len == 1 ? c : c & (0x7F >> len);
+    for (int k = 1; k < len; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + static_cast<std::size_t>(k)]) & 0x3F);
+    out.push_back(cp);
+    i += static_cast<std::size_t>(len);
+  }
+  return out;
+}
+
+// A token of a byte-level vocabulary as bytes; a token with characters
+// outside the alphabet (rare hand-added tokens) stands for its own UTF-8.
+std::string decode_byte_level(const std::string& piece) {
+  const auto cps = code_points(piece);
+  if (!cps) return piece;
+  const auto& table = byte_level_decoder();
+  std::string bytes;
+  for (char32_t cp : *cps) {
+    const auto it = table.find(cp);
+    if (it == table.end()) return piece;
+    bytes.push_back(static_cast<char>(it->second));
+  }
+  return bytes;
+}
+
+// "<0xNN>" -> the byte NN.
+std::optional<char> byte_fallback_value(const std::string& piece) {
+  if (piece.size() != 6 || !piece.starts_with("<0x") || piece.back() != '>') return std::nullopt;
+  int value = 0;
+  for (char c : piece.substr(3, 2)) {
+    const int digit = c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+    if (digit < 0) return std::nullopt;
+    value = value * 16 + digit;
+  }
+  return static_cast<char>(value);
+}
+
+std::string replace_all(std::string s, const std::string& from, const std::string& to) {
+  for (std::size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size()))
+    s.replace(at, from.size(), to);
+  return s;
+}
+
+// Whether any object inside `j` has "type": `type`.
+bool has_component(const json& j, const std::string& type) {
+  if (j.is_object()) {
+    if (j.value("type", "") == type) return true;
+    for (const auto& [key, value] : j.items())
+      if (has_component(value, type)) return true;
+  } else if (j.is_array()) {
+    for (const auto& value : j)
+      if (has_component(value, type)) return true;
+  }
+  return false;
+}
+
+bool mentions_metaspace(const json& j) { return j.dump().find(kMetaspace) != std::string::npos || j.dump().find("\\u2581") != std::string::npos; }
+
+std::string decoding_of(const json& tok, const std::string& model_type) {
+  const json parts = {tok.value("normalizer", json()), tok.value("pre_tokenizer", json()), tok.value("decoder", json())};
+  if (has_component(parts, "ByteLevel")) return "byte-level";
+  if (has_component(parts, "Metaspace") || mentions_metaspace(parts)) return "sentencepiece";
+  if (model_type == "WordPiece") return "wordpiece";
+  if (model_type == "Unigram") return "sentencepiece";
+  return "plain";
+}
+
+std::string model_type_of(const json& model, const std::string& where) {
+  if (model.contains("type") && model["type"].is_string()) return model["type"].get<std::string>();
+  // Older tokenizer.json files omit the type; the fields tell.
+  if (model.contains("merges")) return "BPE";
+  if (model.contains("vocab") && model["vocab"].is_array()) return "Unigram";
+  if (model.contains("continuing_subword_prefix") && model.contains("max_input_chars_per_word")) return "WordPiece";
+  throw InputError(fmt::format("{}: cannot tell the tokenizer model type (no \"type\" in \"model\")", where));
+}
+
+// A role's token in tokenizer_config.json / special_tokens_map.json: a
+// string, or an object with "content".
+std::optional<std::string> role_token(const json& config, const std::string& key) {
+  if (!config.is_object() || !config.contains(key)) return std::nullopt;
+  const auto& v = config[key];
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_object() && v.contains("content") && v["content"].is_string()) return v["content"].get<std::string>();
+  return std::nullopt;
+}
+
+std::optional<json> read_json_aux(const CheckpointReader& model, const std::string& name) {
+  const auto files = model.aux_files();
+  if (std::none_of(files.begin(), files.end(), [&](const AuxFileInfo& f) { return f.name == name; })) return std::nullopt;
+  const std::string where = (model.path() / name).string();
+  try {
+    return json::parse(model.read_aux(name));
+  } catch (const json::exception& e) {
+    throw InputError(fmt::format("{}: not valid JSON: {}", where, e.what()));
+  }
+}
+
+void set_token(Tokenizer& t, std::int64_t id, const std::string& piece, const std::string& where) {
+  SOUPKIT_INPUT_ERROR_IF(id < 0 || id > (std::int64_t{1} << 31), "{}: token '{}' has id {} (out of range)", where,
+                         piece, id);
+  if (id >= t.size()) {
+    const auto n = static_cast<std::size_t>(id + 1);
+    t.pieces.resize(n);
+    t.texts.resize(n);
+    t.present.resize(n, false);
+    t.special.resize(n, false);
+    t.byte_fallback.resize(n, false);
+  }
+  t.pieces[static_cast<std::size_t>(id)] = piece;
+  t.present[static_cast<std::size_t>(id)] = true;
+}
+
+std::string text_of(const Tokenizer& t, const std::string& piece, const std::string& wordpiece_prefix) {
+  if (t.decoding == "byte-level") return decode_byte_level(piece);
+  if (t.decoding == "sentencepiece") return replace_all(piece, kMetaspace, " ");
+  if (t.decoding == "wordpiece")
+    return piece.starts_with(wordpiece_prefix) ? piece.substr(wordpiece_prefix.size()) : " " + piece;
+  return piece;
+}
+
+}  // namespace
+
+Tokenizer read_tokenizer(const CheckpointReader& model) {
+  Tokenizer t;
+  t.source = (model.path() / "tokenizer.json").string();
+  const auto parsed = read_json_aux(model, "tokenizer.json");
+  SOUPKIT_INPUT_ERROR_IF(!parsed, "{}: no tokenizer.json in this model (a transplant needs both tokenizers)",
+                         model.path().string());
+  const json& tok = *parsed;
+  SOUPKIT_INPUT_ERROR_IF(!tok.is_object() || !tok.contains("model") || !tok["model"].is_object(),
+                         "{}: no \"model\" object", t.source);
+  const json& m = tok["model"];
+  t.model_type = model_type_of(m, t.source);
+  SOUPKIT_INPUT_ERROR_IF(t.model_type != "BPE" && t.model_type != "Unigram" && t.model_type != "WordPiece",
+                         "{}: unsupported tokenizer model type '{}' (supported: BPE, Unigram, WordPiece)", t.source,
+                         t.model_type);
+  t.decoding = decoding_of(tok, t.model_type);
+  SOUPKIT_INPUT_ERROR_IF(!m.contains("vocab"), "{}: the {} model has no \"vocab\"", t.source, t.model_type);
+  const json& vocab = m["vocab"];
+  try {
+    if (t.model_type == "Unigram") {
+      SOUPKIT_INPUT_ERROR_IF(!vocab.is_array(), "{}: a Unigram \"vocab\" must be a list of [piece, score]", t.source);
+      for (std::size_t i = 0; i < vocab.size(); ++i) set_token(t, static_cast<std::int64_t>(i), vocab[i].at(0).get<std::string>(), t.source);
+    } else {
+      SOUPKIT_INPUT_ERROR_IF(!vocab.is_object(), "{}: a {} \"vocab\" must map pieces to ids", t.source, t.model_type);
+      for (const auto& [piece, id] : vocab.items()) set_token(t, id.get<std::int64_t>(), piece, t.source);
+    }
+  } catch (const json::exception& e) {
+    throw InputError(fmt::format("{}: malformed \"vocab\": {}", t.source, e.what()));
+  }
+  const bool byte_fallback = t.model_type == "Unigram" || m.value("byte_fallback", false) || t.decoding == "sentencepiece";
+  const std::string prefix = m.value("continuing_subword_prefix", json("##")).is_string()
+                                 ? m.value("continuing_subword_prefix", json("##")).get<std::string>()
+                                 : "##";
+  for (std::int64_t id = 0; id < t.size(); ++id) {
+    const auto i = static_cast<std::size_t>(id);
+    if (!t.present[i]) continue;
+    const auto byte = byte_fallback ? byte_fallback_value(t.pieces[i]) : std::nullopt;
+    t.byte_fallback[i] = byte.has_value();
+    t.texts[i] = byte ? std::string(1, *byte) : text_of(t, t.pieces[i], prefix);
+  }
+  // Added tokens stand for their content, whatever the model's alphabet.
+  if (tok.contains("added_tokens") && tok["added_tokens"].is_array()) {
+    try {
+      for (const auto& a : tok["added_tokens"]) {
+        const auto id = a.at("id").get<std::int64_t>();
+        const auto content = a.at("content").get<std::string>();
+        set_token(t, id, content, t.source);
+        const auto i = static_cast<std::size_t>(id);
+        t.texts[i] = content;
+        t.special[i] = a.value("special", false);
+        t.byte_fallback[i] = false;
+      }
+    } catch (const json::exception& e) {
+      throw InputError(fmt::format("{}: malformed \"added_tokens\": {}", t.source, e.what()));
+    }
+  }
+  SOUPKIT_INPUT_ERROR_IF(t.size() == 0, "{}: the vocabulary is empty", t.source);
+
+  // Roles: tokenizer_config.json first, then special_tokens_map.json, then the model's unk_token.
+  const auto config = read_json_aux(model, "tokenizer_config.json");
+  const auto special_map = read_json_aux(model, "special_tokens_map.json");
+  std::unordered_map<std::string, std::int64_t> by_content;
+  for (std::int64_t id = t.size() - 1; id >= 0; --id)
+    if (t.present[static_cast<std::size_t>(id)]) by_content[t.pieces[static_cast<std::size_t>(id)]] = id;
+  for (const std::string role : {"bos", "eos", "pad", "unk"}) {
+    std::optional<std::string> content;
+    if (config) content = role_token(*config, role + "_token");
+    if (!content && special_map) content = role_token(*special_map, role + "_token");
+    if (!content && role == "unk" && m.contains("unk_token") && m["unk_token"].is_string())
+      content = m["unk_token"].get<std::string>();
+    if (!content) continue;
+    if (const auto it = by_content.find(*content); it != by_content.end()) t.roles[role] = it->second;
+  }
+  return t;
+}
+
+TokenMapping match_tokens(const Tokenizer& donor, const Tokenizer& base) {
+  // Base lookups, lowest id first: ordinary text, from regular pieces and
+  // from byte-fallback tokens apart, and special tokens' content.
+  std::unordered_map<std::string, std::int64_t> base_text, base_fallback, base_special;
+  for (std::int64_t id = base.size() - 1; id >= 0; --id) {
+    const auto i = static_cast<std::size_t>(id);
+    if (!base.present[i] || base.texts[i].empty()) continue;
+    (base.special[i] ? base_special : base.byte_fallback[i] ? base_fallback : base_text)[base.texts[i]] = id;
+  }
+  // A donor token looks first among base tokens of its own kind (<0xNN> for
+  // <0xNN>, so one tokenizer maps onto itself), then among the others.
+  auto find_text = [&](std::size_t i) -> std::int64_t {
+    const auto& first = donor.byte_fallback[i] ? base_fallback : base_text;
+    const auto& second = donor.byte_fallback[i] ? base_text : base_fallback;
+    for (const auto* lookup : {&first, &second})
+      if (const auto it = lookup->find(donor.texts[i]); it != lookup->end()) return it->second;
+    return -1;
+  };
+  std::unordered_map<std::int64_t, std::string> donor_role;
+  // A token with several roles takes the strongest: bos, then eos, unk, pad (later ones overwrite).
+  for (const std::string role : {"pad", "unk", "eos", "bos"})
+    if (const auto it = donor.roles.find(role); it != donor.roles.end() && base.roles.count(role))
+      donor_role[it->second] = role;
+
+  TokenMapping map;
+  map.base_id.assign(static_cast<std::size_t>(donor.size()), -1);
+  map.match.assign(static_cast<std::size_t>(donor.size()), TokenMatch::Approximate);
+  for (std::int64_t id = 0; id < donor.size(); ++id) {
+    const auto i = static_cast<std::size_t>(id);
+    if (!donor.present[i]) {
+      map.match[i] = TokenMatch::Unused;
+      ++map.unused;
+      continue;
+    }
+    if (const auto role = donor_role.find(id); role != donor_role.end()) {
+      map.base_id[i] = base.roles.at(role->second);
+      map.match[i] = TokenMatch::Special;
+      ++map.special;
+      continue;
+    }
+    std::int64_t match = -1;
+    if (!donor.texts[i].empty()) {
+      if (!donor.special[i]) {
+        match = find_text(i);
+      } else if (const auto it = base_special.find(donor.texts[i]); it != base_special.end()) {
+        match = it->second;
+      }
+    }
+    if (match >= 0) {
+      map.base_id[i] = match;
+      map.match[i] = TokenMatch::Exact;
+      ++map.exact;
+    } else {
+      ++map.approximate;
+    }
+  }
+  return map;
+}
+
+}  // namespace soupkit

@@ -1,0 +1,29 @@
+#include "soupkit/methods/stream_copy.hpp"
+
+#include "soupkit/cast.hpp"
+
+#include <algorithm>
+
+namespace soupkit {
+
+void stream_copy(const CheckpointReader& reader, const TensorInfo& have, const TensorInfo& want, std::size_t index,
+                 CheckpointWriter& writer, std::uint64_t chunk_bytes, CopyBuffers& buffers) {
+  const std::uint64_t rows = row_count(have), in_row = row_bytes(have), out_row = row_bytes(want);
+  const std::uint64_t step = std::max<std::uint64_t>(1, chunk_bytes / std::max<std::uint64_t>(in_row, 1));
+  for (std::uint64_t first = 0; first < rows || (rows == 0 && first == 0); first += step) {
+    const std::uint64_t count = std::min(step, rows - first);
+    buffers.in.resize(count * in_row);
+    reader.read_rows(have, first, count, buffers.in);
+    if (have.dtype == want.dtype) {
+      writer.write_rows(index, first, count, buffers.in);
+    } else {
+      buffers.out.resize(count * out_row);
+      cast_elements(have.dtype, want.dtype, buffers.in.data(), count * in_row / dtype_size(have.dtype),
+                    buffers.out.data());
+      writer.write_rows(index, first, count, buffers.out);
+    }
+    if (rows == 0) break;
+  }
+}
+
+}  // namespace soupkit
