@@ -39,11 +39,7 @@ void ConvertMethod::prepare(const MethodPlan& plan) {
 }
 
 nlohmann::json ConvertMethod::compute(std::size_t index, CheckpointWriter& writer) {
-  const TensorInfo& want = spec_.tensors.at(index);
-  const TensorInfo* have = reader_->find(want.name);
-  SOUPKIT_ERROR_IF(!have, "{}: tensor '{}' disappeared since planning", options_.input.string(), want.name);
-  // Row range by row range: memory stays within chunk_bytes (x2 when casting).
-  stream_copy(*reader_, *have, want, index, writer, options_.chunk_bytes, buffers_);
+  stream_copy_same_name(*reader_, index, writer, options_.chunk_bytes, buffers_);
   return nullptr;
 }
 

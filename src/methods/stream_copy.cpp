@@ -1,6 +1,7 @@
 #include "soupkit/methods/stream_copy.hpp"
 
 #include "soupkit/cast.hpp"
+#include "soupkit/error.hpp"
 
 #include <algorithm>
 
@@ -24,6 +25,14 @@ void stream_copy(const CheckpointReader& reader, const TensorInfo& have, const T
     }
     if (rows == 0) break;
   }
+}
+
+void stream_copy_same_name(const CheckpointReader& reader, std::size_t index, CheckpointWriter& writer,
+                           std::uint64_t chunk_bytes, CopyBuffers& buffers) {
+  const TensorInfo& want = writer.spec().tensors.at(index);
+  const TensorInfo* have = reader.find(want.name);
+  SOUPKIT_ERROR_IF(!have, "{}: tensor '{}' disappeared since planning", reader.path().string(), want.name);
+  stream_copy(reader, *have, want, index, writer, chunk_bytes, buffers);
 }
 
 }  // namespace soupkit

@@ -327,10 +327,7 @@ void TransplantMethod::prepare(const MethodPlan& plan) {
 }
 
 nlohmann::json TransplantMethod::compute(std::size_t index, CheckpointWriter& writer) {
-  const TensorInfo& want = spec_.tensors.at(index);
-  const TensorInfo* have = base_->find(want.name);
-  SOUPKIT_ERROR_IF(!have, "{}: tensor '{}' disappeared since planning", options_.base.string(), want.name);
-  stream_copy(*base_, *have, want, index, writer, options_.chunk_bytes, buffers_);
+  stream_copy_same_name(*base_, index, writer, options_.chunk_bytes, buffers_);
   return nullptr;
 }
 

@@ -17,4 +17,9 @@ struct CopyBuffers {
 void stream_copy(const CheckpointReader& reader, const TensorInfo& have, const TensorInfo& want, std::size_t index,
                  CheckpointWriter& writer, std::uint64_t chunk_bytes, CopyBuffers& buffers);
 
+// The same for output tensor `index` of the writer's spec, taken from the
+// reader's tensor of the same name (which planning found there).
+void stream_copy_same_name(const CheckpointReader& reader, std::size_t index, CheckpointWriter& writer,
+                           std::uint64_t chunk_bytes, CopyBuffers& buffers);
+
 }  // namespace soupkit
