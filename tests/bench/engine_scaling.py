@@ -65,7 +65,7 @@ def estimated_cost(t):
     if t.get("action") == "monosoup":
         m, n = shape[0], numel // shape[0]
         r = min(m, n)
-        cost += 9e-11 * m * n * r + 1.6e-10 * r ** 3
+        cost += 6.3e-11 * m * n * r + 7.2e-11 * r ** 3
     return cost
 
 
