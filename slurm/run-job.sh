@@ -35,16 +35,20 @@ read -r -a launcher <<< "${SOUPKIT_LAUNCHER:-srun --kill-on-bad-exit=1}"
 
 requeue() {
   echo "run-job.sh: time limit near; requeueing job ${SLURM_JOB_ID:-?} (it will resume)" >&2
-  [ -n "${SLURM_JOB_ID:-}" ] && scontrol requeue "$SLURM_JOB_ID"
+  if [ -n "${SLURM_JOB_ID:-}" ]; then
+    scontrol requeue "$SLURM_JOB_ID" || echo "run-job.sh: scontrol requeue failed; resubmit to resume" >&2
+  fi
 }
 trap requeue USR1
 
 echo "run-job.sh: $(date -Is) ${SLURM_JOB_ID:+job $SLURM_JOB_ID }${SLURM_RESTART_COUNT:+restart $SLURM_RESTART_COUNT }on ${SLURM_JOB_NUM_NODES:-1} node(s), ${SLURM_NTASKS:-?} task(s): $soupkit run $job --resume $*" >&2
 "${launcher[@]}" "$soupkit" run "$job" --resume "$@" &
 pid=$!
-# `wait` returns early when the trap runs; keep waiting for the step itself.
-status=0
-while kill -0 "$pid" 2>/dev/null; do
+# `wait` returns early (status > 128) when the trap runs: wait again until
+# the step itself has ended, and exit with its status.
+while :; do
+  status=0
   wait "$pid" || status=$?
+  kill -0 "$pid" 2>/dev/null || break
 done
 exit "$status"

@@ -22,12 +22,17 @@ int cmd_run(const Communicator& comm, const Args& args) {
     return 0;
   }
   SOUPKIT_INPUT_ERROR_IF(args.empty(), "run: which job file? (soupkit run JOB.yaml)");
-  JobCommand job = read_job_file(args[0]);
-  job.args.insert(job.args.end(), args.begin() + 1, args.end());
+  const JobCommand job = read_job_file(args[0]);
+  const auto command_line = job.args({args.begin() + 1, args.end()});
   const CommandFunction* command = find_command(job.command);
   SOUPKIT_INPUT_ERROR_IF(!command, "{}: this build of soupkit has no '{}' command", args[0], job.command);
-  log::debug("{}: soupkit {} {}", args[0], job.command, fmt::join(job.args, " "));
-  return (*command)(comm, job.args);
+  log::debug("{}: soupkit {} {}", args[0], job.command, fmt::join(command_line, " "));
+  try {
+    return (*command)(comm, command_line);
+  } catch (const InputError& e) {
+    // Option problems come from the job's keys: name the job file.
+    throw InputError(fmt::format("{}: {}", args[0], e.what()));
+  }
 }
 
 }  // namespace soupkit::cli

@@ -53,7 +53,7 @@ std::string scalar(const YAML::Node& node, const std::string& source, const std:
 
 // parameters: {snake_or_kebab_key: value} -> --kebab-key value. true is a
 // bare flag, false leaves it out, a list becomes a comma-separated value.
-void add_parameters(const YAML::Node& params, const std::string& source, std::vector<std::string>& args) {
+void add_parameters(const YAML::Node& params, const std::string& source, JobCommand& out) {
   if (!params) return;
   SOUPKIT_INPUT_ERROR_IF(!params.IsMap(), "{}: parameters: expected a mapping of option names to values (line {})",
                          source, params.Mark().line + 1);
@@ -68,14 +68,16 @@ void add_parameters(const YAML::Node& params, const std::string& source, std::ve
         if (!joined.empty()) joined += ',';
         joined += scalar(item, source, where);
       }
-      args.insert(args.end(), {"--" + key, joined});
+      out.option(key, joined);
       continue;
     }
     const std::string text = scalar(value, source, where);
-    if (text == "true") {
-      args.push_back("--" + key);
-    } else if (text != "false") {
-      args.insert(args.end(), {"--" + key, text});
+    // YAML's booleans (true, True, yes, on, ...): a bare flag, or nothing.
+    bool flag = false;
+    if (YAML::convert<bool>::decode(value, flag)) {
+      if (flag) out.option(key);
+    } else {
+      out.option(key, text);
     }
   }
 }
@@ -113,6 +115,25 @@ std::vector<Model> read_models(const YAML::Node& models, const std::string& sour
 
 }  // namespace
 
+void JobCommand::option(const std::string& name, std::optional<std::string> value) {
+  options.emplace_back(name, std::move(value));
+}
+
+std::vector<std::string> JobCommand::args(const std::vector<std::string>& overrides) const {
+  // Options given after the job file replace the job's own of the same name.
+  std::set<std::string> overridden;
+  for (const auto& a : overrides)
+    if (a.starts_with("--")) overridden.insert(a.substr(2, a.find('=') == std::string::npos ? a.npos : a.find('=') - 2));
+  std::vector<std::string> all = positional;
+  for (const auto& [name, value] : options) {
+    if (overridden.count(name)) continue;
+    all.push_back("--" + name);
+    if (value) all.push_back(*value);
+  }
+  all.insert(all.end(), overrides.begin(), overrides.end());
+  return all;
+}
+
 JobCommand parse_job(const std::string& yaml_text, const std::string& source) {
   YAML::Node job;
   try {
@@ -134,8 +155,8 @@ JobCommand parse_job(const std::string& yaml_text, const std::string& source) {
     for (const auto& [name, command] : methods()) known.push_back(name);
     throw InputError(fmt::format("{}: merge_method '{}' is not one soupkit runs ({})", source, method, fmt::join(known, ", ")));
   }
-  JobCommand out{it->second.front(), {it->second.begin() + 1, it->second.end()}};
-  auto& args = out.args;
+  JobCommand out{it->second.front(), {it->second.begin() + 1, it->second.end()}, {}};
+  auto& args = out.positional;
   const auto models = read_models(job["models"], source);
   const std::string base = job["base_model"] ? scalar(job["base_model"], source, "base_model") : "";
   auto need = [&](bool ok, const std::string& what) {
@@ -148,7 +169,8 @@ JobCommand parse_job(const std::string& yaml_text, const std::string& source) {
   if (out.command == "monosoup") {
     need(!base.empty() && models.size() == 1, "base_model and exactly one entry in models (the fine-tuned model)");
     no_weights();
-    args.insert(args.end(), {"--base", base, "--finetuned", models[0].path});
+    out.option("base", base);
+    out.option("finetuned", models[0].path);
   } else if (out.command == "soup") {
     need(!models.empty(), "models (the ingredients)");
     SOUPKIT_INPUT_ERROR_IF(!base.empty(), "{}: base_model: a soup averages its models only; list every ingredient "
@@ -161,12 +183,13 @@ JobCommand parse_job(const std::string& yaml_text, const std::string& source) {
       if (weighted) weights += *m.weight;
       args.push_back(m.path);
     }
-    if (weighted) args.insert(args.end(), {"--weights", weights});
+    if (weighted) out.option("weights", weights);
   } else if (out.command == "transplant") {
     need(!base.empty() && job["tokenizer_source"], "base_model and tokenizer_source (the donor model directory)");
     no_weights();
     SOUPKIT_INPUT_ERROR_IF(!models.empty(), "{}: models: a transplant takes base_model and tokenizer_source only", source);
-    args.insert(args.end(), {"--base", base, "--donor", scalar(job["tokenizer_source"], source, "tokenizer_source")});
+    out.option("base", base);
+    out.option("donor", scalar(job["tokenizer_source"], source, "tokenizer_source"));
   } else {  // convert
     need(models.size() == 1 && base.empty(), "exactly one entry in models (the checkpoint to convert)");
     no_weights();
@@ -179,11 +202,11 @@ JobCommand parse_job(const std::string& yaml_text, const std::string& source) {
     if (out.command == "convert")
       args.push_back(out_path);
     else
-      args.insert(args.end(), {"--out", out_path});
+      out.option("out", out_path);
   }
   if (job["out_dtype"]) {
     const std::string dtype = dtype_option(source, "out_dtype", scalar(job["out_dtype"], source, "out_dtype"));
-    args.insert(args.end(), {out.command == "convert" ? "--dtype" : "--out-dtype", dtype});
+    out.option(out.command == "convert" ? "dtype" : "out-dtype", dtype);
   }
   if (job["dtype"]) {
     // mergekit's compute dtype. soupkit computes spectra in float64 and
@@ -192,9 +215,9 @@ JobCommand parse_job(const std::string& yaml_text, const std::string& source) {
     SOUPKIT_INPUT_ERROR_IF(dtype != "F32" && dtype != "F64",
                            "{}: dtype: soupkit computes in float32 or float64, not {}; use out_dtype for the output",
                            source, dtype);
-    if (out.command == "soup") args.insert(args.end(), {"--accumulate", dtype});
+    if (out.command == "soup") out.option("accumulate", dtype);
   }
-  add_parameters(job["parameters"], source, args);
+  add_parameters(job["parameters"], source, out);
   return out;
 }
 

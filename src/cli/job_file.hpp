@@ -6,14 +6,23 @@
 // equivalent command line of one soupkit command, so a job file and a
 // command line can never disagree. See docs/operations.md.
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
 namespace soupkit::cli {
 
 struct JobCommand {
-  std::string command;            // "monosoup", "soup", "transplant", "convert"
-  std::vector<std::string> args;  // its arguments, as on a command line
+  std::string command;                  // "monosoup", "soup", "transplant", "convert"
+  std::vector<std::string> positional;  // e.g. soup's mode and ingredients
+  // --name [value], in the job's order (a flag has no value).
+  std::vector<std::pair<std::string, std::optional<std::string>>> options;
+
+  void option(const std::string& name, std::optional<std::string> value = std::nullopt);
+  // The command line: positionals, the job's options, then `overrides`
+  // (options given after the job file), which replace job options of the
+  // same name.
+  std::vector<std::string> args(const std::vector<std::string>& overrides = {}) const;
 };
 
 // Reads and translates a job file. Throws InputError naming the file, the

@@ -67,10 +67,15 @@ class WorkChannel {
     if (!requests_.empty()) MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE);
   }
 
+  // The coordinator's own failure while handling a finished tensor (say,
+  // the journal's disk is full): everyone is told to stop, and the engine
+  // reports it as this rank's error. Empty if none.
+  const std::string& error() const { return error_; }
+
   // Any rank: tensor `index` is done.
   void tensor_done(std::size_t index, std::uint64_t checksum, nlohmann::json record) {
     if (comm_.is_root()) {
-      on_done_(index, checksum, std::move(record));
+      done(index, checksum, std::move(record));
       poll();
     } else {
       send(0, kWorkerTag, {{"done", index}, {"checksum", checksum}, {"record", std::move(record)}});
@@ -149,9 +154,18 @@ class WorkChannel {
     else if (message.contains("failed"))
       stop_everyone();
     else
-      on_done_(message["done"].get<std::size_t>(), message["checksum"].get<std::uint64_t>(),
-               std::move(message["record"]));
+      done(message["done"].get<std::size_t>(), message["checksum"].get<std::uint64_t>(), std::move(message["record"]));
     return true;
+  }
+  // Never throws: the coordinator must keep answering the other ranks.
+  void done(std::size_t index, std::uint64_t checksum, nlohmann::json record) {
+    if (!error_.empty()) return;
+    try {
+      on_done_(index, checksum, std::move(record));
+    } catch (const std::exception& e) {
+      error_ = e.what();
+      stop_everyone();
+    }
   }
 
   Communicator comm_;
@@ -160,6 +174,7 @@ class WorkChannel {
   std::vector<MPI_Request> requests_;
   int finished_ranks_ = 0;
   bool stopping_ = false;
+  std::string error_;
 };
 
 // Fault injection for the kill-and-resume tests: SOUPKIT_FAULT_KILL_AFTER=N
@@ -340,11 +355,6 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
     return {};
   }
   const fs::path partial = partial_output_path(out);
-  if (options.resume && comm.broadcast(fs::exists(out) && !fs::exists(partial) ? "1" : "0") == "1") {
-    log::info("{}: already complete; nothing to resume", out.string());
-    on_root(comm, [&] { fs::remove(Journal::path_for(out)); });
-    return {};
-  }
   collectively(comm, [&] { method.prepare(plan); });
 
   // 2. The coordinator locks the output through its journal and, with
@@ -360,7 +370,8 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
         journal->restart(output_fingerprint(plan.output));
       }
       nlohmann::json finished = nlohmann::json::array();
-      for (const auto& [i, entry] : journal->finished()) finished.push_back({i, entry.checksum});
+      for (const auto& [i, entry] : journal->finished())
+        if (i < tensors.size()) finished.push_back({i, entry.checksum});
       resume_text = finished.dump();
     });
     // 3. Every rank opens the output together: a new one, or the one a killed run left.
@@ -433,7 +444,8 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
         const std::uint64_t checksum = sum_over(group, writer->take_checksum(i));
         if (group.is_root()) channel.tensor_done(i, checksum, std::move(record));
       } catch (const std::exception& e) {
-        error = fmt::format("tensor '{}' (on a {}-rank grid): {}", tensors[i].name, group.size(), e.what());
+        error = fmt::format("rank {}: tensor '{}' (on a {}-rank grid): {}", comm.rank(), tensors[i].name, group.size(),
+                            e.what());
         break;
       }
     }
@@ -462,6 +474,7 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
   }
   const double busy = seconds_since(busy_start);
   channel.rank_finished();
+  if (error.empty() && !channel.error().empty()) error = "rank 0 (coordinator): " + channel.error();
   if (comm.is_root()) progress.finish();
 
   // 5. Commit only if every rank succeeded. A reported error (bad input,

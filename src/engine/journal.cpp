@@ -4,6 +4,7 @@
 #include "soupkit/error.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -60,25 +61,53 @@ fs::path Journal::path_for(const fs::path& out) {
 Journal::Journal(const fs::path& out, const std::string& fingerprint, bool resume) : path_(path_for(out)) {
   std::error_code ec;
   if (path_.has_parent_path()) fs::create_directories(path_.parent_path(), ec);
-  fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd_ < 0)
-    throw SystemError(fmt::format("{}: cannot create the job journal {}: {}", out.string(), path_.string(),
-                                  std::strerror(errno)));
-  struct flock lock {};
-  lock.l_type = F_WRLCK;
-  lock.l_whence = SEEK_SET;
-  if (::fcntl(fd_, F_SETLK, &lock) != 0) {
-    const int err = errno;
+  lock(out);
+  try {
+    load_or_start(fingerprint, resume);
+  } catch (...) {
+    ::close(fd_);  // releases the lock; a journal we could not use stays as it was
+    fd_ = -1;
+    throw;
+  }
+}
+
+// Opens the journal file and takes its lock. A finishing job unlinks its
+// journal while still holding the lock, so a file we locked may already be
+// gone from the path: lock again until the locked file is the one the path
+// names, or two jobs could each hold "the" lock.
+void Journal::lock(const fs::path& out) {
+  for (int attempt = 0;; ++attempt) {
+    fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0)
+      throw SystemError(fmt::format("{}: cannot create the job journal {}: {}", out.string(), path_.string(),
+                                    std::strerror(errno)));
+    struct flock lock {};
+    lock.l_type = F_WRLCK;
+    lock.l_whence = SEEK_SET;
+    if (::fcntl(fd_, F_SETLK, &lock) != 0) {
+      const int err = errno;
+      ::close(fd_);
+      fd_ = -1;
+      if (err == EACCES || err == EAGAIN)
+        throw InputError(fmt::format("{}: the output is being written by {}; wait for it to finish or choose "
+                                     "another output (lock: {})",
+                                     out.string(), describe_owner(path_), path_.string()));
+      throw SystemError(fmt::format("{}: cannot lock {}: {} (a filesystem without POSIX locks; on Lustre mount "
+                                    "with -o flock)",
+                                    out.string(), path_.string(), std::strerror(err)));
+    }
+    struct stat locked {}, named {};
+    if (::fstat(fd_, &locked) == 0 && ::stat(path_.c_str(), &named) == 0 && locked.st_dev == named.st_dev &&
+        locked.st_ino == named.st_ino)
+      return;
     ::close(fd_);
     fd_ = -1;
-    if (err == EACCES || err == EAGAIN)
-      throw InputError(fmt::format("{}: the output is being written by {}; wait for it to finish or choose another "
-                                   "output (lock: {})",
-                                   out.string(), describe_owner(path_), path_.string()));
-    throw SystemError(fmt::format("{}: cannot lock {}: {} (a filesystem without POSIX locks; on Lustre mount with "
-                                  "-o flock)",
-                                  out.string(), path_.string(), std::strerror(err)));
+    SOUPKIT_ERROR_IF(attempt >= 100, "{}: the journal {} keeps being replaced by another job", out.string(),
+                     path_.string());
   }
+}
+
+void Journal::load_or_start(const std::string& fingerprint, bool resume) {
   bool continuing = false;
   if (resume) {
     std::istringstream lines(read_all());
@@ -95,10 +124,14 @@ Journal::Journal(const fs::path& out, const std::string& fingerprint, bool resum
       while (std::getline(lines, line)) {
         const auto j = nlohmann::json::parse(line, nullptr, false);
         if (!j.is_object() || !j.contains("tensor")) continue;  // owner lines, a torn last line
-        JournalEntry entry;
-        entry.checksum = std::stoull(j.at("checksum").get<std::string>(), nullptr, 16);
-        entry.record = j.value("record", nlohmann::json());
-        finished_[j.at("tensor").get<std::size_t>()] = std::move(entry);
+        try {
+          JournalEntry entry;
+          entry.checksum = std::stoull(j.at("checksum").get<std::string>(), nullptr, 16);
+          entry.record = j.value("record", nlohmann::json());
+          finished_[j.at("tensor").get<std::size_t>()] = std::move(entry);
+        } catch (const std::exception&) {
+          continue;  // a damaged entry: that tensor is simply recomputed
+        }
       }
     }
   }

@@ -49,6 +49,8 @@ class Journal {
   void remove();
 
  private:
+  void lock(const fs::path& out);
+  void load_or_start(const std::string& fingerprint, bool resume);
   void append(const nlohmann::json& line);
   void append_owner();
   std::string read_all() const;

@@ -140,7 +140,10 @@ MethodPlan MonosoupMethod::plan() {
     // from 92% to 97% load balance on 4 ranks (dynamic scheduling: 97%).
     double cost = static_cast<double>(2 * t.nbytes() + out.nbytes()) / 1.5e9;
     // Peak bytes on one rank: kept tensors are copied (and cast) whole.
-    double memory = static_cast<double>(t.nbytes() + out.nbytes()), grid_memory = 0, r = 0;
+    // (kept tensors are streamed in row blocks of kept_chunk_bytes(), x2 when cast)
+    double memory = 2.0 * static_cast<double>(std::min<std::uint64_t>(std::max(t.nbytes(), out.nbytes()),
+                                                                       kept_chunk_bytes())),
+           grid_memory = 0, r = 0;
     if (reason.empty()) {
       const double m = static_cast<double>(t.shape[0]), n = static_cast<double>(t.numel()) / m;
       r = std::min(m, n);
@@ -223,7 +226,13 @@ nlohmann::json MonosoupMethod::compute(std::size_t index, CheckpointWriter& writ
     record["reason"] = reason;
     return record;
   };
-  if (!kept_reason_[index].empty()) return keep(kept_reason_[index]);
+  if (!kept_reason_[index].empty()) {
+    // Known at planning: copied row block by row block, within the budget.
+    stream_copy_same_name(*finetuned_, index, writer, kept_chunk_bytes(), copy_buffers_);
+    record["action"] = "kept";
+    record["reason"] = kept_reason_[index];
+    return record;
+  }
 
   const TensorInfo& w0 = *base_->find(w1.name);
   std::vector<double>& delta = delta_;

@@ -159,8 +159,13 @@ class Resume(EngineTestCase):
         ref = self.reference("soup.h5")
         self.assertTrue(same_output(ref, out))
         self.assertFalse(os.path.exists(out + ".journal"))
-        again = self.monosoup(out, 1, "--resume")  # a requeued job whose output is already complete
-        self.assertIn("already complete", again.stderr)
+        # A finished output is never taken for "resumed": it may be another
+        # job's (an edited job file resubmitted with --resume).
+        again = run_soupkit(["soup", "uniform", self.path("base"), self.path("fine"), "--out", out, "--resume"],
+                            ranks=2, check=False)
+        self.assertEqual(again.returncode, 1, again.stderr)
+        self.assertIn("already exists", again.stderr)
+        self.assertTrue(same_output(ref, out))
 
 
 class Lock(EngineTestCase):
@@ -263,7 +268,10 @@ class JobFiles(TempDirTestCase):
     def test_bad_job_file(self):
         with open(self.path("bad.yaml"), "w") as f:
             f.write("merge_method: monosoup\nbase_model: a\nmodels: [b]\nslices: []\n")
+        with open(self.path("normalize.yaml"), "w") as f:
+            f.write("merge_method: linear\nmodels: [a, b]\nparameters: {normalize: true}\nout_path: o\n")
         for path, fragment in ((self.path("bad.yaml"), "unknown key 'slices'"),
+                               (self.path("normalize.yaml"), "normalize"),
                                (self.path("missing.yaml"), "no such job file")):
             proc = run_soupkit(["run", path], ranks=2, check=False)
             self.assertEqual(proc.returncode, 1, proc.stderr)

@@ -4,7 +4,9 @@ resumed by simply running the script again (what a requeue does)."""
 import glob
 import json
 import os
+import signal
 import subprocess
+import time
 import unittest
 
 from soupkit_testlib import MPIRUN, SOUPKIT, TempDirTestCase, run_soupkit
@@ -91,6 +93,35 @@ class SlurmScripts(TempDirTestCase):
         self.assertEqual(proc.returncode, 0, proc.stderr)
         self.assertIn("plan: transplant -> out", proc.stdout)
         self.assertFalse(os.path.exists(self.path("out")))
+
+    def fake(self, name, body):
+        path = self.path(name)
+        with open(path, "w") as f:
+            f.write("#!/bin/bash\n" + body + "\n")
+        os.chmod(path, 0o755)
+        return path
+
+    def test_time_limit_signal_requeues_and_the_step_status_is_kept(self):
+        # Slurm's USR1 before the time limit: run-job.sh calls scontrol
+        # requeue (a stand-in here) and still exits with the step's status.
+        bin_dir = self.path("bin")
+        os.makedirs(bin_dir)
+        calls = self.path("scontrol-calls")
+        self.fake("bin/scontrol", 'echo "$@" >> %s' % calls)
+        job = self.write_job("job.yaml", "merge_method: convert\nmodels: [a]\n")
+        for step_status in (0, 3):
+            launcher = self.fake("step%d.sh" % step_status, "sleep 2; exit %d" % step_status)
+            env = dict(os.environ, SOUPKIT=os.path.abspath(SOUPKIT), SLURM_SUBMIT_DIR=ROOT, SOUPKIT_LAUNCHER=launcher,
+                       SLURM_JOB_ID="4242", PATH=bin_dir + os.pathsep + os.environ["PATH"])
+            proc = subprocess.Popen(["bash", os.path.join(ROOT, "slurm", "run-job.sh"), job], cwd=self.tmp, env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            time.sleep(0.7)
+            proc.send_signal(signal.SIGUSR1)
+            _, err = proc.communicate(timeout=30)
+            self.assertEqual(proc.returncode, step_status, err)
+            self.assertIn("requeueing job 4242", err)
+        with open(calls) as f:
+            self.assertEqual(f.read().split("\n")[:2], ["requeue 4242", "requeue 4242"])
 
     def test_missing_job_file(self):
         proc = self.run_script("monosoup.sbatch", "nope.yaml")

@@ -13,7 +13,7 @@ using Strings = std::vector<std::string>;
 TEST(JobFile, MonosoupExample) {
   const auto job = read_job_file(SOUPKIT_SOURCE_DIR "/jobs/monosoup.yaml");
   EXPECT_EQ(job.command, "monosoup");
-  EXPECT_EQ(job.args, (Strings{"--base", "demo/base", "--finetuned", "demo/finetuned", "--out", "demo/monosoup.h5",
+  EXPECT_EQ(job.args(), (Strings{"--base", "demo/base", "--finetuned", "demo/finetuned", "--out", "demo/monosoup.h5",
                                "--mode", "effective-rank", "--min-rel-update", "1.0e-6", "--report",
                                "demo/monosoup-report.json"}));
 }
@@ -21,24 +21,25 @@ TEST(JobFile, MonosoupExample) {
 TEST(JobFile, WeightedSoupIsMergekitLinear) {
   const auto job = read_job_file(SOUPKIT_SOURCE_DIR "/jobs/wise-ft.yaml");
   EXPECT_EQ(job.command, "soup");
-  EXPECT_EQ(job.args, (Strings{"uniform", "demo/finetuned", "demo/base", "--weights", "0.5,0.5", "--out",
+  EXPECT_EQ(job.args(), (Strings{"uniform", "demo/finetuned", "demo/base", "--weights", "0.5,0.5", "--out",
                                "demo/wise-ft", "--out-dtype", "BF16"}));
 }
 
 TEST(JobFile, EveryExampleTranslates) {
-  EXPECT_EQ(read_job_file(SOUPKIT_SOURCE_DIR "/jobs/uniform-soup.yaml").args,
+  EXPECT_EQ(read_job_file(SOUPKIT_SOURCE_DIR "/jobs/uniform-soup.yaml").args(),
             (Strings{"uniform", "runs/ft-lr1e-5-seed0", "runs/ft-lr1e-5-seed1", "runs/ft-lr3e-5-seed0",
                      "runs/ft-lr3e-5-seed1", "--out", "soups/uniform", "--accumulate", "F64", "--shard-size", "5GB"}));
   const auto greedy = read_job_file(SOUPKIT_SOURCE_DIR "/jobs/greedy-soup.yaml");
-  EXPECT_EQ(greedy.args[0], "greedy");
-  EXPECT_NE(std::find(greedy.args.begin(), greedy.args.end(), "python3 evaluate.py --split val {model}"),
-            greedy.args.end());
+  const auto greedy_args = greedy.args();
+  EXPECT_EQ(greedy_args[0], "greedy");
+  EXPECT_NE(std::find(greedy_args.begin(), greedy_args.end(), "python3 evaluate.py --split val {model}"),
+            greedy_args.end());
   const auto transplant = read_job_file(SOUPKIT_SOURCE_DIR "/jobs/transplant.yaml");
   EXPECT_EQ(transplant.command, "transplant");
-  EXPECT_EQ(transplant.args, (Strings{"--base", "models/base-llama", "--donor", "models/donor-qwen", "--out",
+  EXPECT_EQ(transplant.args(), (Strings{"--base", "models/base-llama", "--donor", "models/donor-qwen", "--out",
                                       "transplanted/base-with-donor-tokenizer", "--k", "64", "--report",
                                       "transplanted/report.json"}));
-  EXPECT_EQ(read_job_file(SOUPKIT_SOURCE_DIR "/jobs/convert.yaml").args,
+  EXPECT_EQ(read_job_file(SOUPKIT_SOURCE_DIR "/jobs/convert.yaml").args(),
             (Strings{"demo/monosoup.h5", "demo/monosoup-bf16", "--dtype", "BF16"}));
 }
 
@@ -46,7 +47,20 @@ TEST(JobFile, FlagsAndLists) {
   const auto job = parse_job(
       "merge_method: monosoup\nbase_model: a\nmodels: [b]\nparameters: {strict: true, overwrite: false, x_y: [1, 2]}\n",
       "j.yaml");
-  EXPECT_EQ(job.args, (Strings{"--base", "a", "--finetuned", "b", "--strict", "--x-y", "1,2"}));
+  EXPECT_EQ(job.args(), (Strings{"--base", "a", "--finetuned", "b", "--strict", "--x-y", "1,2"}));
+}
+
+TEST(JobFile, YamlBooleansAndOverrides) {
+  const auto job = parse_job(
+      "merge_method: monosoup\nbase_model: a\nmodels: [b]\nout_path: o.h5\n"
+      "parameters: {overwrite: True, strict: no, memory_budget: 1GB, resume: yes}\n",
+      "j.yaml");
+  EXPECT_EQ(job.args(), (Strings{"--base", "a", "--finetuned", "b", "--out", "o.h5", "--overwrite", "--memory-budget",
+                                 "1GB", "--resume"}));
+  // Later options win over the job's: the job's own --memory-budget and --resume give way.
+  EXPECT_EQ(job.args({"--memory-budget", "2GB", "--resume", "--out=x.h5"}),
+            (Strings{"--base", "a", "--finetuned", "b", "--overwrite", "--memory-budget", "2GB", "--resume",
+                     "--out=x.h5"}));
 }
 
 void expect_error(const std::string& yaml, const std::string& fragment) {

@@ -7,6 +7,9 @@
 // See docs/monosoup.md for the exact rules.
 #include "soupkit/engine.hpp"
 #include "soupkit/methods/monosoup_coefficients.hpp"
+#include "soupkit/methods/stream_copy.hpp"
+
+#include <algorithm>
 
 #include <optional>
 
@@ -51,12 +54,17 @@ class MonosoupMethod final : public Method {
     std::int64_t m, n;
   };
   Inputs inputs(std::size_t index) const;
+  // Row blocks for tensors copied unchanged: a quarter of the budget, 1-256 MiB.
+  std::uint64_t kept_chunk_bytes() const {
+    return std::clamp<std::uint64_t>(options_.memory_budget / 4, 1ull << 20, 256ull << 20);
+  }
   MonosoupOptions options_;
   std::unique_ptr<CheckpointReader> base_, finetuned_;
   OutputSpec spec_;
   std::vector<std::string> kept_reason_;  // per output tensor; empty = a MonoSoup candidate
   // Scratch reused from tensor to tensor (largest first, so they grow once).
   std::vector<std::byte> raw_, out_;
+  CopyBuffers copy_buffers_;
   std::vector<double> delta_, base_values_;
 };
 
