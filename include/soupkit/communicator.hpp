@@ -47,7 +47,7 @@ class Communicator {
 
 // Agrees on failure: every rank passes the error text it hit (empty if none);
 // if any rank failed, all ranks throw soupkit::Error carrying the text of the
-// lowest failing rank.
+// lowest failing rank (prefixed "rank N: " when that is not rank 0).
 void agree_on_failure(const Communicator& comm, const std::string& local_error);
 
 // Runs `body` on every rank and agrees on failure (see above).

@@ -108,7 +108,11 @@ void agree_on_failure(const Communicator& comm, const std::string& local_error) 
   int first = INT_MAX;
   MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm.get());
   if (first == INT_MAX) return;
-  throw Error(comm.broadcast(local_error, first));
+  std::string text = comm.broadcast(local_error, first);
+  // Say where it happened when that is not the coordinator (say, an input
+  // not mounted on one node), unless the message already does.
+  if (first != 0 && !text.starts_with("rank ")) text = fmt::format("rank {}: {}", first, text);
+  throw Error(text);
 }
 
 }  // namespace soupkit
