@@ -242,16 +242,19 @@ class GreedySoup(BadInputBase):
             np.testing.assert_array_equal(got[name][1], raw, err_msg=name)
 
     def test_paper_rule_evaluates_everything(self):
-        out, calls, log = self.path("soup-ge"), self.path("calls-ge"), self.path("greedy-ge.json")
-        proc = self.run_many([(self.greedy_args(out, calls, "--log", log), 2)])[0]
-        self.assertEqual(proc.returncode, 0, proc.stderr)
-        final = self.assert_log(log, "greater-or-equal", "evaluator")
-        self.assertEqual(final, "AB")
-        self.assertEqual(self.count_calls(calls), 4 + 3)  # each ingredient, then each candidate, once
-        self.assert_final_weights(out, final)
-        self.assertFalse(os.path.exists(out + ".greedy-work"))
-        with open(os.path.join(out, "config.json")) as f:  # carried from the first ingredient (C)
-            self.assertEqual(json.load(f)["from"], "C")
+        runs = [(ranks, self.path("soup-ge%d" % ranks), self.path("calls-ge%d" % ranks),
+                 self.path("greedy-ge%d.json" % ranks)) for ranks in (1, 2, 3)]
+        procs = self.run_many([(self.greedy_args(out, calls, "--log", log), ranks) for ranks, out, calls, log in runs])
+        for (ranks, out, calls, log), proc in zip(runs, procs):
+            with self.subTest(ranks=ranks):
+                self.assertEqual(proc.returncode, 0, proc.stderr)
+                final = self.assert_log(log, "greater-or-equal", "evaluator")
+                self.assertEqual(final, "AB")
+                self.assertEqual(self.count_calls(calls), 4 + 3)  # each ingredient, then each candidate, once
+                self.assert_final_weights(out, final)
+                self.assertFalse(os.path.exists(out + ".greedy-work"))
+                with open(os.path.join(out, "config.json")) as f:  # carried from the first ingredient (C)
+                    self.assertEqual(json.load(f)["from"], "C")
 
     def test_strict_rule_with_scores_file(self):
         out, calls, log = self.path("soup-gt.safetensors"), self.path("calls-gt"), self.path("greedy-gt.json")
