@@ -11,6 +11,7 @@
 // and one per finished tensor ({"tensor": i, "name": ..., "checksum": "<hex>",
 // "record": {...}}). A torn last line (a kill mid-write) is ignored.
 #include "soupkit/file.hpp"
+#include "soupkit/output_lock.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -32,12 +33,9 @@ class Journal {
   // (`fingerprint`); otherwise starts a new journal. Throws InputError if
   // another job holds the lock or the journal belongs to another job.
   Journal(const fs::path& out, const std::string& fingerprint, bool resume);
-  ~Journal();
-  Journal(const Journal&) = delete;
-  Journal& operator=(const Journal&) = delete;
 
   static fs::path path_for(const fs::path& out);
-  const fs::path& path() const { return path_; }
+  const fs::path& path() const { return lock_.path(); }
   // Tensors finished so far, by earlier runs (when resuming) and this one.
   const std::map<std::size_t, JournalEntry>& finished() const { return finished_; }
   void record(std::size_t index, const std::string& name, std::uint64_t checksum, const nlohmann::json& record);
@@ -49,13 +47,11 @@ class Journal {
   void remove();
 
  private:
-  void lock(const fs::path& out);
-  void load_or_start(const std::string& fingerprint, bool resume);
+  void load(const std::string& fingerprint);
   void append(const nlohmann::json& line);
-  void append_owner();
   std::string read_all() const;
-  fs::path path_;
-  int fd_ = -1;
+  OutputLock lock_;
+  bool continuing_ = false;  // resuming a journal of this job
   std::map<std::size_t, JournalEntry> finished_;
 };
 

@@ -3,6 +3,7 @@
 #include "soupkit/error.hpp"
 #include "soupkit/log.hpp"
 #include "soupkit/methods/evaluator.hpp"
+#include "soupkit/output_lock.hpp"
 
 #include <unistd.h>
 
@@ -196,9 +197,12 @@ class GreedyRun {
 
   // Removes the work directory after a failure too (unless asked to keep it).
   void cleanup() {
-    if (!comm_.is_root() || options_.keep_candidates || !created_work_) return;
-    std::error_code ec;
-    fs::remove_all(work_, ec);
+    if (!comm_.is_root()) return;
+    if (!options_.keep_candidates && created_work_) {
+      std::error_code ec;
+      fs::remove_all(work_, ec);
+    }
+    if (lock_) lock_->remove();
   }
 
  private:
@@ -206,6 +210,13 @@ class GreedyRun {
     std::vector<double> file_scores;
     on_root(comm_, [&] {
       const auto& out = options_.soup.output;
+      // The output is ours for the whole run, candidates and all: a second
+      // greedy soup on it would delete our work directory.
+      fs::path lock_file = out;
+      while (lock_file.has_relative_path() && !lock_file.has_filename()) lock_file = lock_file.parent_path();
+      lock_file += ".greedy.lock";
+      lock_ = std::make_unique<OutputLock>(lock_file, out);
+      lock_->write_owner();
       SOUPKIT_INPUT_ERROR_IF(fs::exists(out) && !options_.soup.overwrite,
                              "{} already exists (use --overwrite to replace it)", out.string());
       // Ingredient headers now, so a mismatch stops the run before any evaluation.
@@ -316,6 +327,7 @@ class GreedyRun {
   fs::path work_;
   std::map<std::string, double> file_scores_;
   bool created_work_ = false;  // rank 0: the work directory is ours to remove
+  std::unique_ptr<OutputLock> lock_;  // rank 0: held from setup to cleanup
 };
 
 }  // namespace

@@ -186,6 +186,23 @@ class Lock(EngineTestCase):
             self.assertFalse(os.path.exists(out + ".partial"))
             self.assertTrue(os.path.exists(journal), "the other job's journal must be left alone")
 
+    def test_greedy_soup_holds_its_output_for_the_whole_run(self):
+        out = self.path("greedy")
+        with open(out + ".greedy.lock", "w") as f:
+            f.write(json.dumps({"owner": {"host": "node007", "pid": 77, "started": "earlier"}}) + "\n")
+            f.flush()
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            proc = run_soupkit(["soup", "greedy", "--out", out, "--eval-cmd", "true {model}; echo 0.5",
+                                self.path("base"), self.path("fine")], ranks=2, check=False)
+            self.assertEqual(proc.returncode, 1, proc.stderr)
+            self.assertIn("being written by soupkit job pid 77 on host node007", proc.stderr)
+            self.assertFalse(os.path.exists(out + ".greedy-work"))
+        # Free again: the run works and leaves no lock file behind.
+        run_soupkit(["soup", "greedy", "--out", out, "--eval-cmd", "true {model}; echo 0.5",
+                     self.path("base"), self.path("fine")], ranks=2)
+        self.assertTrue(os.path.exists(out))
+        self.assertFalse(os.path.exists(out + ".greedy.lock"))
+
 
 class Failures(EngineTestCase):
     def test_coordinator_validates_before_any_work(self):
