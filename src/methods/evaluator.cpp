@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -138,8 +139,14 @@ double parse_score(const std::string& stdout_text, const std::string& stderr_tex
 double run_evaluator(const std::string& command, const fs::path& model) {
   const std::string line = substitute_model(command, model);
   int out_pipe[2], err_pipe[2];
-  SOUPKIT_THROW_IF(pipe2(out_pipe, O_CLOEXEC) != 0 || pipe2(err_pipe, O_CLOEXEC) != 0, SystemError,
-                   "evaluator: cannot create pipes: {}", std::strerror(errno));
+  SOUPKIT_THROW_IF(pipe2(out_pipe, O_CLOEXEC) != 0, SystemError, "evaluator: cannot create pipes: {}",
+                   std::strerror(errno));
+  if (pipe2(err_pipe, O_CLOEXEC) != 0) {
+    const int err = errno;
+    close(out_pipe[0]);
+    close(out_pipe[1]);
+    throw SystemError(fmt::format("evaluator: cannot create pipes: {}", std::strerror(err)));
+  }
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_adddup2(&actions, out_pipe[1], STDOUT_FILENO);
@@ -161,10 +168,19 @@ double run_evaluator(const std::string& command, const fs::path& model) {
     throw SystemError(fmt::format("evaluator: cannot start /bin/sh: {}", std::strerror(rc)));
   }
   std::string out, err;
-  drain(out_pipe[0], err_pipe[0], out, err);
   int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  auto reap = [&] {
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+  };
+  try {
+    drain(out_pipe[0], err_pipe[0], out, err);
+  } catch (...) {
+    kill(pid, SIGKILL);  // no zombie left behind
+    reap();
+    throw;
   }
+  reap();
   log::debug("evaluator `{}` output:\n{}{}", line, out, err);
   const std::string describe = fmt::format("`{}`", line);
   SOUPKIT_INPUT_ERROR_IF(WIFSIGNALED(status), "evaluator {} was killed by signal {}{}{}", describe, WTERMSIG(status),
