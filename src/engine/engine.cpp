@@ -360,9 +360,10 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
   // 2. The coordinator locks the output through its journal and, with
   //    --resume, reads which tensors a previous run finished.
   std::unique_ptr<Journal> journal;
-  std::string resume_text;
+  nlohmann::json journaled_json;  // [[tensor, checksum], ...] finished by an earlier run
   std::unique_ptr<CheckpointWriter> writer;
   try {
+    std::string finished_text;
     on_root(comm, [&] {
       journal = std::make_unique<Journal>(out, output_fingerprint(plan.output), options.resume);
       if (!journal->finished().empty() && !fs::exists(partial)) {
@@ -372,18 +373,18 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
       nlohmann::json finished = nlohmann::json::array();
       for (const auto& [i, entry] : journal->finished())
         if (i < tensors.size()) finished.push_back({i, entry.checksum});
-      resume_text = finished.dump();
+      finished_text = finished.dump();
     });
+    journaled_json = nlohmann::json::parse(comm.broadcast(finished_text));
     // 3. Every rank opens the output together: a new one, or the one a killed run left.
-    const auto journaled = nlohmann::json::parse(comm.broadcast(resume_text));
-    writer = create_checkpoint_writer(comm, out, plan.output, journaled.empty() ? WriterMode::Create : WriterMode::Resume);
-    resume_text = journaled.dump();
+    writer = create_checkpoint_writer(comm, out, plan.output,
+                                      journaled_json.empty() ? WriterMode::Create : WriterMode::Resume);
   } catch (...) {
     // Nothing was written: leave no journal behind either.
     if (journal && journal->finished().empty()) journal->remove();
     throw;
   }
-  const auto journaled = nlohmann::json::parse(resume_text).get<std::vector<std::pair<std::size_t, std::uint64_t>>>();
+  const auto journaled = journaled_json.get<std::vector<std::pair<std::size_t, std::uint64_t>>>();
   std::uint64_t total_bytes = 0;
   for (const auto& t : tensors) total_bytes += t.nbytes();
   log::info("{}: {} tensors, {} -> {} on {} rank{}", method.name(), tensors.size(), human_bytes(total_bytes),
