@@ -25,12 +25,7 @@ int cmd_convert(const Communicator& comm, const Args& args) {
   options.output = (*vm)["output"].as<std::string>();
   options.shard_size = size_option(*vm, "shard-size");
   options.overwrite = vm->count("overwrite") > 0;
-  if (vm->count("dtype")) {
-    const auto text = (*vm)["dtype"].as<std::string>();
-    const auto dtype = parse_dtype(text);
-    SOUPKIT_INPUT_ERROR_IF(!dtype || !is_float_arith(*dtype), "--dtype: '{}' is not one of F64, F32, F16, BF16", text);
-    options.dtype = dtype;
-  }
+  options.dtype = float_dtype_option(*vm, "dtype");
   const auto engine = engine_settings(*vm, comm);
   // Two chunks (read, cast) plus slack must fit the budget.
   options.chunk_bytes = std::clamp<std::uint64_t>(engine.memory_budget / 4, 1 << 20, 256ull << 20);

@@ -40,12 +40,7 @@ int cmd_monosoup(const Communicator& comm, const Args& args) {
   SOUPKIT_INPUT_ERROR_IF(!(options.min_rel_update >= 0), "--min-rel-update: {} is negative", options.min_rel_update);
   if (vm->count("report")) options.report = (*vm)["report"].as<std::string>();
   options.strict = vm->count("strict") > 0;
-  if (vm->count("out-dtype")) {
-    const auto text = (*vm)["out-dtype"].as<std::string>();
-    const auto dtype = parse_dtype(text);
-    SOUPKIT_INPUT_ERROR_IF(!dtype || !is_float_arith(*dtype), "--out-dtype: '{}' is not one of F64, F32, F16, BF16", text);
-    options.out_dtype = dtype;
-  }
+  options.out_dtype = float_dtype_option(*vm, "out-dtype");
   options.shard_size = size_option(*vm, "shard-size");
   options.overwrite = vm->count("overwrite") > 0;
   options.scalapack_min_dim = (*vm)["scalapack-min-dim"].as<std::int64_t>();

@@ -32,13 +32,6 @@ std::vector<double> parse_weights(const std::string& text) {
   }
 }
 
-std::optional<DType> float_dtype_option(const po::variables_map& vm, const char* name) {
-  if (!vm.count(name)) return std::nullopt;
-  const auto text = vm[name].as<std::string>();
-  const auto dtype = parse_dtype(text);
-  SOUPKIT_INPUT_ERROR_IF(!dtype || !is_float_arith(*dtype), "--{}: '{}' is not one of F64, F32, F16, BF16", name, text);
-  return dtype;
-}
 
 // Options of one mode given to the other are mistakes, not silently ignored.
 void refuse(const po::variables_map& vm, const std::string& mode, std::initializer_list<const char*> names) {

@@ -53,6 +53,15 @@ inline std::uint64_t size_option(const po::variables_map& vm, const char* name) 
   return *bytes;
 }
 
+// A floating-point dtype option (F64, F32, F16, BF16), if given.
+inline std::optional<DType> float_dtype_option(const po::variables_map& vm, const char* name) {
+  if (!vm.count(name)) return std::nullopt;
+  const auto text = vm[name].as<std::string>();
+  const auto dtype = parse_dtype(text);
+  SOUPKIT_INPUT_ERROR_IF(!dtype || !is_float_arith(*dtype), "--{}: '{}' is not one of F64, F32, F16, BF16", name, text);
+  return dtype;
+}
+
 // Options every engine command shares.
 inline void add_engine_options(po::options_description& desc) {
   desc.add_options()("dry-run", "print the plan (tensors, bytes, estimated time and peak memory per rank) and exit")(
