@@ -7,6 +7,16 @@
 #include <utility>
 
 namespace soupkit::linalg {
+namespace {
+// BLACS_SET settings (BLACS's Bdef.h). Left at their defaults, combines
+// (dgsum2d, used by pdsyevd's reduction and solver) may take a topology
+// whose summation order depends on message arrival: on a 3 x 1 grid the
+// same 768 x 768 eigenproblem gave a different result in most runs
+// (measured; docs/architecture.md). Repeatable combines sum in a fixed
+// order; coherent ones leave the same result on every process.
+constexpr int kBlacsTopsRepeat = 15;
+constexpr int kBlacsTopsCoherent = 16;
+}  // namespace
 
 BlacsGrid::BlacsGrid(MPI_Comm comm, int rows, int cols) : comm_(comm), rows_(rows), cols_(cols) {
   int size = 0;
@@ -18,6 +28,9 @@ BlacsGrid::BlacsGrid(MPI_Comm comm, int rows, int cols) : comm_(comm), rows_(row
   Cblacs_gridinit(&context_, "R", rows, cols);
   Cblacs_gridinfo(context_, &rows_, &cols_, &my_row_, &my_col_);
   SOUPKIT_ERROR_IF(my_row_ < 0, "BLACS could not place this rank in a {} x {} grid", rows, cols);
+  int on = 1;
+  Cblacs_set(context_, kBlacsTopsRepeat, &on);
+  Cblacs_set(context_, kBlacsTopsCoherent, &on);
 }
 
 BlacsGrid::BlacsGrid(BlacsGrid&& other) noexcept
