@@ -215,7 +215,7 @@ class GreedyRun {
       fs::path lock_file = out;
       while (lock_file.has_relative_path() && !lock_file.has_filename()) lock_file = lock_file.parent_path();
       lock_file += ".greedy.lock";
-      lock_ = std::make_unique<OutputLock>(lock_file, out);
+      lock_ = std::make_unique<OutputLock>(lock_file, out, json{{"soupkit_lock", 1}});
       lock_->write_owner();
       SOUPKIT_INPUT_ERROR_IF(fs::exists(out) && !options_.soup.overwrite,
                              "{} already exists (use --overwrite to replace it)", out.string());
