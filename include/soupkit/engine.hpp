@@ -49,7 +49,7 @@ class Method {
   virtual nlohmann::json compute_grid(std::size_t index, const Communicator& group, CheckpointWriter& writer);
   // Coordinator: contents of aux file `index` of the output spec.
   virtual std::string aux_contents(std::size_t index) = 0;
-  // Coordinator, after the output is committed: every tensor's record (in
+  // Coordinator, just before the output is committed: every tensor's record (in
   // output order), to report and summarise.
   virtual void finish(const std::vector<nlohmann::json>& records, double seconds) {
     (void)records;

@@ -322,6 +322,40 @@ std::set<std::size_t> verify_finished(const Communicator& comm, CheckpointWriter
   return all.get<std::set<std::size_t>>();
 }
 
+std::vector<std::string> tensor_names(const std::vector<TensorInfo>& tensors) {
+  std::vector<std::string> names;
+  for (const auto& t : tensors) names.push_back(t.name);
+  return names;
+}
+
+// soupkit removes or resumes a partial output only if it can prove it made
+// it: the journal beside it names it. Anything else at that path is the
+// user's (or an unrelated program's).
+void check_partial_is_ours(const Journal& journal, const fs::path& partial) {
+  std::error_code ec;
+  SOUPKIT_INPUT_ERROR_IF(fs::symlink_status(partial, ec).type() != fs::file_type::not_found &&
+                             !journal.owns_partial(partial),
+                         "{} exists but soupkit did not create it (no soupkit journal beside it names it); move it "
+                         "away or choose another output",
+                         partial.string());
+}
+
+// Method::finish on the coordinator; its error message, or empty. A
+// journal is named when records came from it (`resumed_from`).
+std::string finish_method(Method& method, const std::vector<nlohmann::json>& records, double seconds,
+                          const Journal* resumed_from) {
+  try {
+    method.finish(records, seconds);
+  } catch (const nlohmann::json::exception& e) {
+    if (!resumed_from) return e.what();
+    return fmt::format("{}: a journaled tensor record is unusable ({}); run without --resume to start over",
+                       resumed_from->path().string(), e.what());
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return {};
+}
+
 std::uint64_t sum_over(const Communicator& comm, std::uint64_t value) {
   std::uint64_t total = 0;
   MPI_Allreduce(&value, &total, 1, MPI_UINT64_T, MPI_SUM, comm.get());
@@ -365,20 +399,21 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
   try {
     std::string finished_text;
     on_root(comm, [&] {
-      journal = std::make_unique<Journal>(out, output_fingerprint(plan.output), options.resume);
+      journal = std::make_unique<Journal>(out, output_fingerprint(plan.output), options.resume, tensor_names(tensors));
+      check_partial_is_ours(*journal, partial);
       if (!journal->finished().empty() && !fs::exists(partial)) {
         log::warn("{}: {} is gone; starting over", out.string(), partial.string());
         journal->restart(output_fingerprint(plan.output));
       }
       nlohmann::json finished = nlohmann::json::array();
-      for (const auto& [i, entry] : journal->finished())
-        if (i < tensors.size()) finished.push_back({i, entry.checksum});
+      for (const auto& [i, entry] : journal->finished()) finished.push_back({i, entry.checksum});
       finished_text = finished.dump();
     });
     journaled_json = nlohmann::json::parse(comm.broadcast(finished_text));
     // 3. Every rank opens the output together: a new one, or the one a killed run left.
     writer = create_checkpoint_writer(comm, out, plan.output,
                                       journaled_json.empty() ? WriterMode::Create : WriterMode::Resume);
+    on_root(comm, [&] { journal->record_partial(partial); });
   } catch (...) {
     // Nothing was written: leave no journal behind either.
     if (journal && journal->finished().empty()) journal->remove();
@@ -478,18 +513,23 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
   if (error.empty() && !channel.error().empty()) error = "rank 0 (coordinator): " + channel.error();
   if (comm.is_root()) progress.finish();
 
-  // 5. Commit only if every rank succeeded. A reported error (bad input,
+  // 5. The report, before the commit: records read back from a journal are
+  //    input, and if one is unusable the run must fail with no output.
+  if (error.empty() && comm.is_root() && !channel.stop_requested())
+    error = finish_method(method, records, seconds_since(start), journaled.empty() ? nullptr : journal.get());
+
+  // 6. Commit only if every rank succeeded. A reported error (bad input,
   //    I/O failure) discards the partial output: --resume is for runs that
   //    were killed (time limit, node loss), whose error needs no fixing and
   //    whose journal is therefore still there.
   try {
     agree_on_failure(comm, error);
+    writer->commit();
   } catch (...) {
     writer->discard();
     if (journal) journal->remove();
     throw;
   }
-  writer->commit();
   on_root(comm, [&] { journal->remove(); });
 
   RunResult result;
@@ -511,7 +551,6 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
             out.string(), result.tensors, human_bytes(total_bytes), result.seconds, result.busy_max,
             100 * result.load_balance, human_bytes(result.peak_rss), human_bytes(static_cast<std::uint64_t>(max_growth)),
             human_bytes(result.base_rss));
-  on_root(comm, [&] { method.finish(records, result.seconds); });
   return result;
 }
 

@@ -2,6 +2,9 @@
 
 #include "soupkit/checksum.hpp"
 #include "soupkit/error.hpp"
+#include "soupkit/json_input.hpp"
+#include "soupkit/log.hpp"
+#include "soupkit/tensor.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -14,9 +17,29 @@
 namespace soupkit {
 namespace {
 
+// Real lines are a few hundred bytes (a transplant record with its token
+// ids a few hundred KB); far more than that is not a journal soupkit wrote.
+constexpr std::size_t kFixedJournalAllowance = 16u << 20;
+constexpr std::size_t kJournalBytesPerTensor = 64u << 10;
+
 std::string hex64(std::uint64_t v) { return fmt::format("{:016x}", v); }
 
+std::optional<std::uint64_t> parse_hex64(const nlohmann::json& j) {
+  if (!j.is_string()) return std::nullopt;
+  const auto& s = j.get_ref<const std::string&>();
+  if (s.size() != 16 || s.find_first_not_of("0123456789abcdefABCDEF") != std::string::npos) return std::nullopt;
+  return std::stoull(s, nullptr, 16);
+}
+
+nlohmann::json header_for(const std::string& fingerprint) {
+  return {{"soupkit_journal", 1}, {"fingerprint", fingerprint}};
+}
+
 }  // namespace
+
+std::size_t max_journal_bytes(std::size_t tensors) {
+  return kFixedJournalAllowance + tensors * kJournalBytesPerTensor;
+}
 
 fs::path Journal::path_for(const fs::path& out) {
   fs::path p = out;
@@ -25,61 +48,111 @@ fs::path Journal::path_for(const fs::path& out) {
   return p;
 }
 
-Journal::Journal(const fs::path& out, const std::string& fingerprint, bool resume) : lock_(path_for(out), out) {
-  if (resume) load(fingerprint);
-  if (finished_.empty() && !continuing_) {
-    restart(fingerprint);
-  } else {
-    lock_.write_owner();
+Journal::Journal(const fs::path& out, const std::string& fingerprint, bool resume, std::vector<std::string> tensor_names)
+    : lock_(path_for(out), out, header_for(fingerprint)), names_(std::move(tensor_names)) {
+  try {
+    if (!lock_.created()) load(fingerprint, resume);
+    if (!lock_.created() && !continuing_)
+      restart(fingerprint);
+    else
+      lock_.write_owner();
+  } catch (...) {
+    if (lock_.created()) lock_.remove();  // a full disk leaves no empty journal
+    throw;
   }
 }
 
-// With --resume: the tensors a previous run of the same job finished.
-void Journal::load(const std::string& fingerprint) {
-  std::istringstream lines(read_all());
+// The previous job's partial output (always) and, with --resume, the
+// tensors a previous run of the same job finished.
+void Journal::load(const std::string& fingerprint, bool resume) {
+  std::istringstream lines(read_bounded());
   std::string line;
-  if (!std::getline(lines, line)) return;  // empty: a new journal
-  const auto header = nlohmann::json::parse(line, nullptr, false);
-  SOUPKIT_INPUT_ERROR_IF(!header.is_object() || !header.contains("soupkit_journal"),
-                         "{}: not a soupkit journal; remove it to start over", path().string());
-  SOUPKIT_INPUT_ERROR_IF(header.value("fingerprint", "") != fingerprint,
+  std::getline(lines, line);  // the header: OutputLock checked it is soupkit's
+  const auto header = try_parse_untrusted_json(line);
+  const bool same_job = header && header->is_object() && header->value("fingerprint", nlohmann::json()) == fingerprint;
+  SOUPKIT_INPUT_ERROR_IF(resume && !same_job,
                          "{}: cannot resume: the journal was written by a different job (other inputs, options or "
                          "output layout); run without --resume to start over",
                          path().string());
-  continuing_ = true;
+  continuing_ = resume;
+  std::size_t damaged = 0;
   while (std::getline(lines, line)) {
-    const auto j = nlohmann::json::parse(line, nullptr, false);
-    if (!j.is_object() || !j.contains("tensor")) continue;  // owner lines, a torn last line
-    try {
-      JournalEntry entry;
-      entry.checksum = std::stoull(j.at("checksum").get<std::string>(), nullptr, 16);
-      entry.record = j.value("record", nlohmann::json());
-      finished_[j.at("tensor").get<std::size_t>()] = std::move(entry);
-    } catch (const std::exception&) {
-      continue;  // a damaged entry: that tensor is simply recomputed
+    const auto j = try_parse_untrusted_json(line);
+    if (!j || !j->is_object()) {
+      ++damaged;  // a torn last line, or not soupkit's
+    } else if (const auto p = j->find("partial"); p != j->end()) {
+      if (p->is_object() && p->value("dev", nlohmann::json()).is_number_unsigned() &&
+          p->value("ino", nlohmann::json()).is_number_unsigned())
+        partial_ = PartialIdentity{(*p)["dev"].get<std::uint64_t>(), (*p)["ino"].get<std::uint64_t>()};
+    } else if (j->contains("tensor") && resume) {
+      if (auto entry = parse_entry(*j))
+        finished_[entry->first] = std::move(entry->second);
+      else
+        ++damaged;
     }
   }
+  if (damaged && resume)
+    log::warn("{}: {} damaged line{} ignored (their tensors are recomputed)", path().string(), damaged,
+              damaged == 1 ? "" : "s");
+}
+
+// A finished-tensor line, checked field by field against the job's tensors.
+std::optional<std::pair<std::size_t, JournalEntry>> Journal::parse_entry(const nlohmann::json& line) const {
+  const auto& index = line.at("tensor");
+  if (!index.is_number_unsigned() || index.get<std::uint64_t>() >= names_.size()) return std::nullopt;
+  const auto i = index.get<std::size_t>();
+  const auto name = line.find("name");
+  if (name == line.end() || !name->is_string() || name->get_ref<const std::string&>() != names_[i]) return std::nullopt;
+  const auto checksum = line.contains("checksum") ? parse_hex64(line["checksum"]) : std::nullopt;
+  if (!checksum) return std::nullopt;
+  // Methods record an object per tensor, or nothing (null).
+  nlohmann::json record = line.value("record", nlohmann::json());
+  if (!record.is_object() && !record.is_null()) return std::nullopt;
+  return std::pair{i, JournalEntry{*checksum, std::move(record)}};
 }
 
 void Journal::restart(const std::string& fingerprint) {
-  SOUPKIT_ERROR_IF(::ftruncate(lock_.fd(), 0) != 0, "{}: cannot truncate: {}", path().string(), std::strerror(errno));
+  std::string text = header_for(fingerprint).dump() + "\n";
+  // The stale partial output is still this output's: a kill before this
+  // run replaces it must not make it a stranger's.
+  if (partial_) text += nlohmann::json{{"partial", {{"dev", partial_->dev}, {"ino", partial_->ino}}}}.dump() + "\n";
+  rewrite_fd(lock_.fd(), path(), text);
   finished_.clear();
-  append({{"soupkit_journal", 1}, {"fingerprint", fingerprint}});
+  continuing_ = false;
   lock_.write_owner();
 }
 
-// Through the lock's own descriptor (see OutputLock::fd).
-std::string Journal::read_all() const {
+bool Journal::owns_partial(const fs::path& partial) const {
+  struct stat st {};
+  return partial_ && ::lstat(partial.c_str(), &st) == 0 && !S_ISLNK(st.st_mode) &&
+         static_cast<std::uint64_t>(st.st_dev) == partial_->dev && static_cast<std::uint64_t>(st.st_ino) == partial_->ino;
+}
+
+void Journal::record_partial(const fs::path& partial) {
+  struct stat st {};
+  SOUPKIT_ERROR_IF(::lstat(partial.c_str(), &st) != 0, "{}: cannot stat {}: {}", path().string(), partial.string(),
+                   std::strerror(errno));
+  partial_ = PartialIdentity{static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino)};
+  append({{"partial", {{"dev", partial_->dev}, {"ino", partial_->ino}}}});
+}
+
+// Through the lock's own descriptor (see OutputLock::fd); no more than a
+// journal of this job can need, so a giant file cannot exhaust memory.
+std::string Journal::read_bounded() const {
+  const std::size_t limit = max_journal_bytes(names_.size());
   std::string text;
   char buffer[65536];
-  for (off_t offset = 0;;) {
-    const ssize_t n = ::pread(lock_.fd(), buffer, sizeof buffer, offset);
+  while (text.size() <= limit) {
+    const ssize_t n = ::pread(lock_.fd(), buffer, sizeof buffer, static_cast<off_t>(text.size()));
     if (n < 0 && errno == EINTR) continue;
     SOUPKIT_ERROR_IF(n < 0, "{}: read: {}", path().string(), std::strerror(errno));
-    if (n == 0) break;
+    if (n == 0) return text;
     text.append(buffer, static_cast<std::size_t>(n));
-    offset += n;
   }
+  log::warn("{}: longer than the {} a journal of {} tensors needs; only that much is read (the tensors after it are "
+            "recomputed)",
+            path().string(), human_bytes(limit), names_.size());
+  text.resize(text.rfind('\n', limit) == std::string::npos ? 0 : text.rfind('\n', limit) + 1);
   return text;
 }
 

@@ -23,6 +23,19 @@ namespace {
 
 constexpr const char* kPlaceholder = "{model}";
 constexpr std::size_t kTailLines = 20;
+// After forwarding a termination signal, how long the evaluator's group
+// gets to exit before it is killed (SIGKILL).
+constexpr int kTerminationGraceMs = 5000;
+
+// Set by the signal handler: the signal received (0: none), and the process
+// group of the running evaluator (0: none) that it is forwarded to.
+volatile std::sig_atomic_t g_termination_signal = 0;
+volatile std::sig_atomic_t g_evaluator_group = 0;
+
+extern "C" void forward_termination(int sig) {
+  g_termination_signal = sig;
+  if (g_evaluator_group > 0) ::kill(-static_cast<pid_t>(g_evaluator_group), sig);
+}
 
 std::string shell_quote(const std::string& s) {
   std::string q = "'";
@@ -61,15 +74,21 @@ std::string tail(const std::string& label, const std::string& text) {
 }
 
 // Reads both pipes to their end without letting either fill up and block
-// the child.
-void drain(int out_fd, int err_fd, std::string& out, std::string& err) {
+// the child. Once soupkit is told to terminate, the evaluator's process
+// group `group` gets kTerminationGraceMs to exit (and close the pipes),
+// then is killed.
+void drain(int out_fd, int err_fd, pid_t group, std::string& out, std::string& err) {
   pollfd fds[2] = {{out_fd, POLLIN, 0}, {err_fd, POLLIN, 0}};
   std::string* sinks[2] = {&out, &err};
   int open = 2;
   char buf[65536];
+  int grace_left_ms = kTerminationGraceMs;
+  constexpr int kTickMs = 100;
   while (open > 0) {
-    if (poll(fds, 2, -1) < 0) {
-      if (errno == EINTR) continue;
+    const int ready = poll(fds, 2, g_termination_signal ? kTickMs : -1);
+    if (g_termination_signal && ready == 0 && (grace_left_ms -= kTickMs) <= 0) ::kill(-group, SIGKILL);
+    if (ready <= 0) {
+      if (ready == 0 || errno == EINTR) continue;
       throw SystemError(fmt::format("evaluator: poll failed: {}", std::strerror(errno)));
     }
     for (int k = 0; k < 2; ++k) {
@@ -111,6 +130,54 @@ std::vector<std::string> evaluator_environment() {
 void check_eval_command(const std::string& command) {
   SOUPKIT_INPUT_ERROR_IF(command.find(kPlaceholder) == std::string::npos,
                          "--eval-cmd '{}' does not contain {{model}} (where the candidate checkpoint's path goes)", command);
+}
+
+bool placeholder_inside_quotes(const std::string& command) {
+  char quote = 0;  // the open quote character, as /bin/sh reads the command
+  for (std::size_t i = 0; i < command.size(); ++i) {
+    const char c = command[i];
+    if (quote != '\'' && c == '\\') {
+      ++i;  // an escaped character (outside single quotes)
+    } else if (quote == 0 && (c == '\'' || c == '"')) {
+      quote = c;
+    } else if (quote != 0 && c == quote) {
+      quote = 0;
+    } else if (quote != 0 && command.compare(i, std::strlen(kPlaceholder), kPlaceholder) == 0) {
+      return true;
+    }
+  }
+  return false;
+}
+
+void warn_if_placeholder_quoted(const std::string& command) {
+  if (placeholder_inside_quotes(command))
+    log::warn("--eval-cmd '{}': {{model}} is inside quotes; soupkit already quotes the path it puts there, so quoting "
+              "it again lets a crafted path run commands: write {{model}} without quotes",
+              command);
+}
+
+TerminationGuard::TerminationGuard() {
+  g_termination_signal = 0;
+  struct sigaction action {};
+  action.sa_handler = forward_termination;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGTERM, &action, &previous_term_);
+  sigaction(SIGINT, &action, &previous_int_);
+}
+
+TerminationGuard::~TerminationGuard() {
+  sigaction(SIGTERM, &previous_term_, nullptr);
+  sigaction(SIGINT, &previous_int_, nullptr);
+}
+
+std::string termination_message(const std::string& during) {
+  const int sig = g_termination_signal;
+  if (sig == 0) return {};
+  return fmt::format("interrupted by signal {} (SIG{}) {}", sig, sigabbrev_np(sig) ? sigabbrev_np(sig) : "?", during);
+}
+
+void throw_if_terminated(const std::string& during) {
+  if (std::string message = termination_message(during); !message.empty()) throw Error(message);
 }
 
 std::string substitute_model(const std::string& command, const fs::path& model) {
@@ -157,9 +224,20 @@ double run_evaluator(const std::string& command, const fs::path& model) {
   std::vector<char*> envp;
   for (const auto& var : env) envp.push_back(const_cast<char*>(var.c_str()));
   envp.push_back(nullptr);
+  // Its own process group, so a termination can be forwarded to it and to
+  // every process it starts.
+  posix_spawnattr_t attributes;
+  posix_spawnattr_init(&attributes);
+  posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETPGROUP);
+  posix_spawnattr_setpgroup(&attributes, 0);
   pid_t pid = 0;
-  const int rc = posix_spawn(&pid, "/bin/sh", &actions, nullptr, const_cast<char* const*>(argv), envp.data());
+  const int rc = posix_spawn(&pid, "/bin/sh", &actions, &attributes, const_cast<char* const*>(argv), envp.data());
+  posix_spawnattr_destroy(&attributes);
   posix_spawn_file_actions_destroy(&actions);
+  if (rc == 0) {
+    g_evaluator_group = pid;
+    if (g_termination_signal) ::kill(-pid, g_termination_signal);  // arrived while it was being started
+  }
   close(out_pipe[1]);
   close(err_pipe[1]);
   if (rc != 0) {
@@ -174,15 +252,19 @@ double run_evaluator(const std::string& command, const fs::path& model) {
     }
   };
   try {
-    drain(out_pipe[0], err_pipe[0], out, err);
+    drain(out_pipe[0], err_pipe[0], pid, out, err);
   } catch (...) {
-    kill(pid, SIGKILL);  // no zombie left behind
+    kill(-pid, SIGKILL);  // no zombie left behind
     reap();
+    g_evaluator_group = 0;
     throw;
   }
   reap();
+  g_evaluator_group = 0;
   log::debug("evaluator `{}` output:\n{}{}", line, out, err);
   const std::string describe = fmt::format("`{}`", line);
+  if (g_termination_signal) ::kill(-pid, SIGKILL);  // any of its processes still there (they ignored the signal)
+  throw_if_terminated(fmt::format("while the evaluator {} ran; it and the processes it started were stopped", describe));
   SOUPKIT_INPUT_ERROR_IF(WIFSIGNALED(status), "evaluator {} was killed by signal {}{}{}", describe, WTERMSIG(status),
                          tail("stdout", out), tail("stderr", err));
   SOUPKIT_INPUT_ERROR_IF(WEXITSTATUS(status) != 0, "evaluator {} failed with exit status {}{}{}", describe,

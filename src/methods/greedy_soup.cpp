@@ -11,6 +11,7 @@
 #include <cmath>
 #include <map>
 #include <numeric>
+#include <optional>
 #include <set>
 
 namespace soupkit {
@@ -145,6 +146,11 @@ class GreedyRun {
         work_(work_directory(options.soup.output)) {}
 
   GreedyResult run() {
+    // Candidates and evaluations: a SIGTERM/SIGINT stops the evaluator's
+    // whole process group and fails the run cleanly (work directory and
+    // lock removed). The final write is an ordinary engine run again: a
+    // kill there leaves a journal and a partial output for --resume.
+    std::optional<TerminationGuard> termination_guard(std::in_place);
     setup();
     const auto& ing = options_.soup.ingredients;
     std::vector<double> scores(ing.size());
@@ -180,6 +186,9 @@ class GreedyRun {
     final_soup.aux_source = ing[0];
     final_soup.label = "greedy soup";
     SoupMethod method(final_soup);
+    agree_not_terminated("before writing the final soup");
+    remove_work_directory();
+    termination_guard.reset();
     // The final write resumes like any engine run (a requeued job).
     RunOptions final_run;
     final_run.resume = options_.resume;
@@ -198,14 +207,24 @@ class GreedyRun {
   // Removes the work directory after a failure too (unless asked to keep it).
   void cleanup() {
     if (!comm_.is_root()) return;
-    if (!options_.keep_candidates && created_work_) {
-      std::error_code ec;
-      fs::remove_all(work_, ec);
-    }
+    remove_work_directory();
     if (lock_) lock_->remove();
   }
 
  private:
+  void remove_work_directory() {
+    if (!comm_.is_root() || options_.keep_candidates || !created_work_) return;
+    std::error_code ec;
+    fs::remove_all(work_, ec);
+    created_work_ = false;
+  }
+
+  // Collective: fails on every rank if any rank was told to terminate.
+  void agree_not_terminated(const std::string& during) {
+    std::string error = termination_message(during);
+    agree_on_failure(comm_, error);
+  }
+
   void setup() {
     std::vector<double> file_scores;
     on_root(comm_, [&] {
@@ -215,7 +234,7 @@ class GreedyRun {
       fs::path lock_file = out;
       while (lock_file.has_relative_path() && !lock_file.has_filename()) lock_file = lock_file.parent_path();
       lock_file += ".greedy.lock";
-      lock_ = std::make_unique<OutputLock>(lock_file, out);
+      lock_ = std::make_unique<OutputLock>(lock_file, out, json{{"soupkit_lock", 1}});
       lock_->write_owner();
       SOUPKIT_INPUT_ERROR_IF(fs::exists(out) && !options_.soup.overwrite,
                              "{} already exists (use --overwrite to replace it)", out.string());
@@ -298,6 +317,7 @@ class GreedyRun {
     soup.label = fmt::format("greedy {}", name);
     SoupMethod method(soup);
     run_method(comm_, method, soup.output);
+    agree_not_terminated(fmt::format("while writing the greedy soup's {}", name));
     return soup.output;
   }
 
@@ -370,6 +390,7 @@ std::vector<double> read_scores_file(const fs::path& file, const std::vector<fs:
 
 GreedyResult run_greedy_soup(const Communicator& comm, const GreedyOptions& options) {
   check_eval_command(options.eval_cmd);
+  warn_if_placeholder_quoted(options.eval_cmd);
   if (options.resume && !options.log_file)
     log::warn("--resume without --log: no scores are cached, so greedy evaluation starts from scratch "
               "(pass --log to make a greedy soup resumable)");
