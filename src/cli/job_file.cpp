@@ -137,7 +137,9 @@ std::vector<std::string> JobCommand::args(const std::vector<std::string>& overri
   std::set<std::string> overridden;
   for (const auto& a : overrides)
     if (a.starts_with("--")) overridden.insert(a.substr(2, a.find('=') == std::string::npos ? a.npos : a.find('=') - 2));
-  std::vector<std::string> all = positional;
+  std::vector<std::string> all;
+  // A path starting with '-' would read as an option: "./-x" is the same file.
+  for (const auto& p : positional) all.push_back(p.starts_with('-') ? "./" + p : p);
   for (const auto& [name, value] : options) {
     if (overridden.count(name)) continue;
     all.push_back("--" + name);
