@@ -67,7 +67,13 @@ void add_parameters(const YAML::Node& params, const std::string& source, JobComm
   std::set<std::string> seen;
   for (const auto& kv : params) {
     const std::string name = key_name(kv.first, source, "parameters");
-    const std::string where = "parameters." + name;
+    const std::string where = "parameters." + excerpt(name);
+    // The key becomes "--key": only a plain option name ("out=x" or "-x" would
+    // smuggle in another option or value).
+    SOUPKIT_INPUT_ERROR_IF(name.empty() || name.front() == '-' ||
+                               name.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789_-") != std::string::npos,
+                           "{}: {}: not an option name (lowercase letters, digits, '_' and '-') ({})", source, where,
+                           line_of(kv.first));
     std::string key = name;
     std::replace(key.begin(), key.end(), '_', '-');
     SOUPKIT_INPUT_ERROR_IF(!seen.insert(key).second, "{}: {}: given twice ({})", source, where, line_of(kv.first));
@@ -158,7 +164,7 @@ JobCommand translate_job(const YAML::Node& job, const std::string& source) {
     const auto key = key_name(kv.first, source, "top level");
     SOUPKIT_INPUT_ERROR_IF(!kTopLevelKeys.count(key), "{}: unknown key '{}' (line {}); a job has {}", source,
                            excerpt(key), kv.first.Mark().line + 1, fmt::join(kTopLevelKeys, ", "));
-    SOUPKIT_INPUT_ERROR_IF(!seen.insert(key).second, "{}: {}: given twice ({})", source, key, line_of(kv.first));
+    SOUPKIT_INPUT_ERROR_IF(!seen.insert(key).second, "{}: {}: given twice ({})", source, excerpt(key), line_of(kv.first));
   }
   SOUPKIT_INPUT_ERROR_IF(!job["merge_method"], "{}: merge_method is missing", source);
   const std::string method = scalar(job["merge_method"], source, "merge_method");
@@ -178,7 +184,8 @@ JobCommand translate_job(const YAML::Node& job, const std::string& source) {
   };
   auto no_weights = [&] {
     for (const auto& m : models)
-      SOUPKIT_INPUT_ERROR_IF(m.weight.has_value(), "{}: {}: per-model weights apply only to soups", source, m.path);
+      SOUPKIT_INPUT_ERROR_IF(m.weight.has_value(), "{}: {}: per-model weights apply only to soups", source,
+                             excerpt(m.path));
   };
   if (out.command == "monosoup") {
     need(!base.empty() && models.size() == 1, "base_model and exactly one entry in models (the fine-tuned model)");
@@ -192,7 +199,8 @@ JobCommand translate_job(const YAML::Node& job, const std::string& source) {
     const bool weighted = std::any_of(models.begin(), models.end(), [](const Model& m) { return m.weight.has_value(); });
     std::string weights;
     for (const auto& m : models) {
-      SOUPKIT_INPUT_ERROR_IF(weighted && !m.weight, "{}: {}: every model needs a weight once one has it", source, m.path);
+      SOUPKIT_INPUT_ERROR_IF(weighted && !m.weight, "{}: {}: every model needs a weight once one has it", source,
+                             excerpt(m.path));
       if (weighted && !weights.empty()) weights += ',';
       if (weighted) weights += *m.weight;
       args.push_back(m.path);

@@ -138,6 +138,7 @@ TEST(JobFile, ValuesYamlCppCannotConvertNameTheKeyAndLine) {
   expect_error("merge_method: monosoup\nbase_model: a\nmodels: [b]\nparameters: {k: 1, k: 2}\n",
                "parameters.k: given twice");
   expect_error("merge_method: [\n", "line 2");
+  expect_error("merge_method: monosoup\nbase_model: a\nmodels: [b]\nparameters: {out=x: 1}\n", "not an option name");
 }
 
 TEST(JobFile, PathsStartingWithADashStayPaths) {
