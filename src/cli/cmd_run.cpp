@@ -21,17 +21,22 @@ int cmd_run(const Communicator& comm, const Args& args) {
                 "are passed to the command, after the job's own. See docs/operations.md and jobs/.");
     return 0;
   }
-  SOUPKIT_INPUT_ERROR_IF(args.empty(), "run: which job file? (soupkit run JOB.yaml)");
-  const JobCommand job = read_job_file(args[0]);
-  const auto command_line = job.args({args.begin() + 1, args.end()});
+  // "soupkit run -- -job.yaml": `--` ends run's own options, so a job
+  // file name may start with '-'.
+  const bool ended = !args.empty() && args[0] == "--";
+  const Args rest(args.begin() + (ended ? 1 : 0), args.end());
+  SOUPKIT_INPUT_ERROR_IF(rest.empty(), "run: which job file? (soupkit run JOB.yaml)");
+  const std::string& job_file = rest[0];
+  const JobCommand job = read_job_file(job_file);
+  const auto command_line = job.args({rest.begin() + 1, rest.end()});
   const CommandFunction* command = find_command(job.command);
-  SOUPKIT_INPUT_ERROR_IF(!command, "{}: this build of soupkit has no '{}' command", args[0], job.command);
-  log::debug("{}: soupkit {} {}", args[0], job.command, fmt::join(command_line, " "));
+  SOUPKIT_INPUT_ERROR_IF(!command, "{}: this build of soupkit has no '{}' command", job_file, job.command);
+  log::debug("{}: soupkit {} {}", job_file, job.command, fmt::join(command_line, " "));
   try {
     return (*command)(comm, command_line);
   } catch (const InputError& e) {
     // Option problems come from the job's keys: name the job file.
-    throw InputError(fmt::format("{}: {}", args[0], e.what()));
+    throw InputError(fmt::format("{}: {}", job_file, e.what()));
   }
 }
 

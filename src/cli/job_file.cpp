@@ -1,9 +1,10 @@
 #include "job_file.hpp"
 
+#include "yaml_input.hpp"
+
 #include "soupkit/error.hpp"
 #include "soupkit/file.hpp"
-
-#include <yaml-cpp/yaml.h>
+#include "soupkit/message_text.hpp"
 
 #include <fmt/ranges.h>
 
@@ -42,13 +43,19 @@ std::string dtype_option(const std::string& source, const std::string& key, cons
       {"F32", "F32"}, {"F16", "F16"}, {"BF16", "BF16"}, {"F64", "F64"}};
   const auto it = names.find(value);
   SOUPKIT_INPUT_ERROR_IF(it == names.end(), "{}: {}: '{}' is not a dtype (float32, float16, bfloat16, float64)", source,
-                         key, value);
+                         key, excerpt(value));
   return it->second;
+}
+
+// A mapping's key: a plain name (YAML also allows lists and maps as keys).
+std::string key_name(const YAML::Node& key, const std::string& source, const std::string& parent) {
+  SOUPKIT_INPUT_ERROR_IF(!key.IsScalar(), "{}: {}: a key that is not a name ({})", source, parent, line_of(key));
+  return key.Scalar();
 }
 
 std::string scalar(const YAML::Node& node, const std::string& source, const std::string& key) {
   SOUPKIT_INPUT_ERROR_IF(!node.IsScalar(), "{}: {}: expected a single value (line {})", source, key, node.Mark().line + 1);
-  return node.as<std::string>();
+  return node.Scalar();
 }
 
 // parameters: {snake_or_kebab_key: value} -> --kebab-key value. true is a
@@ -57,11 +64,20 @@ void add_parameters(const YAML::Node& params, const std::string& source, JobComm
   if (!params) return;
   SOUPKIT_INPUT_ERROR_IF(!params.IsMap(), "{}: parameters: expected a mapping of option names to values (line {})",
                          source, params.Mark().line + 1);
+  std::set<std::string> seen;
   for (const auto& kv : params) {
-    std::string key = kv.first.as<std::string>();
+    const std::string name = key_name(kv.first, source, "parameters");
+    const std::string where = "parameters." + excerpt(name);
+    // The key becomes "--key": only a plain option name ("out=x" or "-x" would
+    // smuggle in another option or value).
+    SOUPKIT_INPUT_ERROR_IF(name.empty() || name.front() == '-' ||
+                               name.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789_-") != std::string::npos,
+                           "{}: {}: not an option name (lowercase letters, digits, '_' and '-') ({})", source, where,
+                           line_of(kv.first));
+    std::string key = name;
     std::replace(key.begin(), key.end(), '_', '-');
+    SOUPKIT_INPUT_ERROR_IF(!seen.insert(key).second, "{}: {}: given twice ({})", source, where, line_of(kv.first));
     const YAML::Node& value = kv.second;
-    const std::string where = "parameters." + kv.first.as<std::string>();
     if (value.IsSequence()) {
       std::string joined;
       for (const auto& item : value) {
@@ -95,17 +111,20 @@ std::vector<Model> read_models(const YAML::Node& models, const std::string& sour
     const YAML::Node& m = models[i];
     const std::string where = fmt::format("models[{}]", i);
     if (m.IsScalar()) {
-      out.push_back({m.as<std::string>(), std::nullopt});
+      out.push_back({m.Scalar(), std::nullopt});
       continue;
     }
     SOUPKIT_INPUT_ERROR_IF(!m.IsMap() || !m["model"], "{}: {}: expected 'model: PATH' (line {})", source, where,
                            m.Mark().line + 1);
     Model model{scalar(m["model"], source, where + ".model"), std::nullopt};
     if (const auto p = m["parameters"]) {
-      for (const auto& kv : p)
-        SOUPKIT_INPUT_ERROR_IF(kv.first.as<std::string>() != "weight",
-                               "{}: {}.parameters.{}: soupkit takes only a per-model 'weight'", source, where,
-                               kv.first.as<std::string>());
+      SOUPKIT_INPUT_ERROR_IF(!p.IsMap(), "{}: {}.parameters: expected 'weight: W' (line {})", source, where,
+                             p.Mark().line + 1);
+      for (const auto& kv : p) {
+        const std::string name = key_name(kv.first, source, where + ".parameters");
+        SOUPKIT_INPUT_ERROR_IF(name != "weight", "{}: {}.parameters.{}: soupkit takes only a per-model 'weight'",
+                               source, where, excerpt(name));
+      }
       if (p["weight"]) model.weight = scalar(p["weight"], source, where + ".parameters.weight");
     }
     out.push_back(model);
@@ -124,7 +143,9 @@ std::vector<std::string> JobCommand::args(const std::vector<std::string>& overri
   std::set<std::string> overridden;
   for (const auto& a : overrides)
     if (a.starts_with("--")) overridden.insert(a.substr(2, a.find('=') == std::string::npos ? a.npos : a.find('=') - 2));
-  std::vector<std::string> all = positional;
+  std::vector<std::string> all;
+  // A path starting with '-' would read as an option: "./-x" is the same file.
+  for (const auto& p : positional) all.push_back(p.starts_with('-') ? "./" + p : p);
   for (const auto& [name, value] : options) {
     if (overridden.count(name)) continue;
     all.push_back("--" + name);
@@ -134,18 +155,16 @@ std::vector<std::string> JobCommand::args(const std::vector<std::string>& overri
   return all;
 }
 
-JobCommand parse_job(const std::string& yaml_text, const std::string& source) {
-  YAML::Node job;
-  try {
-    job = YAML::Load(yaml_text);
-  } catch (const YAML::Exception& e) {
-    throw InputError(fmt::format("{}: not valid YAML: {}", source, e.what()));
-  }
+namespace {
+
+JobCommand translate_job(const YAML::Node& job, const std::string& source) {
   SOUPKIT_INPUT_ERROR_IF(!job.IsMap(), "{}: a job file is a YAML mapping (merge_method, models, ...)", source);
+  std::set<std::string> seen;
   for (const auto& kv : job) {
-    const auto key = kv.first.as<std::string>();
-    SOUPKIT_INPUT_ERROR_IF(!kTopLevelKeys.count(key), "{}: unknown key '{}' (line {}); a job has {}", source, key,
-                           kv.first.Mark().line + 1, fmt::join(kTopLevelKeys, ", "));
+    const auto key = key_name(kv.first, source, "top level");
+    SOUPKIT_INPUT_ERROR_IF(!kTopLevelKeys.count(key), "{}: unknown key '{}' (line {}); a job has {}", source,
+                           excerpt(key), kv.first.Mark().line + 1, fmt::join(kTopLevelKeys, ", "));
+    SOUPKIT_INPUT_ERROR_IF(!seen.insert(key).second, "{}: {}: given twice ({})", source, excerpt(key), line_of(kv.first));
   }
   SOUPKIT_INPUT_ERROR_IF(!job["merge_method"], "{}: merge_method is missing", source);
   const std::string method = scalar(job["merge_method"], source, "merge_method");
@@ -153,7 +172,8 @@ JobCommand parse_job(const std::string& yaml_text, const std::string& source) {
   if (it == methods().end()) {
     std::vector<std::string> known;
     for (const auto& [name, command] : methods()) known.push_back(name);
-    throw InputError(fmt::format("{}: merge_method '{}' is not one soupkit runs ({})", source, method, fmt::join(known, ", ")));
+    throw InputError(fmt::format("{}: merge_method '{}' is not one soupkit runs ({})", source, excerpt(method),
+                                 fmt::join(known, ", ")));
   }
   JobCommand out{it->second.front(), {it->second.begin() + 1, it->second.end()}, {}};
   auto& args = out.positional;
@@ -164,7 +184,8 @@ JobCommand parse_job(const std::string& yaml_text, const std::string& source) {
   };
   auto no_weights = [&] {
     for (const auto& m : models)
-      SOUPKIT_INPUT_ERROR_IF(m.weight.has_value(), "{}: {}: per-model weights apply only to soups", source, m.path);
+      SOUPKIT_INPUT_ERROR_IF(m.weight.has_value(), "{}: {}: per-model weights apply only to soups", source,
+                             excerpt(m.path));
   };
   if (out.command == "monosoup") {
     need(!base.empty() && models.size() == 1, "base_model and exactly one entry in models (the fine-tuned model)");
@@ -178,7 +199,8 @@ JobCommand parse_job(const std::string& yaml_text, const std::string& source) {
     const bool weighted = std::any_of(models.begin(), models.end(), [](const Model& m) { return m.weight.has_value(); });
     std::string weights;
     for (const auto& m : models) {
-      SOUPKIT_INPUT_ERROR_IF(weighted && !m.weight, "{}: {}: every model needs a weight once one has it", source, m.path);
+      SOUPKIT_INPUT_ERROR_IF(weighted && !m.weight, "{}: {}: every model needs a weight once one has it", source,
+                             excerpt(m.path));
       if (weighted && !weights.empty()) weights += ',';
       if (weighted) weights += *m.weight;
       args.push_back(m.path);
@@ -221,9 +243,26 @@ JobCommand parse_job(const std::string& yaml_text, const std::string& source) {
   return out;
 }
 
+}  // namespace
+
+JobCommand parse_job(const std::string& yaml_text, const std::string& source) {
+  const YAML::Node job = load_untrusted_yaml(yaml_text, source);
+  try {
+    return translate_job(job, source);
+  } catch (const YAML::Exception& e) {
+    // The checks above name the key; this is the last resort for a node
+    // yaml-cpp refuses to read (its message alone would name nothing).
+    throw InputError(fmt::format("{}: line {}: cannot read this value: {}", source, e.mark.line + 1, e.msg));
+  }
+}
+
 JobCommand read_job_file(const std::filesystem::path& path) {
   std::error_code ec;
   SOUPKIT_INPUT_ERROR_IF(!std::filesystem::is_regular_file(path, ec), "{}: no such job file", path.string());
+  // Checked before reading: a job file is never large.
+  const auto size = std::filesystem::file_size(path, ec);
+  SOUPKIT_INPUT_ERROR_IF(!ec && size > kMaxYamlBytes, "{}: {} bytes is too large for a job file (limit {})",
+                         path.string(), size, kMaxYamlBytes);
   return parse_job(read_text_file(path), path.string());
 }
 

@@ -4,11 +4,13 @@
 #include "soupkit/error.hpp"
 #include "soupkit/hdf5.hpp"
 #include "soupkit/log.hpp"
+#include "soupkit/message_text.hpp"
 
 #include <malloc.h>
 #include <mpi.h>
 
 #include <cstdio>
+#include <new>
 
 namespace {
 
@@ -28,6 +30,11 @@ Checkpoints: a .safetensors file, a Hugging Face model directory (model.safetens
 sharded with model.safetensors.index.json), or a soupkit .h5 file.
 Run 'soupkit <command> --help' for a command's options. Run under mpirun/srun to use many ranks.
 )";
+
+// "soupkit convert", for messages that have nothing better to name.
+std::string command_name(int argc, char** argv) {
+  return argc < 2 ? std::string("soupkit") : "soupkit " + soupkit::excerpt(argv[1]);
+}
 
 int dispatch(const soupkit::Communicator& comm, int argc, char** argv) {
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
@@ -59,13 +66,22 @@ int main(int argc, char** argv) {
   {
     soupkit::Communicator world;
     soupkit::log::configure(world.rank(), soupkit::log::Level::Info);
+    // Failures reach here on every rank (the engine agrees on them), so
+    // rank 0 alone reports.
+    auto report = [&](const std::string& message) {
+      if (world.is_root()) std::fprintf(stderr, "soupkit: error: %s\n", message.c_str());
+      status = 1;
+    };
     try {
       status = dispatch(world, argc, argv);
+    } catch (const soupkit::Error& e) {
+      report(e.what());
+    } catch (const std::bad_alloc&) {
+      report(fmt::format("{}: out of memory: an input declared more than it holds and soupkit did not check it "
+                         "first (a bug in soupkit; please report it with the input)", command_name(argc, argv)));
     } catch (const std::exception& e) {
-      // Failures reach here on every rank (the engine agrees on them), so
-      // rank 0 alone reports.
-      if (world.is_root()) std::fprintf(stderr, "soupkit: error: %s\n", e.what());
-      status = 1;
+      report(fmt::format("{}: unexpected internal error: {} (a bug in soupkit; please report it with the input)",
+                         command_name(argc, argv), soupkit::excerpt(e.what(), 3 * soupkit::kMaxQuotedChars)));
     }
   }
   MPI_Finalize();

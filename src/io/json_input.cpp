@@ -1,6 +1,7 @@
 #include "soupkit/json_input.hpp"
 
 #include "soupkit/error.hpp"
+#include "soupkit/message_text.hpp"
 
 namespace soupkit {
 namespace {
@@ -26,7 +27,9 @@ nlohmann::json parse_untrusted_json(std::string_view text, const std::string& wh
   } catch (const TooDeep&) {
     throw InputError(fmt::format("{}: JSON nested deeper than {} levels", what, max_depth));
   } catch (const nlohmann::json::exception& e) {
-    throw InputError(fmt::format("{}: not valid JSON: {}", what, e.what()));
+    // nlohmann quotes the token it was reading ("last read: ..."), which
+    // can be a whole unterminated string: keep the message one short line.
+    throw InputError(fmt::format("{}: not valid JSON: {}", what, excerpt(e.what(), 3 * kMaxQuotedChars)));
   }
 }
 

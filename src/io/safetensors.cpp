@@ -1,6 +1,8 @@
 #include "soupkit/safetensors.hpp"
 
 #include "soupkit/error.hpp"
+#include "soupkit/json_input.hpp"
+#include "soupkit/message_text.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -25,7 +27,7 @@ std::uint64_t read_le64(const std::byte* p) {
 SafetensorsEntry parse_entry(const std::string& file, const std::string& name, const json& value,
                              std::uint64_t data_start, std::uint64_t buffer_size) {
   auto fail = [&](const std::string& what) {
-    return InputError(fmt::format("{}: tensor '{}': {}", file, name, what));
+    return InputError(fmt::format("{}: tensor '{}': {}", file, excerpt(name), what));
   };
   if (!value.is_object()) throw fail("header entry is not a JSON object");
   const auto dtype_it = value.find("dtype");
@@ -38,16 +40,17 @@ SafetensorsEntry parse_entry(const std::string& file, const std::string& name, c
 
   SafetensorsEntry entry;
   entry.info.name = name;
-  const std::string dtype_text = dtype_it->get<std::string>();
+  const std::string& dtype_text = dtype_it->get_ref<const std::string&>();
   bool known = false;
   for (int t = 0; t <= static_cast<int>(DType::BOOL); ++t)
     if (dtype_name(static_cast<DType>(t)) == dtype_text) {
       entry.info.dtype = static_cast<DType>(t);
       known = true;
     }
-  if (!known) throw fail(fmt::format("unknown dtype \"{}\"", dtype_text));
+  if (!known) throw fail(fmt::format("unknown dtype \"{}\"", excerpt(dtype_text)));
   for (const auto& d : *shape_it) {
-    if (!d.is_number_unsigned()) throw fail(fmt::format("shape {} has a dimension that is not a non-negative integer", shape_it->dump()));
+    if (!d.is_number_unsigned()) throw fail(fmt::format("shape {} has a dimension that is not a non-negative integer",
+                                                           json_excerpt(*shape_it)));
     entry.info.shape.push_back(d.get<std::uint64_t>());
   }
   for (const auto& o : *offsets_it)
@@ -87,12 +90,7 @@ SafetensorsHeader read_safetensors_header(const File& file) {
   std::string text(header_len, '\0');
   file.pread_exact(8, std::as_writable_bytes(std::span(text)));
 
-  json header;
-  try {
-    header = json::parse(text);
-  } catch (const json::parse_error& e) {
-    throw InputError(fmt::format("{}: header is not valid JSON: {}", name, e.what()));
-  }
+  const json header = parse_untrusted_json(text, name + ": header");
   SOUPKIT_INPUT_ERROR_IF(!header.is_object(), "{}: header is not a JSON object", name);
 
   const std::uint64_t data_start = 8 + header_len;
@@ -102,7 +100,8 @@ SafetensorsHeader read_safetensors_header(const File& file) {
     if (key == "__metadata__") {
       SOUPKIT_INPUT_ERROR_IF(!value.is_object(), "{}: __metadata__ is not a JSON object", name);
       for (const auto& [mk, mv] : value.items()) {
-        SOUPKIT_INPUT_ERROR_IF(!mv.is_string(), "{}: __metadata__ value for '{}' is not a string", name, mk);
+        SOUPKIT_INPUT_ERROR_IF(!mv.is_string(), "{}: __metadata__ value for '{}' is not a string", name,
+                               excerpt(mk));
         result.metadata[mk] = mv.get<std::string>();
       }
       continue;
@@ -118,11 +117,11 @@ SafetensorsHeader read_safetensors_header(const File& file) {
   const SafetensorsEntry* previous = nullptr;
   for (const auto& e : result.entries) {
     if (e.file_offset < cursor)
-      throw InputError(fmt::format("{}: tensor '{}' overlaps tensor '{}' in the data buffer", name, e.info.name,
-                                   previous ? previous->info.name : "?"));
+      throw InputError(fmt::format("{}: tensor '{}' overlaps tensor '{}' in the data buffer", name,
+                                   excerpt(e.info.name), previous ? excerpt(previous->info.name) : "?"));
     if (e.file_offset > cursor)
       throw InputError(fmt::format("{}: {} unused bytes in the data buffer before tensor '{}' (the format forbids holes)",
-                                   name, e.file_offset - cursor, e.info.name));
+                                   name, e.file_offset - cursor, excerpt(e.info.name)));
     cursor = e.file_offset + e.info.nbytes();
     previous = &e;
   }

@@ -3,6 +3,8 @@
 // Tensor data is read with pread, tensor by tensor, row range by row range.
 #include "checkpoint_formats.hpp"
 #include "soupkit/error.hpp"
+#include "soupkit/json_input.hpp"
+#include "soupkit/message_text.hpp"
 
 #include <algorithm>
 #include <set>
@@ -21,6 +23,12 @@ bool is_weight_file(const fs::path& p) {
   return weight_exts.count(p.extension().string()) > 0 || p.filename() == kIndexFile;
 }
 
+// A shard named by an index must be a file in the model directory itself:
+// no separator, not "." or "..", no NUL (which would cut the name short).
+bool is_plain_file_name(const std::string& name) {
+  return !name.empty() && name != "." && name != ".." && name.find_first_of(std::string("/\0", 2)) == std::string::npos;
+}
+
 class SafetensorsReader final : public CheckpointReader {
  public:
   explicit SafetensorsReader(fs::path path, bool directory) : CheckpointReader(std::move(path)), directory_(directory) {}
@@ -37,7 +45,7 @@ class SafetensorsReader final : public CheckpointReader {
       for (const auto& e : header.entries) present.insert(e.info.name);
       for (const auto& name : *expected)
         SOUPKIT_INPUT_ERROR_IF(!present.count(name), "{}: index {} maps tensor '{}' to {}, which does not contain it",
-                               path_.string(), kIndexFile, name, file_path.filename().string());
+                               path_.string(), kIndexFile, excerpt(name), excerpt(file_path.filename().string()));
     }
     for (const auto& [k, v] : header.metadata) metadata_.emplace(k, v);  // first shard wins
     for (auto& e : header.entries) {
@@ -96,12 +104,7 @@ std::unique_ptr<CheckpointReader> open_model_directory(const fs::path& dir) {
   auto reader = std::make_unique<SafetensorsReader>(dir, true);
   const fs::path index_path = dir / kIndexFile;
   if (fs::exists(index_path)) {
-    json index;
-    try {
-      index = json::parse(read_text_file(index_path));
-    } catch (const json::parse_error& e) {
-      throw InputError(fmt::format("{}: not valid JSON: {}", index_path.string(), e.what()));
-    }
+    const json index = parse_untrusted_json(read_text_file(index_path), index_path.string());
     const auto map_it = index.find("weight_map");
     SOUPKIT_INPUT_ERROR_IF(!index.is_object() || map_it == index.end() || !map_it->is_object(),
                            "{}: no \"weight_map\" object", index_path.string());
@@ -109,18 +112,19 @@ std::unique_ptr<CheckpointReader> open_model_directory(const fs::path& dir) {
     std::vector<std::string> shard_order;
     std::map<std::string, std::set<std::string>> expected;
     for (const auto& [tensor, shard] : map_it->items()) {
-      SOUPKIT_INPUT_ERROR_IF(!shard.is_string(), "{}: weight_map entry for '{}' is not a file name", index_path.string(), tensor);
-      const auto file = shard.get<std::string>();
-      SOUPKIT_INPUT_ERROR_IF(file.find('/') != std::string::npos || file == "..",
-                             "{}: weight_map names a shard outside the directory: {}", index_path.string(), file);
+      SOUPKIT_INPUT_ERROR_IF(!shard.is_string(), "{}: weight_map entry for '{}' is not a file name", index_path.string(),
+                             excerpt(tensor));
+      const auto& file = shard.get_ref<const std::string&>();
+      SOUPKIT_INPUT_ERROR_IF(!is_plain_file_name(file), "{}: weight_map entry for '{}' names {}, not a file in the directory",
+                             index_path.string(), excerpt(tensor), json_excerpt(shard));
       if (!expected.count(file)) shard_order.push_back(file);
       expected[file].insert(tensor);
     }
     std::sort(shard_order.begin(), shard_order.end());
     for (const auto& file : shard_order) {
       const fs::path shard_path = dir / file;
-      SOUPKIT_INPUT_ERROR_IF(!fs::exists(shard_path), "{}: index {} names shard {}, which is missing", dir.string(),
-                             kIndexFile, file);
+      SOUPKIT_INPUT_ERROR_IF(!fs::is_regular_file(shard_path), "{}: index {} names shard {}, which is missing (or not a file)",
+                             dir.string(), kIndexFile, excerpt(file));
       reader->add_shard(shard_path, &expected[file]);
     }
     return reader;

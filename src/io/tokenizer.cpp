@@ -1,6 +1,8 @@
 #include "soupkit/tokenizer.hpp"
 
 #include "soupkit/error.hpp"
+#include "soupkit/json_input.hpp"
+#include "soupkit/message_text.hpp"
 
 #include <algorithm>
 #include <array>
@@ -81,7 +83,7 @@ std::string replace_all(std::string s, const std::string& from, const std::strin
 // Whether any object inside `j` has "type": `type`.
 bool has_component(const json& j, const std::string& type) {
   if (j.is_object()) {
-    if (j.value("type", "") == type) return true;
+    if (const auto it = j.find("type"); it != j.end() && it->is_string() && *it == type) return true;
     for (const auto& [key, value] : j.items())
       if (has_component(value, type)) return true;
   } else if (j.is_array()) {
@@ -124,27 +126,96 @@ std::optional<std::string> role_token(const json& config, const std::string& key
 std::optional<json> read_json_aux(const CheckpointReader& model, const std::string& name) {
   const auto files = model.aux_files();
   if (std::none_of(files.begin(), files.end(), [&](const AuxFileInfo& f) { return f.name == name; })) return std::nullopt;
-  const std::string where = (model.path() / name).string();
-  try {
-    return json::parse(model.read_aux(name));
-  } catch (const json::exception& e) {
-    throw InputError(fmt::format("{}: not valid JSON: {}", where, e.what()));
+  return parse_untrusted_json(model.read_aux(name), (model.path() / name).string());
+}
+
+// `key` of a tokenizer.json object as a boolean (`fallback` when absent or null).
+bool bool_field(const json& object, const std::string& key, bool fallback, const std::string& where) {
+  const auto it = object.find(key);
+  if (it == object.end() || it->is_null()) return fallback;
+  SOUPKIT_INPUT_ERROR_IF(!it->is_boolean(), "{}: \"{}\" is {}, not true or false", where, key, json_excerpt(*it));
+  return it->get<bool>();
+}
+
+// One token as the file declares it, before anything is sized by its id.
+struct DeclaredToken {
+  std::int64_t id = 0;
+  std::string piece;
+  bool added = false;  // from "added_tokens": may take an id the vocabulary also has
+  bool special = false;
+};
+
+std::int64_t token_id(const json& id, const std::string& piece, const std::string& where) {
+  SOUPKIT_INPUT_ERROR_IF(!id.is_number_integer(), "{}: token '{}' has id {}, not an integer", where, excerpt(piece),
+                         json_excerpt(id));
+  SOUPKIT_INPUT_ERROR_IF(id.is_number_unsigned() && id.get<std::uint64_t>() > std::uint64_t{INT64_MAX},
+                         "{}: token '{}' has id {} (out of range)", where, excerpt(piece), json_excerpt(id));
+  return id.get<std::int64_t>();
+}
+
+// model.vocab: Unigram lists [piece, score] by id; BPE and WordPiece map pieces to ids.
+std::vector<DeclaredToken> vocab_tokens(const json& vocab, const std::string& model_type, const std::string& where) {
+  std::vector<DeclaredToken> tokens;
+  if (model_type == "Unigram") {
+    SOUPKIT_INPUT_ERROR_IF(!vocab.is_array(), "{}: a Unigram \"vocab\" must be a list of [piece, score]", where);
+    for (std::size_t i = 0; i < vocab.size(); ++i) {
+      const json& entry = vocab[i];
+      SOUPKIT_INPUT_ERROR_IF(!entry.is_array() || entry.empty() || !entry[0].is_string(),
+                             "{}: \"vocab\" entry {} is {}, not [piece, score]", where, i, json_excerpt(entry));
+      tokens.push_back({static_cast<std::int64_t>(i), entry[0].get<std::string>()});
+    }
+    return tokens;
+  }
+  SOUPKIT_INPUT_ERROR_IF(!vocab.is_object(), "{}: a {} \"vocab\" must map pieces to ids", where, model_type);
+  for (const auto& [piece, id] : vocab.items()) tokens.push_back({token_id(id, piece, where), piece});
+  return tokens;
+}
+
+std::vector<DeclaredToken> added_tokens(const json& tok, const std::string& where) {
+  std::vector<DeclaredToken> tokens;
+  const auto list = tok.find("added_tokens");
+  if (list == tok.end() || list->is_null()) return tokens;
+  SOUPKIT_INPUT_ERROR_IF(!list->is_array(), "{}: \"added_tokens\" is not a list", where);
+  for (std::size_t i = 0; i < list->size(); ++i) {
+    const json& a = (*list)[i];
+    const std::string entry = fmt::format("{}: added_tokens[{}]", where, i);
+    SOUPKIT_INPUT_ERROR_IF(!a.is_object() || !a.contains("content") || !a["content"].is_string() || !a.contains("id"),
+                           "{}: expected an object with \"id\" and a string \"content\"", entry);
+    const std::string& content = a["content"].get_ref<const std::string&>();
+    tokens.push_back({token_id(a["id"], content, where), content, true, bool_field(a, "special", false, entry)});
+  }
+  return tokens;
+}
+
+// Every id must lie below the number of tokens the file declares: real
+// tokenizers number their tokens densely (added tokens follow the
+// vocabulary or reuse its ids), so a larger id is a corrupt or hostile
+// file, and the tables sized by the largest id stay as small as the file.
+// Two tokens of one list with one id are ambiguous.
+void check_ids(const std::vector<DeclaredToken>& tokens, const std::string& where) {
+  const auto bound = static_cast<std::int64_t>(tokens.size());
+  std::unordered_map<std::int64_t, const DeclaredToken*> vocab_owner, added_owner;
+  for (const auto& token : tokens) {
+    SOUPKIT_INPUT_ERROR_IF(token.id < 0 || token.id >= bound,
+                           "{}: token '{}' has id {}, outside [0, {}) (the file declares {} tokens)", where,
+                           excerpt(token.piece), token.id, bound, bound);
+    auto& owner = token.added ? added_owner : vocab_owner;
+    const auto [it, fresh] = owner.emplace(token.id, &token);
+    SOUPKIT_INPUT_ERROR_IF(!fresh, "{}: tokens '{}' and '{}' both have id {}{}", where, excerpt(it->second->piece),
+                           excerpt(token.piece), token.id, token.added ? " in \"added_tokens\"" : "");
   }
 }
 
-void set_token(Tokenizer& t, std::int64_t id, const std::string& piece, const std::string& where) {
-  SOUPKIT_INPUT_ERROR_IF(id < 0 || id > (std::int64_t{1} << 31), "{}: token '{}' has id {} (out of range)", where,
-                         piece, id);
-  if (id >= t.size()) {
-    const auto n = static_cast<std::size_t>(id + 1);
-    t.pieces.resize(n);
-    t.texts.resize(n);
-    t.present.resize(n, false);
-    t.special.resize(n, false);
-    t.byte_fallback.resize(n, false);
-  }
-  t.pieces[static_cast<std::size_t>(id)] = piece;
-  t.present[static_cast<std::size_t>(id)] = true;
+// Sizes the by-id tables for checked ids (see check_ids).
+void allocate_ids(Tokenizer& t, const std::vector<DeclaredToken>& tokens) {
+  std::int64_t largest = -1;
+  for (const auto& token : tokens) largest = std::max(largest, token.id);
+  const auto n = static_cast<std::size_t>(largest + 1);
+  t.pieces.resize(n);
+  t.texts.resize(n);
+  t.present.resize(n, false);
+  t.special.resize(n, false);
+  t.byte_fallback.resize(n, false);
 }
 
 std::string text_of(const Tokenizer& t, const std::string& piece, const std::string& wordpiece_prefix) {
@@ -170,47 +241,36 @@ Tokenizer read_tokenizer(const CheckpointReader& model) {
   t.model_type = model_type_of(m, t.source);
   SOUPKIT_INPUT_ERROR_IF(t.model_type != "BPE" && t.model_type != "Unigram" && t.model_type != "WordPiece",
                          "{}: unsupported tokenizer model type '{}' (supported: BPE, Unigram, WordPiece)", t.source,
-                         t.model_type);
+                         excerpt(t.model_type));
   t.decoding = decoding_of(tok, t.model_type);
   SOUPKIT_INPUT_ERROR_IF(!m.contains("vocab"), "{}: the {} model has no \"vocab\"", t.source, t.model_type);
-  const json& vocab = m["vocab"];
-  try {
-    if (t.model_type == "Unigram") {
-      SOUPKIT_INPUT_ERROR_IF(!vocab.is_array(), "{}: a Unigram \"vocab\" must be a list of [piece, score]", t.source);
-      for (std::size_t i = 0; i < vocab.size(); ++i) set_token(t, static_cast<std::int64_t>(i), vocab[i].at(0).get<std::string>(), t.source);
-    } else {
-      SOUPKIT_INPUT_ERROR_IF(!vocab.is_object(), "{}: a {} \"vocab\" must map pieces to ids", t.source, t.model_type);
-      for (const auto& [piece, id] : vocab.items()) set_token(t, id.get<std::int64_t>(), piece, t.source);
-    }
-  } catch (const json::exception& e) {
-    throw InputError(fmt::format("{}: malformed \"vocab\": {}", t.source, e.what()));
-  }
-  const bool byte_fallback = t.model_type == "Unigram" || m.value("byte_fallback", false) || t.decoding == "sentencepiece";
-  const std::string prefix = m.value("continuing_subword_prefix", json("##")).is_string()
-                                 ? m.value("continuing_subword_prefix", json("##")).get<std::string>()
-                                 : "##";
-  for (std::int64_t id = 0; id < t.size(); ++id) {
-    const auto i = static_cast<std::size_t>(id);
-    if (!t.present[i]) continue;
-    const auto byte = byte_fallback ? byte_fallback_value(t.pieces[i]) : std::nullopt;
+  std::vector<DeclaredToken> tokens = vocab_tokens(m["vocab"], t.model_type, t.source);
+  const std::size_t vocab_count = tokens.size();
+  for (auto& a : added_tokens(tok, t.source)) tokens.push_back(std::move(a));
+  check_ids(tokens, t.source);
+  allocate_ids(t, tokens);
+
+  const bool byte_fallback = t.model_type == "Unigram" || bool_field(m, "byte_fallback", false, t.source + ": model") ||
+                             t.decoding == "sentencepiece";
+  const auto prefix_it = m.find("continuing_subword_prefix");
+  const std::string prefix = prefix_it != m.end() && prefix_it->is_string() ? prefix_it->get<std::string>() : "##";
+  for (std::size_t k = 0; k < vocab_count; ++k) {
+    const auto i = static_cast<std::size_t>(tokens[k].id);
+    const std::string& piece = tokens[k].piece;
+    const auto byte = byte_fallback ? byte_fallback_value(piece) : std::nullopt;
+    t.pieces[i] = piece;
+    t.present[i] = true;
     t.byte_fallback[i] = byte.has_value();
-    t.texts[i] = byte ? std::string(1, *byte) : text_of(t, t.pieces[i], prefix);
+    t.texts[i] = byte ? std::string(1, *byte) : text_of(t, piece, prefix);
   }
   // Added tokens stand for their content, whatever the model's alphabet.
-  if (tok.contains("added_tokens") && tok["added_tokens"].is_array()) {
-    try {
-      for (const auto& a : tok["added_tokens"]) {
-        const auto id = a.at("id").get<std::int64_t>();
-        const auto content = a.at("content").get<std::string>();
-        set_token(t, id, content, t.source);
-        const auto i = static_cast<std::size_t>(id);
-        t.texts[i] = content;
-        t.special[i] = a.value("special", false);
-        t.byte_fallback[i] = false;
-      }
-    } catch (const json::exception& e) {
-      throw InputError(fmt::format("{}: malformed \"added_tokens\": {}", t.source, e.what()));
-    }
+  for (std::size_t k = vocab_count; k < tokens.size(); ++k) {
+    const auto i = static_cast<std::size_t>(tokens[k].id);
+    t.pieces[i] = tokens[k].piece;
+    t.texts[i] = tokens[k].piece;
+    t.present[i] = true;
+    t.special[i] = tokens[k].special;
+    t.byte_fallback[i] = false;
   }
   SOUPKIT_INPUT_ERROR_IF(t.size() == 0, "{}: the vocabulary is empty", t.source);
 

@@ -1,7 +1,9 @@
 #include "soupkit/methods/greedy_soup.hpp"
 
 #include "soupkit/error.hpp"
+#include "soupkit/json_input.hpp"
 #include "soupkit/log.hpp"
+#include "soupkit/message_text.hpp"
 #include "soupkit/methods/evaluator.hpp"
 #include "soupkit/output_lock.hpp"
 
@@ -90,25 +92,20 @@ class GreedyLog {
       log::info("--resume: no log {} yet; starting from scratch", file.string());
       return;
     }
-    json old;
-    try {
-      old = json::parse(read_text_file(file));
-    } catch (const json::exception& e) {
-      throw InputError(fmt::format("--resume: {} is not a greedy soup log: {}", file.string(), e.what()));
-    }
+    const json old = parse_untrusted_json(read_text_file(file), "--resume: " + file.string());
     try {
       const auto had = old.at("inputs").get<std::vector<std::string>>();
       const auto have = doc_.at("inputs").get<std::vector<std::string>>();
       SOUPKIT_INPUT_ERROR_IF(had != have,
                              "--resume: {} is the log of a soup of other ingredients ({}); this run has {}",
-                             file.string(), json(had).dump(), json(have).dump());
+                             file.string(), json_excerpt(had), json_excerpt(have));
       for (const auto& e : old.at("ingredients"))
         cache_[ingredient_key(e.at("path").get<std::string>())] = e.at("score").get<double>();
       for (const auto& step : old.at("steps"))
         cache_[step.at("candidate").dump()] = step.at("candidate_score").get<double>();
       if (old.value("eval_cmd", "") != options_.eval_cmd)
         log::warn("--resume: {} was made with --eval-cmd '{}'; reusing its scores with '{}'", file.string(),
-                  old.value("eval_cmd", ""), options_.eval_cmd);
+                  excerpt(old.value("eval_cmd", "")), options_.eval_cmd);
     } catch (const json::exception& e) {
       throw InputError(fmt::format("--resume: {} is not a greedy soup log: {}", file.string(), e.what()));
     }
@@ -353,12 +350,7 @@ class GreedyRun {
 }  // namespace
 
 std::vector<double> read_scores_file(const fs::path& file, const std::vector<fs::path>& ingredients) {
-  json doc;
-  try {
-    doc = json::parse(read_text_file(file));
-  } catch (const json::exception& e) {
-    throw InputError(fmt::format("--scores {}: not valid JSON: {}", file.string(), e.what()));
-  }
+  const json doc = parse_untrusted_json(read_text_file(file), "--scores " + file.string());
   SOUPKIT_INPUT_ERROR_IF(!doc.is_object(), "--scores {}: expected a JSON object mapping each ingredient's path to its "
                                            "score, found {}", file.string(), doc.type_name());
   // Keys may spell a path differently from the command line ("./a" vs "a").
@@ -378,13 +370,13 @@ std::vector<double> read_scores_file(const fs::path& file, const std::vector<fs:
     }
     SOUPKIT_INPUT_ERROR_IF(!value, "--scores {}: no score for ingredient {} ({})", file.string(), i + 1, p.string());
     SOUPKIT_INPUT_ERROR_IF(!value->is_number() || !std::isfinite(value->get<double>()),
-                           "--scores {}: the score of '{}' is not a finite number: {}", file.string(), key,
-                           value->dump());
+                           "--scores {}: the score of '{}' is not a finite number: {}", file.string(), excerpt(key),
+                           json_excerpt(*value));
     scores.push_back(value->get<double>());
     used.insert(key);
   }
   for (const auto& [key, value] : doc.items())
-    if (!used.count(key)) log::warn("--scores {}: '{}' is not one of the ingredients; ignored", file.string(), key);
+    if (!used.count(key)) log::warn("--scores {}: '{}' is not one of the ingredients; ignored", file.string(), excerpt(key));
   return scores;
 }
 

@@ -2,6 +2,7 @@
 
 #include "soupkit/cast.hpp"
 #include "soupkit/error.hpp"
+#include "soupkit/json_input.hpp"
 #include "soupkit/linalg/omp.hpp"
 #include "soupkit/log.hpp"
 
@@ -68,14 +69,15 @@ void check_matrix(const CheckpointReader& r, const TensorInfo& t, const Tokenize
                          r.path().string(), t.name, t.shape[0], t.shape[1], tok.source, tok.size());
 }
 
+// A model's config.json or generation_config.json, if it has one: a JSON
+// object (its keys are rewritten for the donor's ids).
 std::optional<json> read_json(const CheckpointReader& r, const std::string& name) {
   for (const auto& f : r.aux_files())
     if (f.name == name) {
-      try {
-        return json::parse(r.read_aux(name));
-      } catch (const json::exception& e) {
-        throw InputError(fmt::format("{}: not valid JSON: {}", (r.path() / name).string(), e.what()));
-      }
+      const std::string where = (r.path() / name).string();
+      json config = parse_untrusted_json(r.read_aux(name), where);
+      SOUPKIT_INPUT_ERROR_IF(!config.is_object(), "{}: expected a JSON object, found {}", where, config.type_name());
+      return config;
     }
   return std::nullopt;
 }

@@ -1,7 +1,9 @@
 // Job files (mergekit-style YAML) become exactly the command lines a user
 // would type; every example in jobs/ translates; bad files name the problem.
 #include "cli/job_file.hpp"
+#include "cli/yaml_input.hpp"
 #include "soupkit/error.hpp"
+#include "soupkit/file.hpp"
 
 #include <gtest/gtest.h>
 
@@ -87,6 +89,61 @@ TEST(JobFile, BadJobsNameTheProblem) {
   expect_error("merge_method: model_soup\nmodels: [a]\ndtype: bfloat16\n", "float32 or float64");
   expect_error("merge_method: transplant\nbase_model: a\n", "tokenizer_source");
   expect_error("merge_method: monosoup\nbase_model: a\nmodels: [b]\ntokenizer_source: c\n", "transplant only");
+}
+
+// Hostile job files (issue 10): refused before yaml-cpp recurses or
+// expands, naming the file and the line.
+TEST(JobFile, DeepNestingIsRefusedBeforeParsing) {
+  const std::string deep(100000, '[');
+  expect_error("merge_method: monosoup\nparameters: " + deep + std::string(100000, ']') + "\n", "nested deeper");
+  std::string block = "merge_method: monosoup\nparameters:\n";
+  for (int i = 0; i < 100; ++i) block += std::string(static_cast<std::size_t>(i), ' ') + "- \n";
+  expect_error(block, "nested deeper");
+  std::string compact = "merge_method: monosoup\nmodels:\n";
+  for (int i = 0; i < 100; ++i) compact += "- ";
+  expect_error(compact + "x\n", "nested deeper");
+}
+
+TEST(JobFile, DepthBoundCountsWhatYamlNests) {
+  EXPECT_EQ(yaml_depth_bound("a: b\n"), 1);
+  EXPECT_EQ(yaml_depth_bound("- - a: b\n"), 3);
+  EXPECT_EQ(yaml_depth_bound("a: [[[x]]]\n"), 4);
+  EXPECT_EQ(yaml_depth_bound("a:\n  - - - x\n"), 5);
+  // A closing bracket inside quotes closes nothing, in either quote style.
+  EXPECT_EQ(yaml_depth_bound("a: ']]]]'\nb: \"]]]]\"\nc: [[x]]\n"), 3);
+  // Brackets inside a plain scalar or a comment may over-count, never under-count.
+  EXPECT_GE(yaml_depth_bound("a: it's [x]\n# ]]]\nb: [[y]]\n"), 3);
+  // Real job files stay far below the limit.
+  for (const char* job : {"monosoup", "wise-ft", "uniform-soup", "greedy-soup", "transplant", "convert"}) {
+    const std::string path = fmt::format("{}/jobs/{}.yaml", SOUPKIT_SOURCE_DIR, job);
+    EXPECT_LE(yaml_depth_bound(read_text_file(path)), 8) << path;
+  }
+}
+
+TEST(JobFile, AliasesAndSecondDocumentsAreRefused) {
+  expect_error("merge_method: model_soup\nout_path: &o x\nmodels:\n  - *o\n", "line 4: YAML aliases");
+  expect_error("merge_method: model_soup\nmodels: [a]\n---\nmerge_method: convert\n", "second YAML document");
+}
+
+TEST(JobFile, OversizedTextIsRefused) {
+  expect_error("merge_method: monosoup\n#" + std::string(kMaxYamlBytes, 'x') + "\n", "too large");
+}
+
+TEST(JobFile, ValuesYamlCppCannotConvertNameTheKeyAndLine) {
+  expect_error("? [a]\n: b\nmerge_method: monosoup\n", "line 1");
+  expect_error("merge_method: monosoup\nbase_model: a\nmodels: [b]\nparameters: {? {x: 1}: 2}\n",
+               "parameters: a key that is not a name (line 4)");
+  expect_error("merge_method: linear\nmodels:\n  - model: a\n    parameters: [1]\n", "models[0].parameters");
+  expect_error("merge_method: linear\nmodels: [a]\nmodels: [b]\n", "models: given twice (line 3)");
+  expect_error("merge_method: monosoup\nbase_model: a\nmodels: [b]\nparameters: {k: 1, k: 2}\n",
+               "parameters.k: given twice");
+  expect_error("merge_method: [\n", "line 2");
+  expect_error("merge_method: monosoup\nbase_model: a\nmodels: [b]\nparameters: {out=x: 1}\n", "not an option name");
+}
+
+TEST(JobFile, PathsStartingWithADashStayPaths) {
+  const auto job = parse_job("merge_method: convert\nmodels: [-in]\nout_path: -out.h5\n", "j.yaml");
+  EXPECT_EQ(job.args(), (Strings{"./-in", "./-out.h5"}));
 }
 
 TEST(JobFile, MissingFile) {
