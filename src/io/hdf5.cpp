@@ -133,6 +133,9 @@ std::string read_string_attribute(hid_t object, const char* name) {
   if (check_tri(H5Tis_variable_str(type.get()), "string kind") > 0) {
     Handle mem = datatype(H5Tcopy(H5T_C_S1), "string type");
     check(H5Tset_size(mem.get(), H5T_VARIABLE), "string size");
+    // HDF5 converts no string between character sets (h5py writes UTF-8):
+    // read the bytes in the attribute's own.
+    check(H5Tset_cset(mem.get(), H5Tget_cset(type.get())), "string character set");
     char* value = nullptr;
     check(H5Aread(attr.get(), mem.get(), &value), fmt::format("read attribute '{}'", name));
     std::string result = value ? value : "";
