@@ -7,7 +7,11 @@
 #include "soupkit/error.hpp"
 #include "soupkit/hdf5.hpp"
 
+#include <sys/statvfs.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 
 namespace soupkit::detail {
 namespace {
@@ -71,7 +75,7 @@ class Hdf5Writer final : public CheckpointWriter {
     h5::Handle file_space = h5::dataspace(H5Dget_space(dset), what);
     h5::check(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, &start, nullptr, &count, nullptr), what);
     h5::Handle mem_space = h5::dataspace(H5Screate_simple(1, &count, nullptr), what);
-    h5::check(H5Dwrite(dset, H5T_NATIVE_UCHAR, mem_space.get(), file_space.get(), H5P_DEFAULT, data.data()), what);
+    check_write(H5Dwrite(dset, H5T_NATIVE_UCHAR, mem_space.get(), file_space.get(), H5P_DEFAULT, data.data()), what);
   }
 
   void commit() override {
@@ -104,9 +108,8 @@ class Hdf5Writer final : public CheckpointWriter {
     const hid_t dset = datasets_[index].get();
     const hid_t type = types_[index].get();
     auto transfer = [&](hid_t mem_space, hid_t file_space, std::byte* p) {
-      h5::check(write ? H5Dwrite(dset, type, mem_space, file_space, H5P_DEFAULT, p)
-                      : H5Dread(dset, type, mem_space, file_space, H5P_DEFAULT, p),
-                what);
+      if (write) check_write(H5Dwrite(dset, type, mem_space, file_space, H5P_DEFAULT, p), what);
+      else h5::check(H5Dread(dset, type, mem_space, file_space, H5P_DEFAULT, p), what);
     };
     if (t.shape.empty()) {
       transfer(H5S_ALL, H5S_ALL, data);
@@ -123,6 +126,19 @@ class Hdf5Writer final : public CheckpointWriter {
       h5::Handle mem_space = h5::dataspace(H5Screate_simple(static_cast<int>(count.size()), count.data(), nullptr), what);
       transfer(mem_space.get(), file_space.get(), data + done * rb);
     }
+  }
+
+  // Like h5::check for a write. HDF5's MPI-IO driver reports a failed write
+  // without its errno ("file write failed"), so a full filesystem is
+  // recognised by its free space, and said so.
+  void check_write(herr_t status, const std::string& what) const {
+    if (status >= 0) return;
+    const std::string hdf5_error = h5::take_error_stack();
+    const fs::path dir = fs::absolute(partial_.partial_path()).parent_path();
+    struct statvfs fs_stats {};
+    const bool full = ::statvfs(dir.c_str(), &fs_stats) == 0 && fs_stats.f_bavail == 0;
+    if (full) throw SystemError(fmt::format("{}: {} ({})", what, std::strerror(ENOSPC), hdf5_error));
+    throw Hdf5Error(fmt::format("{}: {}", what, hdf5_error));
   }
 
   h5::Handle mpio_access(const std::string& name) const {

@@ -15,7 +15,7 @@ import unittest
 import h5py
 import numpy as np
 
-from soupkit_testlib import SOUPKIT, TempDirTestCase, read_checkpoint, run_soupkit, write_safetensors
+from soupkit_testlib import MPIRUN, SOUPKIT, TempDirTestCase, read_checkpoint, run_soupkit, write_safetensors
 from test_bad_input import BadInputBase
 
 CARRIED_FILE_WORDS = ["carried file", "appears twice", "NUL"]
@@ -274,6 +274,36 @@ class NamesWithNul(BadInputBase):
         run_soupkit(["convert", out, back])
         got, _ = read_checkpoint(back)
         self.assertEqual(sorted(got), sorted(names))
+
+
+
+class DiskFull(BadInputBase):
+    """An .h5 output on a full filesystem (a 2 MiB tmpfs in a private mount namespace) fails saying so."""
+
+    def run_on_small_tmpfs(self, script):
+        mnt = self.path("mnt")
+        os.makedirs(mnt, exist_ok=True)
+        cmd = ["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=2m tmpfs %s && cd %s && %s" % (mnt, mnt, script)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, TMPDIR=self.tmp))
+
+    def test_disk_full_message_says_no_space_left(self):
+        probe = self.run_on_small_tmpfs("true")
+        if probe.returncode != 0:
+            self.skipTest("cannot mount a tmpfs in a private mount namespace: %s" % probe.stderr.strip())
+        src = self.path("in.safetensors")
+        write_safetensors(src, {"w": ("F32", np.ones((2048, 1024), np.float32))})  # 8 MiB
+        for launcher in ("", "%s -n 2 " % " ".join(MPIRUN)):
+            with self.subTest(launcher=launcher or "1 rank"):
+                proc = self.run_on_small_tmpfs("%s%s convert %s out.h5; echo exit=$?; ls -A"
+                                               % (launcher, SOUPKIT, src))
+                lines = proc.stdout.splitlines()
+                self.assertIn("exit=1", lines, proc.stdout + proc.stderr)
+                self.assertEqual(lines[lines.index("exit=1") + 1:], [], "left on the filesystem")
+                errors = [l for l in proc.stderr.splitlines() if l.startswith("soupkit: error: ")]
+                self.assertEqual(len(errors), 1, proc.stderr)
+                self.assertIn("out.h5", errors[0])
+                self.assertIn("No space left on device", errors[0])
 
 
 if __name__ == "__main__":
