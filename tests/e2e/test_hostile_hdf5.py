@@ -277,6 +277,32 @@ class NamesWithNul(BadInputBase):
 
 
 
+class Attributes(BadInputBase):
+    """Attributes of the wrong kind or with more than one value are refused naming the file and dataset
+    (an array attribute used to be read into a one-value buffer)."""
+
+    def check_attribute(self, tag, set_attribute, words, where="/tensors/t0"):
+        src = self.path("attr-%s.h5" % tag)
+        write_soupkit_h5(src, small_tensor())
+        with h5py.File(src, "r+") as f:
+            set_attribute(f)
+        self.check_fails(src, [os.path.basename(src), where], words, kinds=("h5",), inspect=True)
+
+    def test_bad_attributes(self):
+        many_names = np.array([b"w" * 8] * 512)
+        cases = {
+            "names-array": (lambda f: f["tensors/t0"].attrs.__setitem__("name", many_names), ["512 values"]),
+            "dtype-array": (lambda f: f["tensors/t0"].attrs.__setitem__("dtype", np.array([b"F32", b"F16"])),
+                            ["2 values"]),
+            "name-int": (lambda f: f["tensors/t0"].attrs.__setitem__("name", np.int64(7)), ["not a string"]),
+        }
+        for tag, (set_attribute, words) in cases.items():
+            with self.subTest(case=tag):
+                self.check_attribute(tag, set_attribute, words)
+        self.check_attribute("version-array", lambda f: f.attrs.__setitem__("soupkit_format_version", np.arange(1000, dtype=np.int64)),
+                             ["1000 values"], where="soupkit_format_version")
+
+
 class DiskFull(BadInputBase):
     """An .h5 output on a full filesystem (a 2 MiB tmpfs in a private mount namespace) fails saying so."""
 
