@@ -236,12 +236,15 @@ class Hdf5Writer final : public CheckpointWriter {
   }
 
   void close_all() {
-    for (auto& d : datasets_) d.close("close dataset");
-    for (auto& d : aux_datasets_) d.close("close dataset");
+    const std::string name = partial_.partial_path().string();
+    for (std::size_t i = 0; i < datasets_.size(); ++i)
+      datasets_[i].close(fmt::format("{}: tensor '{}': close", name, printable(spec_.tensors[i].name)));
+    for (std::size_t i = 0; i < aux_datasets_.size(); ++i)
+      aux_datasets_[i].close(fmt::format("{}: file '{}': close", name, printable(spec_.aux_files[i].name)));
     types_.clear();
-    tensors_group_.close("close group");
-    files_group_.close("close group");
-    file_.close(path_.string() + ": close");
+    tensors_group_.close(name + ": close /tensors");
+    files_group_.close(name + ": close /files");
+    file_.close(name + ": close");
   }
 
   PartialOutput partial_;
