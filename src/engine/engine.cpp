@@ -335,7 +335,8 @@ void write_aux_file(CheckpointWriter& writer, std::size_t index, const AuxSource
   std::vector<std::byte> block(std::min(info.size, kAuxCopyBlockBytes));
   std::uint64_t offset = 0;
   do {
-    const auto span = std::span(block).first(static_cast<std::size_t>(std::min<std::uint64_t>(block.size(), info.size - offset)));
+    const auto bytes = static_cast<std::size_t>(std::min<std::uint64_t>(block.size(), info.size - offset));
+    const auto span = std::span(block).first(bytes);
     source.reader->read_aux_block(source.name, offset, span);
     writer.write_aux_block(index, offset, span);
     offset += span.size();

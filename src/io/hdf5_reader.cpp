@@ -37,6 +37,16 @@ std::vector<std::string> link_names(hid_t group, const std::string& what) {
   return names;
 }
 
+// Soft links could make one dataset count as several (its storage checked
+// once, read many times) and external links would read other files: only
+// hard links are followed.
+void require_hard_link(hid_t location, const std::string& link, const std::string& where) {
+  H5L_info_t info{};
+  h5::check(H5Lget_info(location, link.c_str(), &info, H5P_DEFAULT), where + ": look up link");
+  SOUPKIT_INPUT_ERROR_IF(info.type != H5L_TYPE_HARD,
+                         "{}: is a soft or external link; soupkit reads only objects stored in this file", where);
+}
+
 // Which byte order a type has, for messages.
 const char* order_name(hid_t type) {
   switch (H5Tget_order(type)) {
@@ -159,9 +169,11 @@ class Hdf5Reader final : public CheckpointReader {
       }
       SOUPKIT_INPUT_ERROR_IF(h5::check_tri(H5Lexists(fid, kTensorsGroup, H5P_DEFAULT), "look up /tensors") <= 0,
                              "{}: not a soupkit checkpoint (no /{} group)", name, kTensorsGroup);
+      require_hard_link(fid, kTensorsGroup, name + ": /tensors");
       tensors_group_ = h5::group(H5Gopen2(fid, kTensorsGroup, H5P_DEFAULT), name + ": open /tensors");
       for (const auto& link : link_names(tensors_group_.get(), name + ": list /tensors")) load_tensor(link);
       if (h5::check_tri(H5Lexists(fid, kFilesGroup, H5P_DEFAULT), "look up /files") > 0) {
+        require_hard_link(fid, kFilesGroup, name + ": /files");
         files_group_ = h5::group(H5Gopen2(fid, kFilesGroup, H5P_DEFAULT), name + ": open /files");
         for (const auto& link : link_names(files_group_.get(), name + ": list /files")) load_aux_file(link);
         check_aux_files(aux_, name + ": /files");
@@ -258,6 +270,7 @@ class Hdf5Reader final : public CheckpointReader {
 
   void load_tensor(const std::string& link) {
     const std::string where = fmt::format("{}: /tensors/{}", path_.string(), printable(link));
+    require_hard_link(tensors_group_.get(), link, where);
     h5::Handle d = h5::dataset(H5Dopen2(tensors_group_.get(), link.c_str(), H5P_DEFAULT), where + ": open");
     SOUPKIT_INPUT_ERROR_IF(!h5::has_attribute(d.get(), kNameAttr) || !h5::has_attribute(d.get(), kDTypeAttr),
                            "{}: dataset lacks the \"name\"/\"dtype\" attributes", where);
@@ -288,6 +301,7 @@ class Hdf5Reader final : public CheckpointReader {
   // dimension) with its file name in the "name" attribute.
   void load_aux_file(const std::string& link) {
     const std::string where = fmt::format("{}: /files/{}", path_.string(), printable(link));
+    require_hard_link(files_group_.get(), link, where);
     h5::Handle d = h5::dataset(H5Dopen2(files_group_.get(), link.c_str(), H5P_DEFAULT), where + ": open");
     SOUPKIT_INPUT_ERROR_IF(!h5::has_attribute(d.get(), kNameAttr), "{}: dataset lacks the \"name\" attribute", where);
     const std::string file_name = string_attribute(d.get(), kNameAttr, where);

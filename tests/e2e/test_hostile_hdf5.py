@@ -155,6 +155,30 @@ class DeclaredSizes(BadInputBase):
         self.check_refused_small(src, ["/files/ext"], ["external"])
 
 
+class Links(BadInputBase):
+    """Only hard links are followed: an external link would read another file, soft links would count one
+    dataset's storage once but read it many times."""
+
+    def test_external_and_soft_links_are_refused(self):
+        other = self.path("other.h5")
+        write_soupkit_h5(other, {"secret": ("F32", np.ones(4, np.float32))})
+        cases = {  # name: (path of the link, what it points to)
+            "external-tensor": ("/tensors/t1", h5py.ExternalLink(other, "/tensors/t0")),
+            "soft-tensor": ("/tensors/t1", h5py.SoftLink("/tensors/t0")),
+            "external-group": ("/tensors", h5py.ExternalLink(other, "/tensors")),
+            "external-file": ("/files/f0", h5py.ExternalLink(other, "/tensors/t0")),
+        }
+        for tag, (where, link) in cases.items():
+            with self.subTest(case=tag):
+                src = self.path("%s.h5" % tag)
+                write_soupkit_h5(src, small_tensor())
+                with h5py.File(src, "r+") as f:
+                    if where in f:
+                        del f[where]
+                    f[where] = link
+                self.check_fails(src, [os.path.basename(src), where], ["link"], kinds=("h5",))
+
+
 class StreamedCarriedFiles(TempDirTestCase):
     def test_a_large_carried_file_is_copied_exactly_in_little_memory(self):
         size = 160 << 20

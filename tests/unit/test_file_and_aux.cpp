@@ -47,9 +47,22 @@ TEST_F(FileTest, TruncationMessageGivesTheRealEndOfFile) {
 TEST(AuxFileNames, PlainNamesAreAcceptedAndEverythingElseRefusedNamingTheSource) {
   for (const std::string good : {"config.json", "tokenizer.json", "README.md", "merges.txt", "a b", ".hidden"})
     EXPECT_NO_THROW(check_aux_file_name(good, "in.h5: /files/x")) << good;
-  for (const std::string& bad : std::vector<std::string>{"", ".", "..", "../x", "/tmp/x", "a/b", "model.safetensors", "model-00001-of-00003.safetensors",
-        "model.safetensors.index.json", "weights.bin", "w.h5", "x.partial", std::string("a\0b", 3), "a\nb",
-        std::string(256, 'a')}) {
+  const std::vector<std::string> bad_names = {"",
+                                              ".",
+                                              "..",
+                                              "../x",
+                                              "/tmp/x",
+                                              "a/b",
+                                              "model.safetensors",
+                                              "model-00001-of-00003.safetensors",
+                                              "model.safetensors.index.json",
+                                              "weights.bin",
+                                              "w.h5",
+                                              "x.partial",
+                                              std::string("a\0b", 3),
+                                              "a\nb",
+                                              std::string(256, 'a')};
+  for (const std::string& bad : bad_names) {
     const std::string message = error_of([&] { check_aux_file_name(bad, "in.h5: /files/x"); });
     EXPECT_NE(message.find("in.h5: /files/x: carried file name"), std::string::npos) << printable(bad) << message;
     EXPECT_EQ(message.find('\n'), std::string::npos) << "one line";
