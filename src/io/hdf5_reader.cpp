@@ -112,12 +112,10 @@ h5::Handle memory_type_for(hid_t stored, DType dtype) {
   return want;
 }
 
-// Refuses a dataset whose declared bytes are not all stored in this file:
-// filtered (compressed) data, data in external files or other files
-// (virtual datasets), and storage smaller than declared (chunks never
-// written, contiguous space never allocated), so nothing is ever sized by
-// what a file only claims. Returns the bytes of storage it uses.
-std::uint64_t checked_storage(hid_t dset, std::uint64_t declared_bytes, std::uint64_t file_size, const std::string& where) {
+// Refuses data soupkit would not read as stored bytes of this file:
+// filtered (compressed) data, data in external files, virtual datasets
+// (data in other files).
+void refuse_filtered_or_foreign_storage(hid_t dset, const std::string& where) {
   h5::Handle dcpl = h5::plist(H5Dget_create_plist(dset), where + ": creation properties");
   const int filters = H5Pget_nfilters(dcpl.get());
   h5::check(static_cast<herr_t>(filters), where + ": filters");
@@ -127,19 +125,25 @@ std::uint64_t checked_storage(hid_t dset, std::uint64_t declared_bytes, std::uin
     std::size_t nvalues = 0;
     H5Pget_filter2(dcpl.get(), 0, &flags, &nvalues, nullptr, sizeof filter_name, filter_name, &config);
     throw InputError(fmt::format("{}: dataset is filtered (HDF5 filter '{}'); soupkit reads only unfiltered, "
-                                 "uncompressed datasets", where, printable(filter_name)));
+                                 "uncompressed datasets",
+                                 where, printable(filter_name)));
   }
-  const int external = H5Pget_external_count(dcpl.get());
-  SOUPKIT_INPUT_ERROR_IF(external != 0, "{}: dataset keeps its data in external files; not supported", where);
+  SOUPKIT_INPUT_ERROR_IF(H5Pget_external_count(dcpl.get()) != 0,
+                         "{}: dataset keeps its data in external files; not supported", where);
   const H5D_layout_t layout = H5Pget_layout(dcpl.get());
   SOUPKIT_INPUT_ERROR_IF(layout != H5D_CONTIGUOUS && layout != H5D_CHUNKED && layout != H5D_COMPACT,
                          "{}: dataset has an unsupported storage layout (virtual or unknown)", where);
+}
+
+// Refuses a dataset whose declared bytes are not all stored (chunks never
+// written, contiguous space never allocated), so nothing is ever sized by
+// what a file only claims. Returns the bytes of storage it uses.
+std::uint64_t checked_storage(hid_t dset, std::uint64_t declared_bytes, const std::string& where) {
+  refuse_filtered_or_foreign_storage(dset, where);
   const std::uint64_t stored = H5Dget_storage_size(dset);
   SOUPKIT_INPUT_ERROR_IF(stored < declared_bytes,
                          "{}: dataset declares {} bytes but only {} bytes of it are stored (unwritten or truncated)",
                          where, declared_bytes, stored);
-  SOUPKIT_INPUT_ERROR_IF(stored > file_size, "{}: dataset claims {} bytes of storage in a file of {} bytes", where,
-                         stored, file_size);
   return stored;
 }
 
@@ -251,7 +255,7 @@ class Hdf5Reader final : public CheckpointReader {
   // Checks a dataset's storage and adds it to the file's total, which no
   // more than the file itself can hold.
   void account_storage(hid_t dset, std::uint64_t declared_bytes, const std::string& where) {
-    storage_total_ += checked_storage(dset, declared_bytes, file_size_, where);
+    storage_total_ += checked_storage(dset, declared_bytes, where);
     SOUPKIT_INPUT_ERROR_IF(storage_total_ > file_size_,
                            "{}: datasets up to this one claim {} bytes of storage in a file of {} bytes", where,
                            storage_total_, file_size_);
