@@ -15,7 +15,7 @@ import unittest
 import h5py
 import numpy as np
 
-from soupkit_testlib import MPIRUN, SOUPKIT, TempDirTestCase, read_checkpoint, run_soupkit, write_safetensors
+from soupkit_testlib import MPIRUN, SOUPKIT, TempDirTestCase, read_checkpoint, run_soupkit, write_model_dir, write_safetensors
 from test_bad_input import BadInputBase
 
 CARRIED_FILE_WORDS = ["carried file", "appears twice", "NUL"]
@@ -91,6 +91,12 @@ class CarriedFileNames(BadInputBase):
         with open(victim) as f:
             self.assertEqual(f.read(), "keep me")
         self.assertEqual(sorted(os.listdir(self.tmp)), sorted(["victim.txt"] + ["names-%s.h5" % t for t in bad]))
+
+    def test_model_directory_file_with_a_control_character_is_refused(self):
+        """The same rule holds for the files of a model directory (whose names cannot hold '/' anyway)."""
+        src = self.path("model-dir")
+        write_model_dir(src, small_tensor(), extra_files={"config.json": "{}", "bad\x1bname.txt": "x"})
+        self.check_fails(src, ["model-dir", "bad\\x1bname.txt"], ["control character"], kinds=("h5",))
 
     def test_a_name_given_twice_is_refused(self):
         src = self.make("twice", ["config.json", "config.json"])
