@@ -467,7 +467,8 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
         const std::uint64_t checksum = sum_over(group, writer->take_checksum(i));
         if (group.is_root()) channel.tensor_done(i, checksum, std::move(record));
       } catch (const std::exception& e) {
-        error = fmt::format("rank {}: tensor '{}' (on a {}-rank grid): {}", comm.rank(), tensors[i].name, group.size(),
+        error = fmt::format("rank {}: tensor '{}' (on a {}-rank grid): {}", comm.rank(), printable(tensors[i].name),
+                            group.size(),
                             e.what());
         break;
       }
@@ -482,7 +483,7 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
         if (record.is_object()) record["seconds"] = seconds_since(t0);
         channel.tensor_done(i, writer->take_checksum(i), std::move(record));
       } catch (const std::exception& e) {
-        error = fmt::format("rank {}: tensor '{}': {}", comm.rank(), tensors[i].name, e.what());
+        error = fmt::format("rank {}: tensor '{}': {}", comm.rank(), printable(tensors[i].name), e.what());
         channel.failed();
         break;
       }

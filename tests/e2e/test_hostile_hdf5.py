@@ -348,7 +348,8 @@ class DiskFull(BadInputBase):
         if probe.returncode != 0:
             self.skipTest("cannot mount a tmpfs in a private mount namespace: %s" % probe.stderr.strip())
         src = self.path("in.safetensors")
-        write_safetensors(src, {"w": ("F32", np.ones((2048, 1024), np.float32))})  # 8 MiB
+        # 8 MiB, under a name that also checks that messages stay on one line
+        write_safetensors(src, {"big\nweight": ("F32", np.ones((2048, 1024), np.float32))})
         for launcher in ("", "%s -n 2 " % " ".join(MPIRUN)):
             with self.subTest(launcher=launcher or "1 rank"):
                 proc = self.run_on_small_tmpfs("%s%s convert %s out.h5; echo exit=$?; ls -A"
@@ -360,6 +361,7 @@ class DiskFull(BadInputBase):
                 self.assertEqual(len(errors), 1, proc.stderr)
                 self.assertIn("out.h5", errors[0])
                 self.assertIn("No space left on device", errors[0])
+                self.assertIn("tensor 'big\\nweight'", errors[0])
 
 
 if __name__ == "__main__":
