@@ -24,6 +24,28 @@ struct AuxFileInfo {
   bool operator==(const AuxFileInfo&) const = default;
 };
 
+// Carried files a method parses whole (config.json, tokenizer.json, ...) are
+// read into memory; anything larger is refused before allocating. Files that
+// are only copied are streamed and have no limit.
+inline constexpr std::uint64_t kMaxParsedAuxBytes = 256ull << 20;
+// Carried files are copied from reader to writer in blocks of this size.
+inline constexpr std::uint64_t kAuxCopyBlockBytes = 4ull << 20;
+
+// Throws InputError ("<where>: ...") unless `name` may be a carried file of
+// an output: a single plain file name inside the model directory (not empty,
+// no '/', not "." or "..", no NUL or control character, at most 255 bytes)
+// that is not a weight file or index a writer produces or a reader skips.
+void check_aux_file_name(std::string_view name, const std::string& where);
+// Checks every name and that no name appears twice; `where` names the source.
+void check_aux_files(const std::vector<AuxFileInfo>& files, const std::string& where);
+// Weight files and indexes (*.safetensors, *.bin, *.h5, ...,
+// model.safetensors.index.json): never carried, never overwritten by one.
+bool is_weight_file_name(std::string_view name);
+
+// A name as it may appear in a one-line message: control characters (NUL,
+// newline, ...) are escaped (\0, \n, \x1b), nothing else.
+std::string printable(std::string_view name);
+
 class CheckpointReader {
  public:
   virtual ~CheckpointReader() = default;
@@ -51,13 +73,20 @@ class CheckpointReader {
   // safetensors, "FILE:/tensors/NAME" for HDF5.
   virtual std::string location(const TensorInfo& t) const = 0;
 
+  // Carried files (config, tokenizer, ...), each name checked by
+  // check_aux_file_name.
   virtual std::vector<AuxFileInfo> aux_files() const = 0;
-  virtual std::string read_aux(const std::string& name) const = 0;
+  // Reads bytes [offset, offset + dst.size()) of carried file `name`.
+  virtual void read_aux_block(const std::string& name, std::uint64_t offset, std::span<std::byte> dst) const = 0;
+  // The whole file, for files that are parsed; throws InputError naming the
+  // file if it is larger than kMaxParsedAuxBytes (before allocating).
+  std::string read_aux(const std::string& name) const;
 
  protected:
   explicit CheckpointReader(fs::path path) : path_(std::move(path)) {}
   // Registers a tensor; throws InputError on a duplicate name, naming both
-  // places (`where` and the earlier one).
+  // places (`where` and the earlier one), and on a name holding a NUL byte
+  // (other formats and tools would cut it there: names are never changed).
   void add_tensor(TensorInfo info, const std::string& where);
   fs::path path_;
   std::vector<TensorInfo> tensors_;
@@ -108,8 +137,13 @@ class CheckpointWriter {
   // spec.tensors), and adds them to this rank's checksum of that tensor.
   void write_rows(std::size_t index, std::uint64_t first_row, std::uint64_t rows, std::span<const std::byte> data);
   void write(std::size_t index, std::span<const std::byte> data);
-  // Writes aux file `index` (of spec.aux_files). Any single rank may call it.
-  virtual void write_aux(std::size_t index, std::string_view contents) = 0;
+  // Writes bytes [offset, offset + data.size()) of aux file `index` (of
+  // spec.aux_files). Blocks come in order, the first at offset 0, and
+  // together cover the file (a file of size 0 takes one empty block); one
+  // rank (any) writes all of a file's blocks.
+  void write_aux_block(std::size_t index, std::uint64_t offset, std::span<const std::byte> data);
+  // The whole aux file at once.
+  void write_aux(std::size_t index, std::string_view contents);
   virtual void commit() = 0;
   virtual void discard() = 0;
   const OutputSpec& spec() const { return spec_; }
@@ -130,6 +164,8 @@ class CheckpointWriter {
                                std::span<const std::byte> data) = 0;
   virtual void read_back_rows(std::size_t index, std::uint64_t first_row, std::uint64_t rows,
                               std::span<std::byte> dst) = 0;
+  // Called with a block already checked to lie within the file.
+  virtual void write_aux_block_impl(std::size_t index, std::uint64_t offset, std::span<const std::byte> data) = 0;
   const Communicator& comm_;
   fs::path path_;
   OutputSpec spec_;

@@ -30,6 +30,17 @@ struct MethodPlan {
   nlohmann::json state = nlohmann::json::object();  // method-specific data every rank needs
 };
 
+// The contents of an output's carried file: a reader's carried file, copied
+// in blocks of kAuxCopyBlockBytes (never held whole), or bytes the method
+// made itself (a rewritten config).
+struct AuxSource {
+  const CheckpointReader* reader = nullptr;  // copy carried file `name` of this reader
+  std::string name;
+  std::string contents;  // when reader is null
+  static AuxSource copy_of(const CheckpointReader& reader, std::string name) { return {&reader, std::move(name), {}}; }
+  static AuxSource bytes(std::string contents) { return {nullptr, {}, std::move(contents)}; }
+};
+
 class Method {
  public:
   virtual ~Method() = default;
@@ -47,8 +58,8 @@ class Method {
   // Must fail on all ranks of the group alike (agree before throwing).
   // The group's rank 0 returns the record.
   virtual nlohmann::json compute_grid(std::size_t index, const Communicator& group, CheckpointWriter& writer);
-  // Coordinator: contents of aux file `index` of the output spec.
-  virtual std::string aux_contents(std::size_t index) = 0;
+  // Coordinator: where aux file `index` of the output spec comes from.
+  virtual AuxSource aux_contents(std::size_t index) = 0;
   // Coordinator, just before the output is committed: every tensor's record (in
   // output order), to report and summarise.
   virtual void finish(const std::vector<nlohmann::json>& records, double seconds) {

@@ -356,6 +356,27 @@ std::string finish_method(Method& method, const std::vector<nlohmann::json>& rec
   return {};
 }
 
+// Writes aux file `index` of the output from its source, a block at a time:
+// a carried file of any size costs one block of memory.
+void write_aux_file(CheckpointWriter& writer, std::size_t index, const AuxSource& source) {
+  const AuxFileInfo& info = writer.spec().aux_files.at(index);
+  if (!source.reader) {
+    SOUPKIT_ERROR_IF(source.contents.size() != info.size, "{}: file '{}': {} bytes planned, {} made",
+                     writer.path().string(), printable(info.name), info.size, source.contents.size());
+    writer.write_aux(index, source.contents);
+    return;
+  }
+  std::vector<std::byte> block(std::min(info.size, kAuxCopyBlockBytes));
+  std::uint64_t offset = 0;
+  do {
+    const auto bytes = static_cast<std::size_t>(std::min<std::uint64_t>(block.size(), info.size - offset));
+    const auto span = std::span(block).first(bytes);
+    source.reader->read_aux_block(source.name, offset, span);
+    writer.write_aux_block(index, offset, span);
+    offset += span.size();
+  } while (offset < info.size);
+}
+
 std::uint64_t sum_over(const Communicator& comm, std::uint64_t value) {
   std::uint64_t total = 0;
   MPI_Allreduce(&value, &total, 1, MPI_UINT64_T, MPI_SUM, comm.get());
@@ -373,6 +394,7 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
   std::vector<std::vector<std::string>> sources;
   on_root(comm, [&] {
     MethodPlan planned = method.plan();
+    check_aux_files(planned.output.aux_files, out.string() + ": carried files");
     sources = std::move(planned.sources);
     plan_text = plan_to_json(planned).dump();
   });
@@ -480,7 +502,8 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
         const std::uint64_t checksum = sum_over(group, writer->take_checksum(i));
         if (group.is_root()) channel.tensor_done(i, checksum, std::move(record));
       } catch (const std::exception& e) {
-        error = fmt::format("rank {}: tensor '{}' (on a {}-rank grid): {}", comm.rank(), tensors[i].name, group.size(),
+        error = fmt::format("rank {}: tensor '{}' (on a {}-rank grid): {}", comm.rank(), printable(tensors[i].name),
+                            group.size(),
                             e.what());
         break;
       }
@@ -495,7 +518,7 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
         if (record.is_object()) record["seconds"] = seconds_since(t0);
         channel.tensor_done(i, writer->take_checksum(i), std::move(record));
       } catch (const std::exception& e) {
-        error = fmt::format("rank {}: tensor '{}': {}", comm.rank(), tensors[i].name, e.what());
+        error = fmt::format("rank {}: tensor '{}': {}", comm.rank(), printable(tensors[i].name), e.what());
         channel.failed();
         break;
       }
@@ -503,7 +526,7 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
   }
   if (error.empty() && comm.is_root() && !channel.stop_requested()) {
     try {
-      for (std::size_t a = 0; a < plan.output.aux_files.size(); ++a) writer->write_aux(a, method.aux_contents(a));
+      for (std::size_t a = 0; a < plan.output.aux_files.size(); ++a) write_aux_file(*writer, a, method.aux_contents(a));
     } catch (const std::exception& e) {
       error = e.what();
     }

@@ -7,8 +7,64 @@
 
 #include <algorithm>
 #include <cstring>
+#include <set>
 
 namespace soupkit {
+
+std::string printable(std::string_view name) {
+  std::string out;
+  for (const char c : name) {
+    const auto u = static_cast<unsigned char>(c);
+    if (c == '\0') out += "\\0";
+    else if (c == '\n') out += "\\n";
+    else if (c == '\t') out += "\\t";
+    else if (u < 0x20 || u == 0x7f) out += fmt::format("\\x{:02x}", u);
+    else out += c;
+  }
+  return out;
+}
+
+bool is_weight_file_name(std::string_view name) {
+  static const std::set<std::string, std::less<>> weight_exts = {
+      ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".hdf5", ".msgpack", ".gguf", ".partial"};
+  const fs::path p{std::string(name)};
+  return weight_exts.count(p.extension().string()) > 0 || name == "model.safetensors.index.json";
+}
+
+void check_aux_file_name(std::string_view name, const std::string& where) {
+  const auto bad = [&](std::string_view why) {
+    throw InputError(fmt::format("{}: carried file name '{}' {}", where, printable(name), why));
+  };
+  if (name.empty()) bad("is empty");
+  if (name == "." || name == "..") bad("is not a file name");
+  if (name.find('/') != std::string_view::npos) bad("is not a plain file name (it holds '/')");
+  if (std::any_of(name.begin(), name.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; }))
+    bad("holds a NUL or control character");
+  if (name.size() > 255) bad("is longer than 255 bytes");
+  // The writer's own files (model.safetensors, model-0000i-of-0000N.safetensors,
+  // the index) and files readers skip as weights could be replaced by it.
+  if (is_weight_file_name(name)) bad("is a weight file name (it would collide with the output's weights)");
+}
+
+void check_aux_files(const std::vector<AuxFileInfo>& files, const std::string& where) {
+  std::set<std::string_view> seen;
+  for (const auto& f : files) {
+    check_aux_file_name(f.name, where);
+    SOUPKIT_INPUT_ERROR_IF(!seen.insert(f.name).second, "{}: carried file '{}' appears twice", where, printable(f.name));
+  }
+}
+
+std::string CheckpointReader::read_aux(const std::string& name) const {
+  const auto files = aux_files();
+  const auto it = std::find_if(files.begin(), files.end(), [&](const AuxFileInfo& f) { return f.name == name; });
+  SOUPKIT_INPUT_ERROR_IF(it == files.end(), "{}: no carried file '{}'", path_.string(), printable(name));
+  SOUPKIT_INPUT_ERROR_IF(it->size > kMaxParsedAuxBytes, "{}: carried file '{}' is {} bytes, more than the {} MiB "
+                         "soupkit reads into memory to parse", path_.string(), printable(name), it->size,
+                         kMaxParsedAuxBytes >> 20);
+  std::string contents(it->size, '\0');
+  read_aux_block(name, 0, std::as_writable_bytes(std::span(contents)));
+  return contents;
+}
 
 const TensorInfo* CheckpointReader::find(std::string_view name) const {
   const auto it = by_name_.find(std::string(name));
@@ -16,9 +72,12 @@ const TensorInfo* CheckpointReader::find(std::string_view name) const {
 }
 
 void CheckpointReader::add_tensor(TensorInfo info, const std::string& where) {
+  SOUPKIT_INPUT_ERROR_IF(info.name.find('\0') != std::string::npos,
+                         "{}: tensor '{}' has a NUL byte in its name (not supported: other tools would cut it)", where,
+                         printable(info.name));
   const auto [it, inserted] = by_name_.emplace(info.name, tensors_.size());
-  SOUPKIT_INPUT_ERROR_IF(!inserted, "{}: tensor '{}' appears twice: in {} and in {}", path_.string(), info.name,
-                         where_[it->second], where);
+  SOUPKIT_INPUT_ERROR_IF(!inserted, "{}: tensor '{}' appears twice: in {} and in {}", path_.string(),
+                         printable(info.name), where_[it->second], where);
   tensors_.push_back(std::move(info));
   where_.push_back(where);
 }
@@ -84,6 +143,18 @@ OutputSpec OutputSpec::from_json(const nlohmann::json& j) {
   return spec;
 }
 
+void CheckpointWriter::write_aux_block(std::size_t index, std::uint64_t offset, std::span<const std::byte> data) {
+  const AuxFileInfo& info = spec_.aux_files.at(index);
+  SOUPKIT_ERROR_IF(offset > info.size || data.size() > info.size - offset,
+                   "{}: file '{}': block of {} bytes at offset {} is past its size {}", path_.string(),
+                   printable(info.name), data.size(), offset, info.size);
+  write_aux_block_impl(index, offset, data);
+}
+
+void CheckpointWriter::write_aux(std::size_t index, std::string_view contents) {
+  write_aux_block(index, 0, std::as_bytes(std::span(contents.data(), contents.size())));
+}
+
 void CheckpointWriter::write(std::size_t index, std::span<const std::byte> data) {
   write_rows(index, 0, row_count(spec_.tensors.at(index)), data);
 }
@@ -124,6 +195,10 @@ fs::path partial_output_path(const fs::path& out) { return PartialOutput(out, fa
 
 std::unique_ptr<CheckpointWriter> create_checkpoint_writer(const Communicator& comm, const fs::path& path,
                                                            OutputSpec spec, WriterMode mode) {
+  check_aux_files(spec.aux_files, path.string() + ": output");
+  for (const auto& t : spec.tensors)
+    SOUPKIT_INPUT_ERROR_IF(t.name.find('\0') != std::string::npos, "{}: tensor '{}' has a NUL byte in its name",
+                           path.string(), printable(t.name));
   switch (output_kind(path)) {
     case OutputKind::SafetensorsFile: return detail::create_safetensors_writer(comm, path, std::move(spec), false, mode);
     case OutputKind::ModelDirectory: return detail::create_safetensors_writer(comm, path, std::move(spec), true, mode);

@@ -68,9 +68,10 @@ void File::pread_exact(std::uint64_t offset, std::span<std::byte> dst) const {
       if (errno == EINTR) continue;
       throw_errno(path_, "read failed");
     }
+    // End of file: say where it really is (the read may have started past it).
     if (n == 0)
       throw InputError(fmt::format("{}: file is truncated (wanted {} bytes at offset {}, file ends at {})",
-                                   path_.string(), dst.size(), offset, offset + done));
+                                   path_.string(), dst.size(), offset, size()));
     done += static_cast<std::size_t>(n);
   }
 }

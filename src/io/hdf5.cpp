@@ -109,13 +109,33 @@ bool has_attribute(hid_t object, const char* name) {
   return check_tri(H5Aexists(object, name), fmt::format("look up attribute '{}'", name)) > 0;
 }
 
-std::string read_string_attribute(hid_t object, const char* name) {
+namespace {
+
+// Opens an attribute that must hold a single value (H5Aread fills one
+// element per point of its dataspace: more would overrun our buffer).
+Handle open_single_value_attribute(hid_t object, const char* name) {
   Handle attr = attribute(H5Aopen(object, name, H5P_DEFAULT), fmt::format("open attribute '{}'", name));
+  Handle space = dataspace(H5Aget_space(attr.get()), fmt::format("attribute '{}' space", name));
+  const hssize_t points = H5Sget_simple_extent_npoints(space.get());
+  if (points != 1)
+    throw InputError(fmt::format("attribute '{}' holds {} values, not one", name, static_cast<long long>(points)));
+  return attr;
+}
+
+}  // namespace
+
+std::string read_string_attribute(hid_t object, const char* name) {
+  Handle attr = open_single_value_attribute(object, name);
   Handle type = datatype(H5Aget_type(attr.get()), "attribute type");
-  if (H5Tget_class(type.get()) != H5T_STRING) throw InputError(fmt::format("attribute '{}' is not a string", name));
+  if (H5Tget_class(type.get()) != H5T_STRING)
+    throw InputError(fmt::format("attribute '{}' is not a string (HDF5 type class {})", name,
+                                 static_cast<int>(H5Tget_class(type.get()))));
   if (check_tri(H5Tis_variable_str(type.get()), "string kind") > 0) {
     Handle mem = datatype(H5Tcopy(H5T_C_S1), "string type");
     check(H5Tset_size(mem.get(), H5T_VARIABLE), "string size");
+    // HDF5 converts no string between character sets (h5py writes UTF-8):
+    // read the bytes in the attribute's own.
+    check(H5Tset_cset(mem.get(), H5Tget_cset(type.get())), "string character set");
     char* value = nullptr;
     check(H5Aread(attr.get(), mem.get(), &value), fmt::format("read attribute '{}'", name));
     std::string result = value ? value : "";
@@ -126,11 +146,16 @@ std::string read_string_attribute(hid_t object, const char* name) {
   std::string value(size, '\0');
   check(H5Aread(attr.get(), type.get(), value.data()), fmt::format("read attribute '{}'", name));
   while (!value.empty() && value.back() == '\0') value.pop_back();
+  // A NUL before the end: the stored string is longer than its C string,
+  // so any reader (and our own writer) would see another value.
+  if (const auto nul = value.find('\0'); nul != std::string::npos)
+    throw InputError(fmt::format("attribute '{}' holds a NUL byte at position {} of its {} bytes", name, nul,
+                                 value.size()));
   return value;
 }
 
 long long read_int_attribute(hid_t object, const char* name) {
-  Handle attr = attribute(H5Aopen(object, name, H5P_DEFAULT), fmt::format("open attribute '{}'", name));
+  Handle attr = open_single_value_attribute(object, name);
   long long value = 0;
   check(H5Aread(attr.get(), H5T_NATIVE_LLONG, &value), fmt::format("read attribute '{}'", name));
   return value;

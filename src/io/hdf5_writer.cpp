@@ -7,7 +7,11 @@
 #include "soupkit/error.hpp"
 #include "soupkit/hdf5.hpp"
 
+#include <sys/statvfs.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 
 namespace soupkit::detail {
 namespace {
@@ -25,18 +29,29 @@ class Hdf5Writer final : public CheckpointWriter {
   Hdf5Writer(const Communicator& comm, const fs::path& path, OutputSpec spec, WriterMode mode)
       : CheckpointWriter(comm, path, std::move(spec)), partial_(path, false, spec_.overwrite) {
     h5::silence_library_errors();
-    if (mode == WriterMode::Resume) {
-      on_root(comm_, [&] { partial_.prepare_resume(); });
-      collectively(comm_, [&] { open_layout(); });
-      return;
+    try {
+      if (mode == WriterMode::Resume) {
+        on_root(comm_, [&] { partial_.prepare_resume(); });
+        collectively(comm_, [&] { open_layout(); });
+        return;
+      }
+      on_root(comm_, [&] { partial_.prepare(); });
+      created_partial_ = true;
+      collectively(comm_, [&] { create_layout(); });
+      // Put every dataset's metadata on disk now: raw data writes never touch
+      // it again, so a run killed later leaves a file --resume can reopen.
+      collectively(comm_, [&] {
+        h5::check(H5Fflush(file_.get(), H5F_SCOPE_GLOBAL), partial_.partial_path().string() + ": flush");
+      });
+    } catch (...) {
+      // No destructor runs for a constructor that throws: remove the partial
+      // file it created (every rank has the same exception, from
+      // collectively/on_root, so all of them get here). A partial output kept
+      // for --resume stays.
+      if (created_partial_) discard();
+      finished_ = true;
+      throw;
     }
-    on_root(comm_, [&] { partial_.prepare(); });
-    collectively(comm_, [&] { create_layout(); });
-    // Put every dataset's metadata on disk now: raw data writes never touch
-    // it again, so a run killed later leaves a file --resume can reopen.
-    collectively(comm_, [&] {
-      h5::check(H5Fflush(file_.get(), H5F_SCOPE_GLOBAL), partial_.partial_path().string() + ": flush");
-    });
   }
 
   ~Hdf5Writer() override {
@@ -52,10 +67,15 @@ class Hdf5Writer final : public CheckpointWriter {
     transfer_rows(index, first_row, rows, dst.data(), dst.size(), false);
   }
 
-  void write_aux(std::size_t index, std::string_view contents) override {
-    if (contents.empty()) return;
-    h5::check(H5Dwrite(aux_datasets_.at(index).get(), H5T_NATIVE_UCHAR, H5S_ALL, H5S_ALL, H5P_DEFAULT, contents.data()),
-              fmt::format("{}: write file '{}'", path_.string(), spec_.aux_files[index].name));
+  void write_aux_block_impl(std::size_t index, std::uint64_t offset, std::span<const std::byte> data) override {
+    if (data.empty()) return;
+    const std::string what = fmt::format("{}: write file '{}'", path_.string(), printable(spec_.aux_files[index].name));
+    const hid_t dset = aux_datasets_.at(index).get();
+    const hsize_t start = offset, count = data.size();
+    h5::Handle file_space = h5::dataspace(H5Dget_space(dset), what);
+    h5::check(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, &start, nullptr, &count, nullptr), what);
+    h5::Handle mem_space = h5::dataspace(H5Screate_simple(1, &count, nullptr), what);
+    check_write(H5Dwrite(dset, H5T_NATIVE_UCHAR, mem_space.get(), file_space.get(), H5P_DEFAULT, data.data()), what);
   }
 
   void commit() override {
@@ -83,13 +103,13 @@ class Hdf5Writer final : public CheckpointWriter {
     const TensorInfo& t = spec_.tensors.at(index);
     checked_row_range(path_, t, first_row, rows, bytes);
     if (bytes == 0) return;
-    const std::string what = fmt::format("{}: tensor '{}': {}", path_.string(), t.name, write ? "write" : "read back");
+    const std::string what =
+        fmt::format("{}: tensor '{}': {}", path_.string(), printable(t.name), write ? "write" : "read back");
     const hid_t dset = datasets_[index].get();
     const hid_t type = types_[index].get();
     auto transfer = [&](hid_t mem_space, hid_t file_space, std::byte* p) {
-      h5::check(write ? H5Dwrite(dset, type, mem_space, file_space, H5P_DEFAULT, p)
-                      : H5Dread(dset, type, mem_space, file_space, H5P_DEFAULT, p),
-                what);
+      if (write) check_write(H5Dwrite(dset, type, mem_space, file_space, H5P_DEFAULT, p), what);
+      else h5::check(H5Dread(dset, type, mem_space, file_space, H5P_DEFAULT, p), what);
     };
     if (t.shape.empty()) {
       transfer(H5S_ALL, H5S_ALL, data);
@@ -106,6 +126,19 @@ class Hdf5Writer final : public CheckpointWriter {
       h5::Handle mem_space = h5::dataspace(H5Screate_simple(static_cast<int>(count.size()), count.data(), nullptr), what);
       transfer(mem_space.get(), file_space.get(), data + done * rb);
     }
+  }
+
+  // Like h5::check for a write. HDF5's MPI-IO driver reports a failed write
+  // without its errno ("file write failed"), so a full filesystem is
+  // recognised by its free space, and said so.
+  void check_write(herr_t status, const std::string& what) const {
+    if (status >= 0) return;
+    const std::string hdf5_error = h5::take_error_stack();
+    const fs::path dir = fs::absolute(partial_.partial_path()).parent_path();
+    struct statvfs fs_stats {};
+    const bool full = ::statvfs(dir.c_str(), &fs_stats) == 0 && fs_stats.f_bavail == 0;
+    if (full) throw SystemError(fmt::format("{}: {} ({})", what, std::strerror(ENOSPC), hdf5_error));
+    throw Hdf5Error(fmt::format("{}: {}", what, hdf5_error));
   }
 
   h5::Handle mpio_access(const std::string& name) const {
@@ -127,11 +160,11 @@ class Hdf5Writer final : public CheckpointWriter {
     for (const auto& t : spec_.tensors) {
       types_.push_back(h5::file_type(t.dtype));
       datasets_.push_back(h5::dataset(H5Dopen2(tensors_group_.get(), h5::escape_link_name(t.name).c_str(), H5P_DEFAULT),
-                                      fmt::format("{}: tensor '{}': cannot reopen to resume", name, t.name)));
+                                      fmt::format("{}: tensor '{}': cannot reopen to resume", name, printable(t.name))));
     }
     for (const auto& a : spec_.aux_files)
       aux_datasets_.push_back(h5::dataset(H5Dopen2(files_group_.get(), h5::escape_link_name(a.name).c_str(), H5P_DEFAULT),
-                                          fmt::format("{}: file '{}': cannot reopen to resume", name, a.name)));
+                                          fmt::format("{}: file '{}': cannot reopen to resume", name, printable(a.name))));
   }
 
   static std::vector<hsize_t> chunk_dims(const TensorInfo& t) {
@@ -170,7 +203,7 @@ class Hdf5Writer final : public CheckpointWriter {
     files_group_ = h5::group(H5Gcreate2(f, kFilesGroup, H5P_DEFAULT, gcpl.get(), H5P_DEFAULT), name + ": /files");
 
     for (const auto& t : spec_.tensors) {
-      const std::string what = fmt::format("{}: tensor '{}': create dataset", name, t.name);
+      const std::string what = fmt::format("{}: tensor '{}': create dataset", name, printable(t.name));
       types_.push_back(h5::file_type(t.dtype));
       const std::vector<hsize_t> dims(t.shape.begin(), t.shape.end());
       h5::Handle space = t.shape.empty() ? h5::dataspace(H5Screate(H5S_SCALAR), what)
@@ -190,7 +223,7 @@ class Hdf5Writer final : public CheckpointWriter {
       h5::write_string_attribute(datasets_.back().get(), kDTypeAttr, dtype_name(t.dtype));
     }
     for (const auto& a : spec_.aux_files) {
-      const std::string what = fmt::format("{}: file '{}': create dataset", name, a.name);
+      const std::string what = fmt::format("{}: file '{}': create dataset", name, printable(a.name));
       const hsize_t n = a.size;
       h5::Handle space = h5::dataspace(H5Screate_simple(1, &n, nullptr), what);
       h5::Handle dcpl = h5::plist(H5Pcreate(H5P_DATASET_CREATE), what);
@@ -203,17 +236,21 @@ class Hdf5Writer final : public CheckpointWriter {
   }
 
   void close_all() {
-    for (auto& d : datasets_) d.close("close dataset");
-    for (auto& d : aux_datasets_) d.close("close dataset");
+    const std::string name = partial_.partial_path().string();
+    for (std::size_t i = 0; i < datasets_.size(); ++i)
+      datasets_[i].close(fmt::format("{}: tensor '{}': close", name, printable(spec_.tensors[i].name)));
+    for (std::size_t i = 0; i < aux_datasets_.size(); ++i)
+      aux_datasets_[i].close(fmt::format("{}: file '{}': close", name, printable(spec_.aux_files[i].name)));
     types_.clear();
-    tensors_group_.close("close group");
-    files_group_.close("close group");
-    file_.close(path_.string() + ": close");
+    tensors_group_.close(name + ": close /tensors");
+    files_group_.close(name + ": close /files");
+    file_.close(name + ": close");
   }
 
   PartialOutput partial_;
   h5::Handle file_, tensors_group_, files_group_;
   std::vector<h5::Handle> types_, datasets_, aux_datasets_;
+  bool created_partial_ = false;  // this writer made the partial file (not a resume)
   bool finished_ = false;
 };
 

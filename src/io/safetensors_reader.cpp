@@ -17,12 +17,6 @@ using nlohmann::json;
 constexpr const char* kSingleFile = "model.safetensors";
 constexpr const char* kIndexFile = "model.safetensors.index.json";
 
-bool is_weight_file(const fs::path& p) {
-  static const std::set<std::string> weight_exts = {".safetensors", ".bin", ".pt", ".pth", ".ckpt",
-                                                    ".h5",          ".hdf5", ".msgpack", ".gguf", ".partial"};
-  return weight_exts.count(p.extension().string()) > 0 || p.filename() == kIndexFile;
-}
-
 // A shard named by an index must be a file in the model directory itself:
 // no separator, not "." or "..", no NUL (which would cut the name short).
 bool is_plain_file_name(const std::string& name) {
@@ -73,14 +67,19 @@ class SafetensorsReader final : public CheckpointReader {
     if (!directory_) return files;
     for (const auto& entry : fs::directory_iterator(path_)) {
       const auto name = entry.path().filename().string();
-      if (!entry.is_regular_file() || name.starts_with(".") || is_weight_file(entry.path())) continue;
+      if (!entry.is_regular_file() || name.starts_with(".") || is_weight_file_name(name)) continue;
+      check_aux_file_name(name, path_.string());
       files.push_back({name, static_cast<std::uint64_t>(entry.file_size())});
     }
     std::sort(files.begin(), files.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
     return files;
   }
 
-  std::string read_aux(const std::string& name) const override { return read_text_file(path_ / name); }
+  void read_aux_block(const std::string& name, std::uint64_t offset, std::span<std::byte> dst) const override {
+    SOUPKIT_ERROR_IF(!directory_, "{}: a safetensors file carries no files", path_.string());
+    check_aux_file_name(name, path_.string());  // never a path out of the directory
+    File::open_read(path_ / name).pread_exact(offset, dst);
+  }
 
  private:
   struct Location {

@@ -102,9 +102,14 @@ class SafetensorsWriter final : public CheckpointWriter {
     File::open_read(shard_path(shard)).pread_exact(base + offset, dst);
   }
 
-  void write_aux(std::size_t index, std::string_view contents) override {
+  void write_aux_block_impl(std::size_t index, std::uint64_t offset, std::span<const std::byte> data) override {
     if (!directory_) return;  // a single .safetensors file has nowhere to keep them
-    write_text_file(partial_.partial_path() / spec_.aux_files.at(index).name, contents);
+    const AuxFileInfo& info = spec_.aux_files.at(index);
+    // The first block creates the file; the one that completes it syncs it.
+    File f = File::open_write(partial_.partial_path() / info.name, offset == 0);
+    f.pwrite_all(offset, data);
+    if (offset + data.size() == info.size) f.sync();
+    f.close();
   }
 
   void commit() override {

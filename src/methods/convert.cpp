@@ -43,8 +43,8 @@ nlohmann::json ConvertMethod::compute(std::size_t index, CheckpointWriter& write
   return nullptr;
 }
 
-std::string ConvertMethod::aux_contents(std::size_t index) {
-  return reader_->read_aux(spec_.aux_files.at(index).name);
+AuxSource ConvertMethod::aux_contents(std::size_t index) {
+  return AuxSource::copy_of(*reader_, spec_.aux_files.at(index).name);
 }
 
 }  // namespace soupkit

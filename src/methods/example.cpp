@@ -63,7 +63,7 @@ MethodPlan ExampleMethod::plan() {
                             {"parameters", {{"seed", options_.seed}, {"finetuned", options_.finetuned}}}};
   plan.output.shard_size = options_.shard_size;
   plan.output.overwrite = options_.overwrite;
-  plan.output.aux_files = {{"config.json", aux_contents(0).size()}};
+  plan.output.aux_files = {{"config.json", config_json().size()}};
   for (const auto& t : plan.output.tensors) plan.costs.push_back(static_cast<double>(t.nbytes()));
   return plan;
 }
@@ -117,7 +117,11 @@ void ExampleMethod::generate(const TensorInfo& t, std::span<std::byte> out) cons
   store_from_f64(t.dtype, v.data(), n, out.data());
 }
 
-std::string ExampleMethod::aux_contents(std::size_t) {
+AuxSource ExampleMethod::aux_contents(std::size_t) {
+  return AuxSource::bytes(config_json());
+}
+
+std::string ExampleMethod::config_json() const {
   return nlohmann::json{{"model_type", "gpt2"},          {"architectures", {"GPT2LMHeadModel"}},
                         {"vocab_size", kVocab},          {"n_embd", kHidden},
                         {"n_layer", kLayers},            {"n_positions", kContext},

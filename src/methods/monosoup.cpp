@@ -368,8 +368,8 @@ nlohmann::json MonosoupMethod::compute_grid(std::size_t index, const Communicato
   return record;
 }
 
-std::string MonosoupMethod::aux_contents(std::size_t index) {
-  return finetuned_->read_aux(spec_.aux_files.at(index).name);
+AuxSource MonosoupMethod::aux_contents(std::size_t index) {
+  return AuxSource::copy_of(*finetuned_, spec_.aux_files.at(index).name);
 }
 
 void MonosoupMethod::finish(const std::vector<nlohmann::json>& records, double seconds) {

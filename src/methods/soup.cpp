@@ -272,13 +272,13 @@ void SoupMethod::copy_identical_rows(const std::vector<const TensorInfo*>& in, s
   }
 }
 
-std::string SoupMethod::aux_contents(std::size_t index) {
+AuxSource SoupMethod::aux_contents(std::size_t index) {
   const auto& name = spec_.aux_files.at(index).name;
   if (options_.aux_source && *options_.aux_source != options_.ingredients[0]) {
     if (!aux_reader_) aux_reader_ = open_checkpoint(*options_.aux_source);
-    return aux_reader_->read_aux(name);
+    return AuxSource::copy_of(*aux_reader_, name);
   }
-  return readers_[0]->read_aux(name);
+  return AuxSource::copy_of(*readers_[0], name);
 }
 
 }  // namespace soupkit

@@ -454,10 +454,10 @@ nlohmann::json TransplantMethod::compute_grid(std::size_t index, const Communica
           {"not_approximated", not_approximated}};
 }
 
-std::string TransplantMethod::aux_contents(std::size_t index) {
+AuxSource TransplantMethod::aux_contents(std::size_t index) {
   const std::string& name = spec_.aux_files.at(index).name;
-  if (const auto it = rewritten_aux_.find(name); it != rewritten_aux_.end()) return it->second;
-  return aux_source_.at(name)->read_aux(name);
+  if (const auto it = rewritten_aux_.find(name); it != rewritten_aux_.end()) return AuxSource::bytes(it->second);
+  return AuxSource::copy_of(*aux_source_.at(name), name);
 }
 
 void TransplantMethod::finish(const std::vector<nlohmann::json>& records, double seconds) {

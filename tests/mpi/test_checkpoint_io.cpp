@@ -134,6 +134,47 @@ TEST(CheckpointIoFailure, ExistingOutputIsRefusedOnEveryRankWithoutOverwrite) {
   EXPECT_EQ(read_text_file(out), "keep me");
 }
 
+// The HDF5 writer lays out every dataset in its constructor: when that fails
+// (here: a second dataset of the same name), no destructor runs, yet the
+// partial file it created must go, on every rank's say.
+TEST(CheckpointIoFailure, Hdf5WriterThatFailsToLayOutLeavesNoPartialFile) {
+  Communicator comm;
+  SharedTempDir dir(comm);
+  const fs::path out = dir / "dup.h5";
+  OutputSpec spec = test_spec();
+  spec.tensors.push_back(spec.tensors.front());
+  std::string message;
+  try {
+    create_checkpoint_writer(comm, out, spec);
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  EXPECT_NE(message.find("a.weight"), std::string::npos) << message;
+  comm.barrier();
+  EXPECT_FALSE(fs::exists(out));
+  EXPECT_FALSE(fs::exists(partial_output_path(out)));
+}
+
+// Carried-file names an output would write outside itself or over its own
+// weights are refused before anything is created.
+TEST(CheckpointIoFailure, BadCarriedFileNamesAreRefusedBeforeAnythingIsCreated) {
+  Communicator comm;
+  SharedTempDir dir(comm);
+  for (const std::string& bad : std::vector<std::string>{"../x", "/tmp/x", "model.safetensors", "model-00001-of-00002.safetensors", "..", "",
+                                "model.safetensors.index.json", std::string("a\0b", 3)}) {
+    for (const std::string name : {"bad.h5", "baddir"}) {
+      OutputSpec spec = test_spec();
+      spec.aux_files = {{bad, 1}};
+      const fs::path out = dir / name;
+      EXPECT_THROW(create_checkpoint_writer(comm, out, spec), InputError) << printable(bad);
+      EXPECT_FALSE(fs::exists(partial_output_path(out))) << printable(bad);
+    }
+  }
+  OutputSpec twice = test_spec();
+  twice.aux_files = {{"config.json", 1}, {"config.json", 1}};
+  EXPECT_THROW(create_checkpoint_writer(comm, dir / "twice", twice), InputError);
+}
+
 TEST(Collective, AFailureOnOneRankIsRaisedOnAllWithItsMessage) {
   Communicator comm;
   const int failing = comm.size() - 1;

@@ -26,7 +26,7 @@ class ConvertMethod final : public Method {
   MethodPlan plan() override;
   void prepare(const MethodPlan& plan) override;
   nlohmann::json compute(std::size_t index, CheckpointWriter& writer) override;
-  std::string aux_contents(std::size_t index) override;
+  AuxSource aux_contents(std::size_t index) override;
 
  private:
   ConvertOptions options_;

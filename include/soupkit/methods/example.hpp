@@ -22,9 +22,10 @@ class ExampleMethod final : public Method {
   MethodPlan plan() override;
   void prepare(const MethodPlan& plan) override { spec_ = plan.output; }
   nlohmann::json compute(std::size_t index, CheckpointWriter& writer) override;
-  std::string aux_contents(std::size_t index) override;
+  AuxSource aux_contents(std::size_t index) override;
 
  private:
+  std::string config_json() const;
   void generate(const TensorInfo& t, std::span<std::byte> out) const;
   ExampleOptions options_;
   OutputSpec spec_;

@@ -43,7 +43,7 @@ class SoupMethod final : public Method {
   MethodPlan plan() override;
   void prepare(const MethodPlan& plan) override;
   nlohmann::json compute(std::size_t index, CheckpointWriter& writer) override;
-  std::string aux_contents(std::size_t index) override;
+  AuxSource aux_contents(std::size_t index) override;
 
  private:
   void open_inputs();

@@ -40,7 +40,7 @@ class TransplantMethod final : public Method {
   void prepare(const MethodPlan& plan) override;
   nlohmann::json compute(std::size_t index, CheckpointWriter& writer) override;
   nlohmann::json compute_grid(std::size_t index, const Communicator& group, CheckpointWriter& writer) override;
-  std::string aux_contents(std::size_t index) override;
+  AuxSource aux_contents(std::size_t index) override;
   void finish(const std::vector<nlohmann::json>& records, double seconds) override;
 
   // One rebuilt matrix: which donor matrix supplies the OMP dictionary and
