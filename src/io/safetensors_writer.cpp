@@ -74,10 +74,17 @@ class SafetensorsWriter final : public CheckpointWriter {
         return;
       }
       partial_.prepare();
-      for (std::size_t s = 0; s < shards_.size(); ++s) {
-        File f = File::open_write(shard_path(s), true);
-        f.pwrite_all(0, std::as_bytes(std::span(layouts_[s].header)));
-        f.truncate(layouts_[s].file_size);
+      // A constructor that throws runs no destructor: what prepare() made
+      // must go here (a full disk while writing the headers).
+      try {
+        for (std::size_t s = 0; s < shards_.size(); ++s) {
+          File f = File::open_write(shard_path(s), true);
+          f.pwrite_all(0, std::as_bytes(std::span(layouts_[s].header)));
+          f.truncate(layouts_[s].file_size);
+        }
+      } catch (...) {
+        partial_.discard();
+        throw;
       }
     });
   }

@@ -363,6 +363,26 @@ class DiskFull(BadInputBase):
                 self.assertIn("No space left on device", errors[0])
                 self.assertIn("tensor 'big\\nweight'", errors[0])
 
+    def test_full_disk_before_the_headers_leaves_nothing(self):
+        # One free page on the 2 MiB tmpfs: the journal takes it, so creating
+        # the partial output works (an inode) and writing its headers does not.
+        probe = self.run_on_small_tmpfs("true")
+        if probe.returncode != 0:
+            self.skipTest("cannot mount a tmpfs in a private mount namespace: %s" % probe.stderr.strip())
+        src = self.path("in.safetensors")
+        write_safetensors(src, {"w": ("F32", np.ones((64, 64), np.float32))})
+        for out in ("out.safetensors", "outdir"):
+            with self.subTest(out=out):
+                proc = self.run_on_small_tmpfs("dd if=/dev/zero of=fill bs=4k count=511 2>/dev/null; %s convert %s %s; "
+                                               "echo exit=$?; ls -A" % (SOUPKIT, src, out))
+                lines = proc.stdout.splitlines()
+                self.assertIn("exit=1", lines, proc.stdout + proc.stderr)
+                self.assertEqual(lines[lines.index("exit=1") + 1:], ["fill"], "left on the filesystem")
+                errors = [l for l in proc.stderr.splitlines() if l.startswith("soupkit: error: ")]
+                self.assertEqual(len(errors), 1, proc.stderr)
+                self.assertIn(out, errors[0])
+                self.assertIn("No space left on device", errors[0])
+
 
 if __name__ == "__main__":
     unittest.main()
