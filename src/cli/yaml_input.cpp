@@ -12,17 +12,21 @@ namespace soupkit::cli {
 namespace {
 
 // The pre-scan: an upper bound of the nesting depth, from the text alone.
-//   - Block collections nest by indentation: each indentation deeper than
-//     the enclosing lines' is a level, and every "- ", "? " or ": " that
-//     opens a line's content ("- - a") is one more.
-//   - Flow collections nest by brackets: '[' and '{' open a level, ']' and
-//     '}' close one, except inside quoted scalars (a quote opens one when
-//     it starts a value: after the line's indentation, a space or one of
-//     "[{,:"; closes as YAML says: '' and \" are escapes).
-// It over-counts rather than under-counts: indentation and brackets are
-// counted in comments, block scalars and quoted text too (only closing
-// brackets inside quotes are ignored). A job file never comes near the
-// limit; yaml-cpp's own recursion guard stays as a second line.
+// It counts "openers":
+//   - each indentation deeper than the enclosing lines' (block collections
+//     nest by indentation);
+//   - each "- ", "? " or ": " that opens a line's content ("- - a");
+//   - each '[' or '{' not yet closed; ']' and '}' close one, except inside
+//     quoted scalars (a quote opens one when it starts a value: after the
+//     line's indentation, a space or one of "[{,:"; it closes as YAML says:
+//     '' and \" are escapes).
+// An opener can hold two levels (a map and a sequence at the same
+// indentation, "- a: b", "[a: b]"), so the bound is 2 x openers + 1 (a
+// mapping on the line itself). It over-counts rather than under-counts:
+// indentation and brackets are counted in comments, block scalars and
+// quoted text too (only closing brackets inside quotes are ignored). A job
+// file never comes near the limit; yaml-cpp's own recursion guard stays as
+// a second line.
 class DepthScan {
  public:
   void line(std::string_view text) {
@@ -31,7 +35,7 @@ class DepthScan {
     while (!indents_.empty() && indents_.back() > indent) indents_.pop_back();
     if (indents_.empty() || indents_.back() < indent) indents_.push_back(indent);
     block_ = static_cast<int>(indents_.size()) + leading_indicators(text.substr(indent));
-    deepest_ = std::max(deepest_, block_ + flow_);
+    note(flow_);
     characters(text, indent);
   }
 
@@ -65,9 +69,11 @@ class DepthScan {
       } else if (c == ']' || c == '}') {
         flow_ = std::max(0, flow_ - 1);
       }
-      if (c == '[' || c == '{') deepest_ = std::max(deepest_, block_ + ++flow_);
+      if (c == '[' || c == '{') note(++flow_);
     }
   }
+
+  void note(int flow) { deepest_ = std::max(deepest_, 2 * (block_ + flow) + 1); }
 
   static bool starts_value(std::string_view text, std::size_t i, std::size_t indent) {
     if (i == indent) return true;
