@@ -17,6 +17,11 @@ inline constexpr std::size_t kMaxQuotedChars = 80;
 // `max_chars` input bytes with "... (N bytes)" so the reader knows it was cut.
 std::string excerpt(std::string_view text, std::size_t max_chars = kMaxQuotedChars);
 
+// Is `text` well-formed UTF-8 (no overlong forms, surrogates or values
+// past U+10FFFF)? Names go into JSON plans, journals and headers, which
+// hold only UTF-8.
+bool is_valid_utf8(std::string_view text);
+
 // A JSON value as compact JSON text, through excerpt().
 std::string json_excerpt(const nlohmann::json& value, std::size_t max_chars = kMaxQuotedChars);
 

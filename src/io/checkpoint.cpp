@@ -4,6 +4,7 @@
 #include "partial_output.hpp"
 #include "soupkit/checksum.hpp"
 #include "soupkit/error.hpp"
+#include "soupkit/message_text.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -11,18 +12,7 @@
 
 namespace soupkit {
 
-std::string printable(std::string_view name) {
-  std::string out;
-  for (const char c : name) {
-    const auto u = static_cast<unsigned char>(c);
-    if (c == '\0') out += "\\0";
-    else if (c == '\n') out += "\\n";
-    else if (c == '\t') out += "\\t";
-    else if (u < 0x20 || u == 0x7f) out += fmt::format("\\x{:02x}", u);
-    else out += c;
-  }
-  return out;
-}
+std::string printable(std::string_view name) { return excerpt(name, std::string_view::npos); }
 
 bool is_weight_file_name(std::string_view name) {
   static const std::set<std::string, std::less<>> weight_exts = {
@@ -41,6 +31,7 @@ void check_aux_file_name(std::string_view name, const std::string& where) {
   if (std::any_of(name.begin(), name.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; }))
     bad("holds a NUL or control character");
   if (name.size() > 255) bad("is longer than 255 bytes");
+  if (!is_valid_utf8(name)) bad("is not valid UTF-8");
   // The writer's own files (model.safetensors, model-0000i-of-0000N.safetensors,
   // the index) and files readers skip as weights could be replaced by it.
   if (is_weight_file_name(name)) bad("is a weight file name (it would collide with the output's weights)");
@@ -74,6 +65,8 @@ const TensorInfo* CheckpointReader::find(std::string_view name) const {
 void CheckpointReader::add_tensor(TensorInfo info, const std::string& where) {
   SOUPKIT_INPUT_ERROR_IF(info.name.find('\0') != std::string::npos,
                          "{}: tensor '{}' has a NUL byte in its name (not supported: other tools would cut it)", where,
+                         printable(info.name));
+  SOUPKIT_INPUT_ERROR_IF(!is_valid_utf8(info.name), "{}: tensor name '{}' is not valid UTF-8", where,
                          printable(info.name));
   const auto [it, inserted] = by_name_.emplace(info.name, tensors_.size());
   SOUPKIT_INPUT_ERROR_IF(!inserted, "{}: tensor '{}' appears twice: in {} and in {}", path_.string(),

@@ -153,6 +153,20 @@ def run_soupkit(args, ranks=None, check=True, timeout=600, env=None, cwd=None):
     return proc
 
 
+def run_with_peak_rss(args, timeout=120, cwd=None):
+    """Runs soupkit alone (no mpirun) under /usr/bin/time; returns (CompletedProcess, its peak resident bytes).
+    (Not os.wait4 or RUSAGE_CHILDREN: Linux carries the high-water mark of the forking process, this Python,
+    into the child, and RUSAGE_CHILDREN is the largest of every child so far.)"""
+    with tempfile.TemporaryDirectory(prefix="soupkit-rss-") as tmpdir:
+        report = os.path.join(tmpdir, "rss")
+        cmd = ["/usr/bin/time", "-q", "-f", "%M", "-o", report, SOUPKIT, *map(str, args)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                              env=dict(os.environ, TMPDIR=tmpdir))
+        with open(report) as f:
+            peak_kib = int(f.read().split()[-1])
+    return subprocess.CompletedProcess(proc.args[6:], proc.returncode, proc.stdout, proc.stderr), peak_kib * 1024
+
+
 class TempDirTestCase(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="soupkit-test-")

@@ -15,7 +15,8 @@ import unittest
 import h5py
 import numpy as np
 
-from soupkit_testlib import MPIRUN, SOUPKIT, TempDirTestCase, read_checkpoint, run_soupkit, write_model_dir, write_safetensors
+from soupkit_testlib import (MPIRUN, SOUPKIT, TempDirTestCase, read_checkpoint, run_soupkit, run_with_peak_rss,
+                             write_model_dir, write_safetensors)
 from test_bad_input import BadInputBase
 
 CARRIED_FILE_WORDS = ["carried file", "appears twice", "NUL"]
@@ -46,15 +47,7 @@ def small_tensor():
 
 
 def run_measured(args, timeout=120):
-    """Runs soupkit alone (no mpirun) under /usr/bin/time and returns (CompletedProcess, its peak resident bytes).
-    (Not os.wait4 or RUSAGE_CHILDREN: a child forked from this Python process inherits its high-water mark.)"""
-    with tempfile.TemporaryDirectory(prefix="soupkit-rss-") as tmpdir:
-        report = os.path.join(tmpdir, "rss")
-        cmd = ["/usr/bin/time", "-q", "-f", "%M", "-o", report, SOUPKIT, *map(str, args)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, TMPDIR=tmpdir))
-        with open(report) as f:
-            peak_kib = int(f.read().split()[-1])
-    return subprocess.CompletedProcess(proc.args[6:], proc.returncode, proc.stdout, proc.stderr), peak_kib * 1024
+    return run_with_peak_rss(args, timeout)
 
 
 class CarriedFileNames(BadInputBase):
@@ -285,7 +278,7 @@ class NamesWithNul(BadInputBase):
     def test_safetensors_name_with_nul_is_refused_and_printed_escaped(self):
         src = self.path("nul.safetensors")
         write_safetensors(src, {"w\x00": ("F32", np.ones(2, np.float32)), "v": ("F32", np.ones(2, np.float32))})
-        self.check_fails(src, ["nul.safetensors", "'w\\0'"], ["NUL"], ranks_list=(None, 2), inspect=True)
+        self.check_fails(src, ["nul.safetensors", "'w\\x00'"], ["NUL"], ranks_list=(None, 2), inspect=True)
 
     def test_hdf5_name_attribute_with_nul_is_refused(self):
         src = self.path("nul-attr.h5")
@@ -293,6 +286,15 @@ class NamesWithNul(BadInputBase):
         with h5py.File(src, "r+") as f:
             f["tensors/t0"].attrs["name"] = np.bytes_(b"w\x00x")
         self.check_fails(src, ["nul-attr.h5", "/tensors/t0"], ["NUL"], inspect=True)
+
+    def test_hdf5_name_that_is_not_utf8_is_refused(self):
+        # Names travel in JSON (plans, journals, safetensors headers), which holds only UTF-8:
+        # such a name gave a raw json type_error naming nothing.
+        src = self.path("latin1.h5")
+        write_soupkit_h5(src, {"placeholder": ("F32", np.ones(2, np.float32))})
+        with h5py.File(src, "r+") as f:
+            f["tensors/t0"].attrs["name"] = np.bytes_(b"caf\xe9")
+        self.check_fails(src, ["latin1.h5", "/tensors/t0"], ["UTF-8"], inspect=True)
 
     def test_control_characters_round_trip_exactly(self):
         src = self.path("odd.safetensors")
@@ -361,7 +363,7 @@ class DiskFull(BadInputBase):
                 self.assertEqual(len(errors), 1, proc.stderr)
                 self.assertIn("out.h5", errors[0])
                 self.assertIn("No space left on device", errors[0])
-                self.assertIn("tensor 'big\\nweight'", errors[0])
+                self.assertIn("tensor 'big\\x0aweight'", errors[0])
 
     def test_full_disk_before_the_headers_leaves_nothing(self):
         # One free page on the 2 MiB tmpfs: the journal takes it, so creating

@@ -5,13 +5,12 @@ never a signal, a raw library message or gigabytes of memory. Also: `--` ends
 options, so paths starting with '-' can be given."""
 import json
 import os
-import resource
 import subprocess
 import unittest
 
 import numpy as np
 
-from soupkit_testlib import SOUPKIT, run_soupkit, write_model_dir, write_safetensors
+from soupkit_testlib import SOUPKIT, run_soupkit, run_with_peak_rss, write_model_dir, write_safetensors
 from test_bad_input import TIMEOUT, BadInputBase, write_raw_safetensors
 from transplant_fixtures import WORDS, byte_level_tokenizer, vocab_size
 
@@ -24,18 +23,8 @@ RAW_LIBRARY_TEXT = ["json.exception", "yaml-cpp", "bad conversion", "bad_alloc"]
 
 def measured_run(args, cwd=None):
     """Runs soupkit on one rank; returns (CompletedProcess, peak resident KB of that process)."""
-    cmd = [SOUPKIT, *map(str, args)]
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd) as proc:
-        try:
-            out, err = proc.communicate(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-            err += "soupkit hung (> %d s)" % TIMEOUT
-        # communicate() reaped it; the children's peak covers every process run so far, so each
-        # measured run's limit is checked against an input that alone would exceed it.
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), peak
+    proc, peak_bytes = run_with_peak_rss(args, timeout=TIMEOUT, cwd=cwd)
+    return proc, peak_bytes // 1024
 
 
 class HostileBase(BadInputBase):

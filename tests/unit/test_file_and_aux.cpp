@@ -75,8 +75,8 @@ TEST(AuxFileNames, PlainNamesAreAcceptedAndEverythingElseRefusedNamingTheSource)
 
 TEST(Printable, EscapesControlCharactersOnly) {
   EXPECT_EQ(printable("layer.0/w"), "layer.0/w");
-  EXPECT_EQ(printable(std::string("w\0", 2)), "w\\0");
-  EXPECT_EQ(printable("a\nb\x1b"), "a\\nb\\x1b");
+  EXPECT_EQ(printable(std::string("w\0", 2)), "w\\x00");
+  EXPECT_EQ(printable("a\nb\x1b"), "a\\x0ab\\x1b");
 }
 
 using AuxReadTest = TempDirTest;

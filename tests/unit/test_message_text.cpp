@@ -24,5 +24,17 @@ TEST(MessageText, JsonValuesAreCompactAndCut) {
   EXPECT_NO_THROW(json_excerpt(nlohmann::json(std::string("\xff\xfe"))));
 }
 
+TEST(MessageText, Utf8Validity) {
+  EXPECT_TRUE(is_valid_utf8("layer.0/w \xE2\x96\x81 \xF0\x9F\x98\x80"));
+  EXPECT_FALSE(is_valid_utf8("\xFF"));
+  EXPECT_FALSE(is_valid_utf8("\xC0\xAF"));          // overlong '/'
+  EXPECT_FALSE(is_valid_utf8("\xED\xA0\x80"));      // a surrogate
+  EXPECT_FALSE(is_valid_utf8("\xF4\x90\x80\x80"));  // past U+10FFFF
+  EXPECT_FALSE(is_valid_utf8("\xE2\x96"));          // cut short
+  // Quoted into a message, bytes that are not UTF-8 become escapes and
+  // well-formed characters stay.
+  EXPECT_EQ(excerpt("caf\xe9 \xE2\x96\x81"), "caf\\xe9 \xE2\x96\x81");
+}
+
 }  // namespace
 }  // namespace soupkit
