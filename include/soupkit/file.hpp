@@ -40,6 +40,9 @@ class File {
   fs::path path_;
 };
 
+// Text files soupkit parses whole (index, job, scores and log files) are
+// refused above this size before anything is allocated.
+inline constexpr std::uint64_t kMaxTextFileBytes = 256ull << 20;
 std::string read_text_file(const fs::path& path);
 // Writes a whole file (create/truncate) and fsyncs it.
 void write_text_file(const fs::path& path, std::string_view text);

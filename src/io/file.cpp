@@ -18,17 +18,21 @@ namespace {
 }  // namespace
 
 File File::open_read(const fs::path& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO (or a device) named like a checkpoint file
+  // must not wait forever for a writer; only regular files are read.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     if (errno == ENOENT) throw InputError(fmt::format("{}: no such file", path.string()));
     throw_errno(path, "cannot open for reading");
   }
+  File file(fd, path);
   struct stat st {};
-  if (::fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
-    ::close(fd);
-    throw InputError(fmt::format("{}: is a directory, expected a file", path.string()));
-  }
-  return File(fd, path);
+  if (::fstat(fd, &st) != 0) throw_errno(path, "cannot stat");
+  SOUPKIT_INPUT_ERROR_IF(S_ISDIR(st.st_mode), "{}: is a directory, expected a file", path.string());
+  SOUPKIT_INPUT_ERROR_IF(!S_ISREG(st.st_mode), "{}: not a regular file (a FIFO, socket or device)", path.string());
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) throw_errno(path, "cannot set blocking reads");
+  return file;
 }
 
 File File::open_write(const fs::path& path, bool create) {
@@ -106,7 +110,10 @@ void File::close() {
 
 std::string read_text_file(const fs::path& path) {
   File f = File::open_read(path);
-  std::string text(f.size(), '\0');
+  const std::uint64_t size = f.size();
+  SOUPKIT_INPUT_ERROR_IF(size > kMaxTextFileBytes, "{}: {} bytes, more than the {} MiB soupkit reads into memory to parse",
+                         path.string(), size, kMaxTextFileBytes >> 20);
+  std::string text(size, '\0');
   f.pread_exact(0, std::as_writable_bytes(std::span(text)));
   return text;
 }

@@ -23,6 +23,28 @@ bool is_plain_file_name(const std::string& name) {
   return !name.empty() && name != "." && name != ".." && name.find_first_of(std::string("/\0", 2)) == std::string::npos;
 }
 
+// A model directory's files may be symbolic links, as in Hugging Face's
+// cache (models--ORG--NAME/snapshots/REV/FILE -> ../../blobs/HASH), but
+// only to files inside the directory (or that cache repository): a crafted
+// directory must not carry, say, ~/.ssh/id_rsa into a merged model that is
+// then published.
+void check_link_stays_inside(const fs::path& dir, const fs::path& file) {
+  std::error_code ec;
+  if (!fs::is_symlink(fs::symlink_status(file, ec))) return;
+  const fs::path target = fs::canonical(file, ec);
+  SOUPKIT_INPUT_ERROR_IF(ec, "{}: a symbolic link that does not resolve ({})", file.string(), ec.message());
+  fs::path allowed = fs::canonical(dir, ec);
+  SOUPKIT_INPUT_ERROR_IF(ec, "{}: cannot resolve the model directory ({})", dir.string(), ec.message());
+  const fs::path snapshots = allowed.parent_path();
+  if (snapshots.filename() == "snapshots" && snapshots.parent_path().filename().string().starts_with("models--"))
+    allowed = snapshots.parent_path();
+  const fs::path relative = target.lexically_relative(allowed);
+  SOUPKIT_INPUT_ERROR_IF(relative.empty() || *relative.begin() == "..",
+                         "{}: a symbolic link to {}, outside the model directory {}; soupkit reads only files inside "
+                         "it (copy the file in if it belongs to the model)",
+                         file.string(), target.string(), dir.string());
+}
+
 class SafetensorsReader final : public CheckpointReader {
  public:
   explicit SafetensorsReader(fs::path path, bool directory) : CheckpointReader(std::move(path)), directory_(directory) {}
@@ -69,6 +91,7 @@ class SafetensorsReader final : public CheckpointReader {
       const auto name = entry.path().filename().string();
       if (!entry.is_regular_file() || name.starts_with(".") || is_weight_file_name(name)) continue;
       check_aux_file_name(name, path_.string());
+      check_link_stays_inside(path_, entry.path());
       files.push_back({name, static_cast<std::uint64_t>(entry.file_size())});
     }
     std::sort(files.begin(), files.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
@@ -103,6 +126,7 @@ std::unique_ptr<CheckpointReader> open_model_directory(const fs::path& dir) {
   auto reader = std::make_unique<SafetensorsReader>(dir, true);
   const fs::path index_path = dir / kIndexFile;
   if (fs::exists(index_path)) {
+    check_link_stays_inside(dir, index_path);
     const json index = parse_untrusted_json(read_text_file(index_path), index_path.string());
     const auto map_it = index.find("weight_map");
     SOUPKIT_INPUT_ERROR_IF(!index.is_object() || map_it == index.end() || !map_it->is_object(),
@@ -124,6 +148,7 @@ std::unique_ptr<CheckpointReader> open_model_directory(const fs::path& dir) {
       const fs::path shard_path = dir / file;
       SOUPKIT_INPUT_ERROR_IF(!fs::is_regular_file(shard_path), "{}: index {} names shard {}, which is missing (or not a file)",
                              dir.string(), kIndexFile, excerpt(file));
+      check_link_stays_inside(dir, shard_path);
       reader->add_shard(shard_path, &expected[file]);
     }
     return reader;
@@ -131,6 +156,7 @@ std::unique_ptr<CheckpointReader> open_model_directory(const fs::path& dir) {
   const fs::path single = dir / kSingleFile;
   SOUPKIT_INPUT_ERROR_IF(!fs::exists(single), "{}: not a model directory (no {} and no {})", dir.string(), kSingleFile,
                          kIndexFile);
+  check_link_stays_inside(dir, single);
   reader->add_shard(single, nullptr);
   return reader;
 }
