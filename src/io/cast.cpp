@@ -54,7 +54,47 @@ inline bool needs_scaled_bf16(double value) {
   return (exponent != 0 && exponent < 1023 - 126) || exponent == 0x7ff;
 }
 
+// memcpy with a null pointer is undefined even for 0 bytes, and an empty
+// std::vector's data() may be null (found by UBSan: transplant copying the
+// rows of no tokens).
+inline void copy_bytes(void* dst, const void* src, std::size_t bytes) {
+  if (bytes != 0) std::memcpy(dst, src, bytes);
+}
+
 }  // namespace
+
+float f16_to_f32_soft(std::uint16_t bits) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(bits & 0x8000u) << 16;
+  const std::uint32_t exponent = (bits >> 10) & 0x1fu, mantissa = bits & 0x3ffu;
+  if (exponent == 0x1f)  // infinity, or NaN made quiet with its payload kept
+    return std::bit_cast<float>(sign | 0x7f800000u | (mantissa ? 0x400000u | (mantissa << 13) : 0u));
+  // Zero, subnormal (mantissa * 2^-24) and normal values are all exact in float.
+  const float magnitude = exponent == 0 ? std::ldexp(static_cast<float>(mantissa), -24)
+                                        : std::ldexp(static_cast<float>(mantissa | 0x400u), static_cast<int>(exponent) - 25);
+  return std::bit_cast<float>(sign | std::bit_cast<std::uint32_t>(magnitude));
+}
+
+std::uint16_t f64_to_f16_soft(double value) {
+  const auto u = std::bit_cast<std::uint64_t>(value);
+  const std::uint16_t sign = static_cast<std::uint16_t>((u >> 48) & 0x8000u);
+  if (std::isnan(value)) return sign | 0x7e00u | static_cast<std::uint16_t>((u >> 42) & 0x3ffu);
+  const double a = std::fabs(value);
+  if (std::isinf(a)) return sign | 0x7c00u;
+  if (a == 0.0) return sign;
+  // As f64_to_bf16_scaled: divide by the half quantum at a's exponent (exact,
+  // a power of two), round once to nearest even, and encode.
+  constexpr int kMantissaBits = 10, kMinExp = -14;
+  int e2 = 0;
+  std::frexp(a, &e2);
+  const int exponent = std::max(e2 - 1, kMinExp);
+  const double steps = std::nearbyint(std::ldexp(a, kMantissaBits - exponent));  // in units of the quantum
+  if (std::ldexp(steps, exponent - kMantissaBits) > 65504.0) return sign | 0x7c00u;
+  // steps is in [2^10, 2^11] for normals (2^11: rounded up into the next
+  // binade) and below 2^10 for subnormals; adding the biased exponent field
+  // (exponent + 14 for normals) to the steps encodes both, carry included.
+  const auto field = static_cast<std::uint16_t>(exponent - kMinExp);
+  return sign | static_cast<std::uint16_t>((field << kMantissaBits) + static_cast<std::uint16_t>(steps));
+}
 
 std::uint16_t f64_to_bf16(double value) {
   return needs_scaled_bf16(value) ? f64_to_bf16_scaled(value) : f64_to_bf16_bits(value);
@@ -62,7 +102,7 @@ std::uint16_t f64_to_bf16(double value) {
 
 void load_as_f32(DType type, const std::byte* src, std::size_t n, float* dst) {
   switch (type) {
-    case DType::F32: std::memcpy(dst, src, n * 4); return;
+    case DType::F32: copy_bytes(dst, src, n * 4); return;
     case DType::F64:
       for (std::size_t i = 0; i < n; ++i) {
         double v;
@@ -90,7 +130,7 @@ void load_as_f32(DType type, const std::byte* src, std::size_t n, float* dst) {
 
 void load_as_f64(DType type, const std::byte* src, std::size_t n, double* dst) {
   if (type == DType::F64) {
-    std::memcpy(dst, src, n * 8);
+    copy_bytes(dst, src, n * 8);
     return;
   }
   // Chunked through float: F32/F16/BF16 are exact in float, and float in double.
@@ -105,7 +145,7 @@ void load_as_f64(DType type, const std::byte* src, std::size_t n, double* dst) {
 
 void store_from_f32(DType type, const float* src, std::size_t n, std::byte* dst) {
   switch (type) {
-    case DType::F32: std::memcpy(dst, src, n * 4); return;
+    case DType::F32: copy_bytes(dst, src, n * 4); return;
     case DType::F64:
       for (std::size_t i = 0; i < n; ++i) {
         const double v = src[i];
@@ -130,7 +170,7 @@ void store_from_f32(DType type, const float* src, std::size_t n, std::byte* dst)
 
 void store_from_f64(DType type, const double* src, std::size_t n, std::byte* dst) {
   switch (type) {
-    case DType::F64: std::memcpy(dst, src, n * 8); return;
+    case DType::F64: copy_bytes(dst, src, n * 8); return;
     case DType::F32:
       for (std::size_t i = 0; i < n; ++i) {
         const float v = static_cast<float>(src[i]);
@@ -162,7 +202,7 @@ void store_from_f64(DType type, const double* src, std::size_t n, std::byte* dst
 
 void cast_elements(DType from, DType to, const std::byte* src, std::size_t n, std::byte* dst) {
   if (from == to) {
-    std::memcpy(dst, src, n * dtype_size(from));
+    copy_bytes(dst, src, n * dtype_size(from));
     return;
   }
   SOUPKIT_INPUT_ERROR_IF(!is_float_arith(from) || !is_float_arith(to), "cannot cast {} to {}",

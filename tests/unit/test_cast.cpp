@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <random>
+#include <vector>
 
 namespace soupkit {
 namespace {
@@ -133,6 +134,62 @@ TEST(Cast, CastElementsConvertsBuffersAndRejectsIntegers) {
   EXPECT_NEAR(out[2], 0.1f, 0.001f);
   EXPECT_THROW(cast_elements(DType::I32, DType::F32, bf, 1, back), InputError);
 }
+
+// An empty tensor (a transplant with no new tokens) hands these functions
+// the data() of empty vectors, which is null: memcpy(null, null, 0) is
+// undefined behaviour, reported by the sanitizer build (UBSan nonnull-attribute).
+TEST(Cast, NoElementsFromEmptyVectorsIsANoOp) {
+  const std::vector<std::byte> no_bytes;
+  std::vector<float> no_floats;
+  std::vector<double> no_doubles;
+  std::vector<std::byte> no_output;
+  for (DType t : {DType::F32, DType::F64, DType::BF16, DType::F16}) {
+    load_as_f32(t, no_bytes.data(), 0, no_floats.data());
+    load_as_f64(t, no_bytes.data(), 0, no_doubles.data());
+    store_from_f32(t, no_floats.data(), 0, no_output.data());
+    store_from_f64(t, no_doubles.data(), 0, no_output.data());
+    cast_elements(t, t, no_bytes.data(), 0, no_output.data());
+    cast_elements(t, DType::F32, no_bytes.data(), 0, no_output.data());
+  }
+  EXPECT_TRUE(no_output.empty());
+}
+
+#if defined(__FLT16_MANT_DIG__)
+// The software half conversions (used where the compiler has no _Float16)
+// must give exactly _Float16's bits: every half pattern, and floats/doubles
+// at, just below and just above every rounding midpoint, plus a sweep.
+TEST(Cast, SoftwareHalfMatchesFloat16BitForBit) {
+  for (std::uint32_t b = 0; b < 0x10000; ++b) {
+    const auto bits = static_cast<std::uint16_t>(b);
+    ASSERT_EQ(std::bit_cast<std::uint32_t>(f16_to_f32_soft(bits)), std::bit_cast<std::uint32_t>(f16_to_f32(bits)))
+        << std::hex << "half 0x" << b;
+  }
+  const auto check_float = [](std::uint32_t u) {
+    const float f = std::bit_cast<float>(u);
+    ASSERT_EQ(f64_to_f16_soft(f), f32_to_f16(f)) << std::hex << "float 0x" << u;
+  };
+  const auto check_double = [](std::uint64_t u) {
+    const double d = std::bit_cast<double>(u);
+    ASSERT_EQ(f64_to_f16_soft(d), f64_to_f16(d)) << std::hex << "double 0x" << u;
+  };
+  // A half has 10 mantissa bits: a float drops 13, a double 42; midpoints
+  // sit at bit 12 / bit 41 (and lower for results that are subnormal halves).
+  for (std::uint32_t high = 0; high < (1u << 19); ++high)
+    for (std::uint32_t low : {0x0000u, 0x0001u, 0x0fffu, 0x1000u, 0x1001u, 0x1fffu})
+      check_float(high << 13 | low);
+  for (std::uint32_t u = 0; u < 0xffffffffu - 4093u; u += 4093u) check_float(u);
+  std::mt19937_64 rng(7);
+  for (int i = 0; i < 1'000'000; ++i) {
+    const std::uint64_t u = rng();
+    check_double(u);
+    // The same sign and exponent with the dropped bits at a midpoint +-1.
+    for (std::uint64_t low : {(std::uint64_t{1} << 41) - 1, std::uint64_t{1} << 41, (std::uint64_t{1} << 41) + 1})
+      check_double((u & ~((std::uint64_t{1} << 42) - 1)) | low);
+  }
+  for (int exponent = 1023 - 30; exponent < 1023 + 17; ++exponent)  // halves' range, subnormals included
+    for (int i = 0; i < 20'000; ++i) check_double((std::uint64_t(exponent) << 52) | (rng() >> 12) | (rng() & (std::uint64_t{1} << 63)));
+}
+#endif
 
 }  // namespace
 }  // namespace soupkit
