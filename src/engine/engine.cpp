@@ -1,6 +1,7 @@
 #include "soupkit/engine.hpp"
 
 #include "journal.hpp"
+#include "soupkit/json_input.hpp"
 #include "progress.hpp"
 #include "soupkit/error.hpp"
 #include "soupkit/log.hpp"
@@ -349,7 +350,7 @@ std::string finish_method(Method& method, const std::vector<nlohmann::json>& rec
   } catch (const nlohmann::json::exception& e) {
     if (!resumed_from) return e.what();
     return fmt::format("{}: a journaled tensor record is unusable ({}); run without --resume to start over",
-                       resumed_from->path().string(), e.what());
+                       resumed_from->path().string(), json_error_text(e));
   } catch (const std::exception& e) {
     return e.what();
   }

@@ -6,6 +6,7 @@
 #include "hdf5_layout.hpp"
 #include "soupkit/error.hpp"
 #include "soupkit/hdf5.hpp"
+#include "soupkit/message_text.hpp"
 #include "soupkit/json_input.hpp"
 
 #include <algorithm>
@@ -169,7 +170,12 @@ class Hdf5Reader final : public CheckpointReader {
                              version, kFormatVersion);
       if (h5::has_attribute(fid, kMetadataAttr)) {
         const std::string what = fmt::format("{}: attribute {}", name, kMetadataAttr);
-        metadata_ = parse_untrusted_json(string_attribute(fid, kMetadataAttr, name), what).get<StringMap>();
+        const auto metadata = parse_untrusted_json(string_attribute(fid, kMetadataAttr, name), what);
+        SOUPKIT_INPUT_ERROR_IF(!metadata.is_object(), "{}: not a JSON object", what);
+        for (const auto& [key, value] : metadata.items()) {
+          SOUPKIT_INPUT_ERROR_IF(!value.is_string(), "{}: the value of '{}' is not a string", what, excerpt(key));
+          metadata_[key] = value.get<std::string>();
+        }
       }
       SOUPKIT_INPUT_ERROR_IF(h5::check_tri(H5Lexists(fid, kTensorsGroup, H5P_DEFAULT), "look up /tensors") <= 0,
                              "{}: not a soupkit checkpoint (no /{} group)", name, kTensorsGroup);
@@ -185,7 +191,7 @@ class Hdf5Reader final : public CheckpointReader {
     } catch (const Hdf5Error& e) {
       throw InputError(fmt::format("{}: unreadable soupkit checkpoint: {}", name, e.what()));
     } catch (const nlohmann::json::exception& e) {
-      throw InputError(fmt::format("{}: bad {} attribute: {}", name, kMetadataAttr, e.what()));
+      throw InputError(fmt::format("{}: bad {} attribute: {}", name, kMetadataAttr, json_error_text(e)));
     }
   }
 

@@ -90,6 +90,9 @@ SafetensorsHeader read_safetensors_header(const File& file) {
   std::string text(header_len, '\0');
   file.pread_exact(8, std::as_writable_bytes(std::span(text)));
 
+  // JSON parsers differ on a byte-order mark (nlohmann skips one, the
+  // reference safetensors reader refuses it): refuse it too.
+  SOUPKIT_INPUT_ERROR_IF(text.starts_with("\xEF\xBB\xBF"), "{}: header starts with a byte-order mark (not allowed)", name);
   const json header = parse_untrusted_json(text, name + ": header");
   SOUPKIT_INPUT_ERROR_IF(!header.is_object(), "{}: header is not a JSON object", name);
 

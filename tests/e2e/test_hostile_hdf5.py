@@ -296,6 +296,16 @@ class NamesWithNul(BadInputBase):
             f["tensors/t0"].attrs["name"] = np.bytes_(b"caf\xe9")
         self.check_fails(src, ["latin1.h5", "/tensors/t0"], ["UTF-8"], inspect=True)
 
+    def test_metadata_attribute_that_is_not_strings_is_refused(self):
+        for tag, text in (("number", '{"a": 1}'), ("list", '["a"]'), ("twice", '{"a": "1", "a": "2"}')):
+            with self.subTest(tag):
+                src = self.path("meta-%s.h5" % tag)
+                write_soupkit_h5(src, {"placeholder": ("F32", np.ones(2, np.float32))})
+                with h5py.File(src, "r+") as f:
+                    f.attrs["safetensors_metadata"] = text
+                self.check_fails(src, ["meta-%s.h5" % tag, "safetensors_metadata"],
+                                 ["not a string", "not a JSON object", "appears twice"], inspect=True)
+
     def test_control_characters_round_trip_exactly(self):
         src = self.path("odd.safetensors")
         names = ["a\nb", "tab\there", "esc\x1b[0m", "%2F/slash"]

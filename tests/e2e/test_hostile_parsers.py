@@ -76,6 +76,33 @@ class HostileSafetensors(HostileBase):
         proc = self.run_soupkit(["inspect", src])
         self.assert_refused(proc, [src, "a\\x00b", "F99"], ["unknown dtype"])
 
+    def test_json_errors_do_not_show_library_ids(self):
+        # nlohmann's "[json.exception.out_of_range.406]" and the like mean nothing to a user.
+        cases = {"overflow": self.header(shape="[1e400]"), "nuls": b"\0" * 16, "empty": b""}
+        for tag, header in cases.items():
+            with self.subTest(tag):
+                src = self.path("%s.safetensors" % tag)
+                write_raw_safetensors(src, header, b"\0" * 8)
+                self.check_fails(src, [src, "header"], ["not valid JSON"], inspect=True)
+                self.assert_refused(self.run_soupkit(["inspect", src]), [src], ["not valid JSON"])
+
+    def test_keys_given_twice_are_refused(self):
+        # Readers disagree on which of two equal keys counts (nlohmann keeps the last, others the first).
+        one = '"dtype": "F32", "shape": [2], "data_offsets": [0, 8]'
+        cases = {"tensor": '{"w": {%s}, "w": {%s}}' % (one, one),
+                 "metadata": '{"__metadata__": {"a": "1"}, "__metadata__": {"a": "2"}, "w": {%s}}' % one,
+                 "field": '{"w": {%s, "shape": [1]}}' % one}
+        for tag, header in cases.items():
+            with self.subTest(tag):
+                src = self.path("twice-%s.safetensors" % tag)
+                write_raw_safetensors(src, header.encode(), b"\0" * 8)
+                self.check_fails(src, [src, "appears twice"], ["appears twice"], inspect=True)
+
+    def test_byte_order_mark_is_refused(self):
+        src = self.path("bom.safetensors")
+        write_raw_safetensors(src, b"\xef\xbb\xbf" + self.header(), b"\0" * 8)
+        self.check_fails(src, [src], ["byte-order mark"], inspect=True)
+
 
 class HostileIndex(HostileBase):
     def model_with_index(self, index_text):

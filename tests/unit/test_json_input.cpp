@@ -37,4 +37,23 @@ TEST(JsonInput, RefusesInvalidJsonNamingTheFile) {
   EXPECT_FALSE(soupkit::try_parse_untrusted_json("\"unterminated").has_value());
 }
 
+TEST(JsonInput, RefusesKeysGivenTwiceAtAnyDepth) {
+  EXPECT_THROW(soupkit::parse_untrusted_json(R"({"a": 1, "a": 2})", "f.json"), soupkit::InputError);
+  EXPECT_THROW(soupkit::parse_untrusted_json(R"({"x": [{"b": 1, "b": 1}]})", "f.json"), soupkit::InputError);
+  EXPECT_FALSE(soupkit::try_parse_untrusted_json(R"({"a": {"k": 1}, "a": {"k": 1}})").has_value());
+  // The same key in different objects is fine.
+  EXPECT_TRUE(soupkit::try_parse_untrusted_json(R"({"a": {"k": 1}, "b": {"k": 1}, "c": [{"k": 2}]})").has_value());
+}
+
+TEST(JsonInput, MessagesCarryNoLibraryIds) {
+  try {
+    soupkit::parse_untrusted_json("[1e400]", "n.json");
+    FAIL() << "no error";
+  } catch (const soupkit::InputError& e) {
+    const std::string text = e.what();
+    EXPECT_EQ(text.find("[json.exception"), std::string::npos) << text;
+    EXPECT_NE(text.find("number overflow"), std::string::npos) << text;
+  }
+}
+
 }  // namespace
