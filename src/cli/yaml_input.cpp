@@ -139,7 +139,7 @@ void refuse_duplicate_keys(const YAML::Node& node, const std::string& source, co
     if (!kv.first.IsScalar()) continue;
     const std::string key = path.empty() ? excerpt(kv.first.Scalar()) : path + "." + excerpt(kv.first.Scalar());
     const auto [first, inserted] = first_seen.emplace(kv.first.Scalar(), kv.first.Mark());
-    SOUPKIT_INPUT_ERROR_IF(!inserted, "{}: {}: given twice ({}; first on line {})", source, key, line_of(kv.first),
+    SOUPKIT_INPUT_ERROR_IF(!inserted, "{}: {}: given twice ({}); first given on line {}", source, key, line_of(kv.first),
                            first->second.line + 1);
     refuse_duplicate_keys(kv.second, source, key);
   }

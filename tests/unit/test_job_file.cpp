@@ -186,12 +186,12 @@ TEST(JobFile, ValuesYamlCppCannotConvertNameTheKeyAndLine) {
 TEST(JobFile, KeysGivenTwiceAreRefusedAtEveryLevel) {
   const std::string soup = "merge_method: linear\nout_path: o\nmodels:\n";
   expect_error(soup + "  - model: a\n    parameters: {weight: 1, weight: 3}\n",
-               "models[0].parameters.weight: given twice (line 5; first on line 5)");
+               "models[0].parameters.weight: given twice (line 5); first given on line 5");
   expect_error(soup + "  - model: a\n    parameters:\n      weight: 1\n      weight: 3\n",
-               "models[0].parameters.weight: given twice (line 7; first on line 6)");
+               "models[0].parameters.weight: given twice (line 7); first given on line 6");
   expect_error(soup + "  - model: a\n    parameters: {weight: 1}\n  - model: m1\n    model: m2\n",
-               "models[1].model: given twice (line 7; first on line 6)");
-  expect_error(soup + "  - {model: m1, \"model\": m2}\n", "models[0].model: given twice (line 4");
+               "models[1].model: given twice (line 7); first given on line 6");
+  expect_error(soup + "  - {model: m1, \"model\": m2}\n", "models[0].model: given twice (line 4)");
   // Distinct keys are not duplicates, in any entry.
   EXPECT_EQ(parse_job(soup + "  - {model: a, parameters: {weight: 1}}\n  - {model: b, parameters: {weight: 3}}\n",
                       "j.yaml").args(),
