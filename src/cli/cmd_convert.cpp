@@ -22,7 +22,7 @@ int cmd_convert(const Communicator& comm, const Args& args) {
 
   ConvertOptions options;
   options.input = (*vm)["input"].as<std::string>();
-  options.output = (*vm)["output"].as<std::string>();
+  options.output = output_option(*vm, "output");
   options.shard_size = size_option(*vm, "shard-size");
   options.overwrite = vm->count("overwrite") > 0;
   options.dtype = float_dtype_option(*vm, "dtype");

@@ -28,7 +28,7 @@ int cmd_monosoup(const Communicator& comm, const Args& args) {
   MonosoupOptions options;
   options.base = (*vm)["base"].as<std::string>();
   options.finetuned = (*vm)["finetuned"].as<std::string>();
-  options.output = (*vm)["out"].as<std::string>();
+  options.output = output_option(*vm, "out");
   const auto mode = (*vm)["mode"].as<std::string>();
   SOUPKIT_INPUT_ERROR_IF(mode != "effective-rank" && mode != "variance",
                          "--mode: '{}' is not effective-rank or variance", mode);

@@ -68,7 +68,7 @@ int cmd_soup(const Communicator& comm, const Args& args) {
   SOUPKIT_INPUT_ERROR_IF(mode != "uniform" && mode != "greedy", "soup: mode '{}' is not uniform or greedy", mode);
   SoupOptions soup;
   for (const auto& p : (*vm)["ingredients"].as<std::vector<std::string>>()) soup.ingredients.emplace_back(p);
-  soup.output = (*vm)["out"].as<std::string>();
+  soup.output = output_option(*vm, "out");
   soup.out_dtype = float_dtype_option(*vm, "out-dtype");
   const auto accumulate = float_dtype_option(*vm, "accumulate");
   SOUPKIT_INPUT_ERROR_IF(*accumulate != DType::F64 && *accumulate != DType::F32, "--accumulate: '{}' is not F64 or F32",

@@ -31,7 +31,7 @@ int cmd_transplant(const Communicator& comm, const Args& args) {
   TransplantOptions options;
   options.base = (*vm)["base"].as<std::string>();
   options.donor = (*vm)["donor"].as<std::string>();
-  options.output = (*vm)["out"].as<std::string>();
+  options.output = output_option(*vm, "out");
   options.k = (*vm)["k"].as<int>();
   SOUPKIT_INPUT_ERROR_IF(options.k < 1 || options.k > 4096, "--k: {} is not in [1, 4096]", options.k);
   options.pad_to_multiple_of = (*vm)["pad-to-multiple-of"].as<std::int64_t>();

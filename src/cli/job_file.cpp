@@ -76,6 +76,7 @@ void add_parameters(const YAML::Node& params, const std::string& source, JobComm
                            line_of(kv.first));
     std::string key = name;
     std::replace(key.begin(), key.end(), '_', '-');
+    // Distinct YAML keys may still name one option ("out_dtype", "out-dtype").
     SOUPKIT_INPUT_ERROR_IF(!seen.insert(key).second, "{}: {}: given twice ({})", source, where, line_of(kv.first));
     const YAML::Node& value = kv.second;
     if (value.IsSequence()) {
@@ -159,12 +160,11 @@ namespace {
 
 JobCommand translate_job(const YAML::Node& job, const std::string& source) {
   SOUPKIT_INPUT_ERROR_IF(!job.IsMap(), "{}: a job file is a YAML mapping (merge_method, models, ...)", source);
-  std::set<std::string> seen;
+  // (Keys given twice were refused, at every level, by load_untrusted_yaml.)
   for (const auto& kv : job) {
     const auto key = key_name(kv.first, source, "top level");
     SOUPKIT_INPUT_ERROR_IF(!kTopLevelKeys.count(key), "{}: unknown key '{}' (line {}); a job has {}", source,
                            excerpt(key), kv.first.Mark().line + 1, fmt::join(kTopLevelKeys, ", "));
-    SOUPKIT_INPUT_ERROR_IF(!seen.insert(key).second, "{}: {}: given twice ({})", source, excerpt(key), line_of(kv.first));
   }
   SOUPKIT_INPUT_ERROR_IF(!job["merge_method"], "{}: merge_method is missing", source);
   const std::string method = scalar(job["merge_method"], source, "merge_method");
@@ -221,6 +221,9 @@ JobCommand translate_job(const YAML::Node& job, const std::string& source) {
                          "{}: tokenizer_source applies to merge_method transplant only", source);
   if (job["out_path"]) {
     const std::string out_path = scalar(job["out_path"], source, "out_path");
+    // Refused here to name the job file and key; the engine would say only "the output path is empty".
+    SOUPKIT_INPUT_ERROR_IF(out_path.empty(), "{}: out_path: the output path is empty ({})", source,
+                           line_of(job["out_path"]));
     if (out.command == "convert")
       args.push_back(out_path);
     else

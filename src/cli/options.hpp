@@ -53,6 +53,14 @@ inline std::uint64_t size_option(const po::variables_map& vm, const char* name) 
   return *bytes;
 }
 
+// An output path option: an empty one is refused before any work (greedy
+// soup would otherwise evaluate every candidate first, beside "").
+inline std::string output_option(const po::variables_map& vm, const char* name) {
+  auto path = vm[name].as<std::string>();
+  SOUPKIT_INPUT_ERROR_IF(path.empty(), "--{}: the output path is empty", name);
+  return path;
+}
+
 // A floating-point dtype option (F64, F32, F16, BF16), if given.
 inline std::optional<DType> float_dtype_option(const po::variables_map& vm, const char* name) {
   if (!vm.count(name)) return std::nullopt;

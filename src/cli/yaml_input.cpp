@@ -1,10 +1,12 @@
 #include "yaml_input.hpp"
 
 #include "soupkit/error.hpp"
+#include "soupkit/message_text.hpp"
 
 #include <fmt/format.h>
 #include <yaml-cpp/eventhandler.h>
 
+#include <map>
 #include <sstream>
 #include <vector>
 
@@ -119,6 +121,30 @@ InputError not_valid_yaml(const YAML::Exception& e, const std::string& source) {
                                 e.mark.column + 1, e.msg));
 }
 
+// YAML::Load keeps every pair of a mapping whose key is given twice, and
+// lookups find the first, so "weight: 1, weight: 3" would silently mean 1.
+// Every mapping at every level is checked here, once, so no reader of a key
+// has to; `path` names the mapping in messages ("models[0].parameters").
+// The recursion is bounded by kMaxYamlDepth (checked before loading).
+void refuse_duplicate_keys(const YAML::Node& node, const std::string& source, const std::string& path) {
+  if (node.IsSequence()) {
+    for (std::size_t i = 0; i < node.size(); ++i)
+      refuse_duplicate_keys(node[i], source, fmt::format("{}[{}]", path, i));
+    return;
+  }
+  if (!node.IsMap()) return;
+  std::map<std::string, YAML::Mark> first_seen;
+  for (const auto& kv : node) {
+    // Keys that are not names are refused, with their line, where keys are read.
+    if (!kv.first.IsScalar()) continue;
+    const std::string key = path.empty() ? excerpt(kv.first.Scalar()) : path + "." + excerpt(kv.first.Scalar());
+    const auto [first, inserted] = first_seen.emplace(kv.first.Scalar(), kv.first.Mark());
+    SOUPKIT_INPUT_ERROR_IF(!inserted, "{}: {}: given twice ({}); first given on line {}", source, key, line_of(kv.first),
+                           first->second.line + 1);
+    refuse_duplicate_keys(kv.second, source, key);
+  }
+}
+
 }  // namespace
 
 int yaml_depth_bound(std::string_view text) {
@@ -144,7 +170,9 @@ YAML::Node load_untrusted_yaml(const std::string& text, const std::string& sourc
     RefuseAliases refuse(source);
     while (parser.HandleNextDocument(refuse)) {
     }
-    return YAML::Load(text);
+    YAML::Node root = YAML::Load(text);
+    refuse_duplicate_keys(root, source, "");
+    return root;
   } catch (const YAML::Exception& e) {
     throw not_valid_yaml(e, source);
   }

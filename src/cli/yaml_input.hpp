@@ -6,7 +6,9 @@
 //     before yaml-cpp (whose parser recurses once per level) sees the text;
 //   - no aliases (*name): a job never needs them, and each alias expands to
 //     a full copy of its anchor, so 10,000 of them multiply the file;
-//   - one document.
+//   - one document;
+//   - no key given twice in any mapping (yaml-cpp keeps both and lookups
+//     find the first, silently dropping the second).
 // Every error names `source` and the line.
 #include <yaml-cpp/yaml.h>
 

@@ -387,6 +387,9 @@ std::uint64_t sum_over(const Communicator& comm, std::uint64_t value) {
 }  // namespace
 
 RunResult run_method(const Communicator& comm, Method& method, const fs::path& out, const RunOptions& options) {
+  // Every rank sees the same path, so all refuse alike. Checked before any
+  // work: an empty path otherwise fails only at the final rename.
+  SOUPKIT_INPUT_ERROR_IF(out.empty(), "the output path is empty");
   const auto start = Clock::now();
   const std::uint64_t base_rss = current_rss_bytes();
 

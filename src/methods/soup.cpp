@@ -4,6 +4,8 @@
 #include "soupkit/error.hpp"
 #include "soupkit/log.hpp"
 
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -101,9 +103,16 @@ std::vector<double> normalise_weights(const std::vector<double>& raw, std::size_
                            i + 1, raw[i]);
     sum += raw[i];
   }
-  SOUPKIT_INPUT_ERROR_IF(!(sum > 0), "--weights: the weights sum to 0");
+  // Finite weights can still sum to inf (1e308,1e308), and x / inf is 0:
+  // every normalised weight would be 0 and the soup all zeros.
+  SOUPKIT_INPUT_ERROR_IF(!(sum > 0) || !std::isfinite(sum), "--weights: the weights {} sum to {}, not a finite number > 0",
+                         fmt::join(raw, ","), sum);
   std::vector<double> w;
-  for (double x : raw) w.push_back(x / sum);
+  for (double x : raw) {
+    w.push_back(x / sum);
+    SOUPKIT_INPUT_ERROR_IF(!std::isfinite(w.back()), "--weights: the weights {} do not normalise to finite numbers",
+                           fmt::join(raw, ","));
+  }
   return w;
 }
 

@@ -181,6 +181,28 @@ TEST(JobFile, ValuesYamlCppCannotConvertNameTheKeyAndLine) {
   expect_error("merge_method: monosoup\nbase_model: a\nmodels: [b]\nparameters: {out=x: 1}\n", "not an option name");
 }
 
+// yaml-cpp keeps both pairs of a key given twice and lookups find the first:
+// every mapping, at every level, must refuse it (here: inside models).
+TEST(JobFile, KeysGivenTwiceAreRefusedAtEveryLevel) {
+  const std::string soup = "merge_method: linear\nout_path: o\nmodels:\n";
+  expect_error(soup + "  - model: a\n    parameters: {weight: 1, weight: 3}\n",
+               "models[0].parameters.weight: given twice (line 5); first given on line 5");
+  expect_error(soup + "  - model: a\n    parameters:\n      weight: 1\n      weight: 3\n",
+               "models[0].parameters.weight: given twice (line 7); first given on line 6");
+  expect_error(soup + "  - model: a\n    parameters: {weight: 1}\n  - model: m1\n    model: m2\n",
+               "models[1].model: given twice (line 7); first given on line 6");
+  expect_error(soup + "  - {model: m1, \"model\": m2}\n", "models[0].model: given twice (line 4)");
+  // Distinct keys are not duplicates, in any entry.
+  EXPECT_EQ(parse_job(soup + "  - {model: a, parameters: {weight: 1}}\n  - {model: b, parameters: {weight: 3}}\n",
+                      "j.yaml").args(),
+            (Strings{"uniform", "a", "b", "--weights", "1,3", "--out", "o"}));
+}
+
+TEST(JobFile, EmptyOutPathNamesTheKey) {
+  expect_error("merge_method: linear\nmodels: [a]\nout_path: ''\n", "out_path: the output path is empty (line 3)");
+  expect_error("merge_method: convert\nmodels: [a]\nout_path: \"\"\n", "out_path: the output path is empty");
+}
+
 TEST(JobFile, PathsStartingWithADashStayPaths) {
   const auto job = parse_job("merge_method: convert\nmodels: [-in]\nout_path: -out.h5\n", "j.yaml");
   EXPECT_EQ(job.args(), (Strings{"./-in", "./-out.h5"}));

@@ -33,7 +33,8 @@ struct SoupOptions {
 };
 
 // Uniform weights when `raw` is empty; otherwise checks `raw` (one finite,
-// non-negative number per ingredient, positive sum) and divides by the sum.
+// non-negative number per ingredient, a finite positive sum) and divides by
+// the sum.
 std::vector<double> normalise_weights(const std::vector<double>& raw, std::size_t ingredients);
 
 class SoupMethod final : public Method {
