@@ -6,6 +6,7 @@
 #include "soupkit/error.hpp"
 #include "soupkit/log.hpp"
 
+#include <hdf5.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -378,6 +379,20 @@ void write_aux_file(CheckpointWriter& writer, std::size_t index, const AuxSource
   } while (offset < info.size);
 }
 
+// HDF5 holds at most 32 dimensions (H5S_MAX_RANK); a deeper tensor would
+// fail only when its dataset is created, naming the output, not the input.
+void check_fits_output_format(const MethodPlan& plan, const fs::path& out) {
+  if (output_kind(out) != OutputKind::Hdf5File) return;
+  for (std::size_t i = 0; i < plan.output.tensors.size(); ++i) {
+    const TensorInfo& t = plan.output.tensors[i];
+    const std::string from = i < plan.sources.size() && !plan.sources[i].empty() ? plan.sources[i][0] : "the input";
+    SOUPKIT_INPUT_ERROR_IF(t.shape.size() > H5S_MAX_RANK,
+                           "{}: tensor '{}' has {} dimensions, more than the {} an HDF5 output holds (write "
+                           ".safetensors or a model directory instead)",
+                           from, printable(t.name), t.shape.size(), H5S_MAX_RANK);
+  }
+}
+
 std::uint64_t sum_over(const Communicator& comm, std::uint64_t value) {
   std::uint64_t total = 0;
   MPI_Allreduce(&value, &total, 1, MPI_UINT64_T, MPI_SUM, comm.get());
@@ -399,6 +414,7 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
   on_root(comm, [&] {
     MethodPlan planned = method.plan();
     check_aux_files(planned.output.aux_files, out.string() + ": carried files");
+    check_fits_output_format(planned, out);
     sources = std::move(planned.sources);
     plan_text = plan_to_json(planned).dump();
   });

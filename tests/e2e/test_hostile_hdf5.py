@@ -6,7 +6,9 @@ data, NUL bytes in names) fail with exit status 1 and one message naming the
 file and the dataset, write nothing anywhere and stay far below 1 GiB of
 memory. Unusual but valid ones (big-endian tensors) convert exactly, bit for
 bit. Carried files are streamed, so copying a large one costs little memory."""
+import json
 import os
+import struct
 import shutil
 import subprocess
 import tempfile
@@ -17,7 +19,7 @@ import numpy as np
 
 from soupkit_testlib import (MPIRUN, SOUPKIT, TempDirTestCase, read_checkpoint, run_soupkit, run_with_peak_rss,
                              write_model_dir, write_safetensors)
-from test_bad_input import BadInputBase
+from test_bad_input import write_raw_safetensors, BadInputBase
 
 CARRIED_FILE_WORDS = ["carried file", "appears twice", "NUL"]
 SIZE_WORDS = ["stored", "storage", "filter", "external"]
@@ -317,6 +319,20 @@ class NamesWithNul(BadInputBase):
         got, _ = read_checkpoint(back)
         self.assertEqual(sorted(got), sorted(names))
 
+
+
+class TooManyDimensions(BadInputBase):
+    def test_a_tensor_deeper_than_hdf5_allows_is_refused_before_any_work_naming_the_input(self):
+        # numpy stops at 32 dimensions too: the file is written by hand.
+        src = self.path("rank40.safetensors")
+        header = {"w": {"dtype": "F32", "shape": [1] * 40, "data_offsets": [0, 4]}}
+        write_raw_safetensors(src, header, np.float32(1.5).tobytes())
+        self.check_fails(src, ["rank40.safetensors", "'w'", "40 dimensions"], ["HDF5 output"], kinds=("h5",))
+        out = self.path("rank40.safetensors-copy.safetensors")
+        run_soupkit(["convert", src, out])  # safetensors holds it
+        with open(out, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            self.assertEqual(json.loads(f.read(n))["w"]["shape"], [1] * 40)
 
 
 class Attributes(BadInputBase):
