@@ -250,7 +250,7 @@ class SideFilesNamedByOptions(SideFileTestCase):
         self.assertEqual(proc.returncode, 0, proc.stderr)
         with open(own_log) as f:
             self.assertTrue(json.load(f)["complete"])
-        self.assertEqual(sorted(os.listdir(self.tmp)), ["base", "fine", "greedy", "greedy.json"])
+        self.assertEqual(sorted(os.listdir(self.tmp)), ["base", "fine", "greedy", "greedy.json", "user.log"])
 
     def test_greedy_log_is_replaced_not_written_through_a_symlink(self):
         target = self.precious(self.path("target.txt"))
@@ -305,7 +305,7 @@ class LoudEvaluator(SideFileTestCase):
                                   "--eval-cmd", eval_cmd, self.path("base"), self.path("fine")], timeout=300)
 
     def test_many_lines_then_a_score(self):
-        proc, peak = self.greedy_with_peak("true {model}; yes 'some progress' | head -c %d; echo 0.75" % self.LOUD)
+        proc, peak = self.greedy_with_peak("true {model}; yes 'some progress' | head -c %d; echo; echo 0.75" % self.LOUD)
         self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
         self.assertLess(peak, self.PEAK_LIMIT)
         self.assertIn("scores 0.75", proc.stderr)
