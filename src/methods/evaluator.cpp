@@ -2,6 +2,7 @@
 
 #include "soupkit/error.hpp"
 #include "soupkit/log.hpp"
+#include "soupkit/message_text.hpp"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -23,9 +24,15 @@ namespace {
 
 constexpr const char* kPlaceholder = "{model}";
 constexpr std::size_t kTailLines = 20;
+// A quoted line longer than this is cut (the message stays readable).
+constexpr std::size_t kMaxQuotedLineChars = 1000;
 // After forwarding a termination signal, how long the evaluator's group
 // gets to exit before it is killed (SIGKILL).
 constexpr int kTerminationGraceMs = 5000;
+// Only the end of an evaluator's output is used (the score is its last
+// line, errors quote its last lines), so only this much of each stream is
+// kept however much it prints.
+constexpr std::size_t kKeptOutputBytes = 64 << 10;
 
 // Set by the signal handler: the signal received (0: none), and the process
 // group of the running evaluator (0: none) that it is forwarded to.
@@ -63,23 +70,58 @@ std::vector<std::string> non_empty_lines(const std::string& text) {
   return lines;
 }
 
+std::string quoted_line(const std::string& line) {
+  return line.size() > kMaxQuotedLineChars ? excerpt(line, kMaxQuotedLineChars) : line;
+}
+
 // The last lines of a stream, indented, for an error message.
 std::string tail(const std::string& label, const std::string& text) {
   const auto lines = non_empty_lines(text);
   if (lines.empty()) return fmt::format("\n  {}: (empty)", label);
   std::string out = fmt::format("\n  {}{}:", label, lines.size() > kTailLines ? fmt::format(" (last {} lines)", kTailLines) : "");
   for (std::size_t i = lines.size() > kTailLines ? lines.size() - kTailLines : 0; i < lines.size(); ++i)
-    out += "\n    " + lines[i];
+    out += "\n    " + quoted_line(lines[i]);
   return out;
+}
+
+// The last kKeptOutputBytes (at most twice that while reading) of a stream.
+class OutputTail {
+ public:
+  void append(const char* data, std::size_t n) {
+    text_.append(data, n);
+    if (text_.size() > 2 * kKeptOutputBytes) keep_last_bytes();
+  }
+  // The kept text; "..." starts it if the beginning was dropped (so the
+  // first line shown may be the end of a longer one).
+  std::string finish() {
+    if (text_.size() > kKeptOutputBytes) keep_last_bytes();
+    return cut_ ? "..." + text_ : text_;
+  }
+  bool cut() const { return cut_; }
+
+ private:
+  void keep_last_bytes() {
+    text_.erase(0, text_.size() - kKeptOutputBytes);
+    cut_ = true;
+  }
+  std::string text_;
+  bool cut_ = false;
+};
+
+// Does the last non-empty line of `text` start after a line break (so all
+// of it is there, when the text's beginning was dropped)?
+bool last_line_complete(const std::string& text) {
+  const auto last = text.find_last_not_of(" \t\r\n");
+  return last != std::string::npos && text.rfind('\n', last) != std::string::npos;
 }
 
 // Reads both pipes to their end without letting either fill up and block
 // the child. Once soupkit is told to terminate, the evaluator's process
 // group `group` gets kTerminationGraceMs to exit (and close the pipes),
 // then is killed.
-void drain(int out_fd, int err_fd, pid_t group, std::string& out, std::string& err) {
+void drain(int out_fd, int err_fd, pid_t group, OutputTail& out, OutputTail& err) {
   pollfd fds[2] = {{out_fd, POLLIN, 0}, {err_fd, POLLIN, 0}};
-  std::string* sinks[2] = {&out, &err};
+  OutputTail* sinks[2] = {&out, &err};
   int open = 2;
   char buf[65536];
   int grace_left_ms = kTerminationGraceMs;
@@ -199,7 +241,7 @@ double parse_score(const std::string& stdout_text, const std::string& stderr_tex
   SOUPKIT_INPUT_ERROR_IF(last.empty() || end != last.c_str() + last.size() || !std::isfinite(score),
                          "evaluator {}: the last line of its output is not a score (a finite number, higher is "
                          "better): '{}'{}{}",
-                         describe, last, tail("stdout", stdout_text), tail("stderr", stderr_text));
+                         describe, quoted_line(last), tail("stdout", stdout_text), tail("stderr", stderr_text));
   return score;
 }
 
@@ -245,14 +287,14 @@ double run_evaluator(const std::string& command, const fs::path& model) {
     close(err_pipe[0]);
     throw SystemError(fmt::format("evaluator: cannot start /bin/sh: {}", std::strerror(rc)));
   }
-  std::string out, err;
+  OutputTail out_tail, err_tail;
   int status = 0;
   auto reap = [&] {
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
   };
   try {
-    drain(out_pipe[0], err_pipe[0], pid, out, err);
+    drain(out_pipe[0], err_pipe[0], pid, out_tail, err_tail);
   } catch (...) {
     kill(-pid, SIGKILL);  // no zombie left behind
     reap();
@@ -261,6 +303,7 @@ double run_evaluator(const std::string& command, const fs::path& model) {
   }
   reap();
   g_evaluator_group = 0;
+  const std::string out = out_tail.finish(), err = err_tail.finish();
   log::debug("evaluator `{}` output:\n{}{}", line, out, err);
   const std::string describe = fmt::format("`{}`", line);
   if (g_termination_signal) ::kill(-pid, SIGKILL);  // any of its processes still there (they ignored the signal)
@@ -269,6 +312,10 @@ double run_evaluator(const std::string& command, const fs::path& model) {
                          tail("stdout", out), tail("stderr", err));
   SOUPKIT_INPUT_ERROR_IF(WEXITSTATUS(status) != 0, "evaluator {} failed with exit status {}{}{}", describe,
                          WEXITSTATUS(status), tail("stdout", out), tail("stderr", err));
+  SOUPKIT_INPUT_ERROR_IF(out_tail.cut() && !last_line_complete(out),
+                         "evaluator {}: the last line of its output does not fit in the {} KiB of it soupkit keeps, so it "
+                         "is not a score{}{}",
+                         describe, kKeptOutputBytes >> 10, tail("stdout", out), tail("stderr", err));
   return parse_score(out, err, describe);
 }
 

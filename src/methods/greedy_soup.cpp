@@ -1,5 +1,6 @@
 #include "soupkit/methods/greedy_soup.hpp"
 
+#include "../io/side_file.hpp"
 #include "soupkit/error.hpp"
 #include "soupkit/json_input.hpp"
 #include "soupkit/log.hpp"
@@ -122,12 +123,18 @@ class GreedyLog {
   void set_cache(std::map<std::string, double> cache) { cache_ = std::move(cache); }
   const std::map<std::string, double>& cache() const { return cache_; }
 
-  // Rank 0: write the log (to a temporary name, then rename).
-  void save() const {
+  // Rank 0: an existing --log is resumed from or replaced only if it is a
+  // greedy soup log (not, say, an ingredient's config.json).
+  void check_replaceable() const {
     if (!options_.log_file) return;
-    const fs::path tmp = options_.log_file->string() + ".tmp";
-    write_text_file(tmp, doc_.dump(2) + "\n");
-    fs::rename(tmp, *options_.log_file);
+    check_side_file_replaceable(*options_.log_file, "--log", "soupkit greedy soup log", [](const json& doc) {
+      return doc.is_object() && doc.contains("method") && doc["method"] == "greedy-soup";
+    });
+  }
+
+  // Rank 0: write the log (to a new temporary name, then rename).
+  void save() const {
+    if (options_.log_file) write_side_file(*options_.log_file, doc_.dump(2) + "\n");
   }
 
  private:
@@ -235,6 +242,7 @@ class GreedyRun {
       lock_->write_owner();
       SOUPKIT_INPUT_ERROR_IF(fs::exists(out) && !options_.soup.overwrite,
                              "{} already exists (use --overwrite to replace it)", out.string());
+      log_.check_replaceable();
       // Ingredient headers now, so a mismatch stops the run before any evaluation.
       SoupOptions all = options_.soup;
       all.output = work_ / "check";

@@ -1,5 +1,6 @@
 #include "soupkit/methods/monosoup.hpp"
 
+#include "../io/side_file.hpp"
 #include "soupkit/cast.hpp"
 #include "soupkit/error.hpp"
 #include "soupkit/linalg/gram_svd.hpp"
@@ -81,6 +82,7 @@ void write_kept(const CheckpointReader& reader, const TensorInfo& in, const Tens
 }  // namespace
 
 MethodPlan MonosoupMethod::plan() {
+  if (options_.report) check_report_replaceable(*options_.report);  // before any heavy work
   base_ = open_checkpoint(options_.base);
   finetuned_ = open_checkpoint(options_.finetuned);
   MethodPlan plan;
@@ -397,10 +399,7 @@ void MonosoupMethod::finish(const std::vector<nlohmann::json>& records, double s
   }
   if (options_.report) {
     const nlohmann::json report = {{"tensors", records}, {"summary", summary}};
-    fs::path partial = *options_.report;
-    partial += ".partial";
-    write_text_file(partial, report.dump(2) + "\n");
-    fs::rename(partial, *options_.report);
+    write_side_file(*options_.report, report.dump(2) + "\n");
   }
   std::string reasons;
   for (const auto& [reason, count] : kept) reasons += fmt::format("{}{} {}", reasons.empty() ? "" : ", ", count, reason);

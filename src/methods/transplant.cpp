@@ -1,5 +1,6 @@
 #include "soupkit/methods/transplant.hpp"
 
+#include "../io/side_file.hpp"
 #include "soupkit/cast.hpp"
 #include "soupkit/error.hpp"
 #include "soupkit/json_input.hpp"
@@ -183,6 +184,7 @@ json residual_summary(std::vector<double> v) {
 }  // namespace
 
 MethodPlan TransplantMethod::plan() {
+  if (options_.report) check_report_replaceable(*options_.report);  // before any heavy work
   base_ = open_checkpoint(options_.base);
   donor_ = open_checkpoint(options_.donor);
   const Tokenizer base_tok = read_tokenizer(*base_);
@@ -479,10 +481,7 @@ void TransplantMethod::finish(const std::vector<nlohmann::json>& records, double
   }
   if (options_.report) {
     const json report = {{"tokens", counts_}, {"k", options_.k}, {"matrices", matrices}, {"seconds", seconds}};
-    fs::path partial = *options_.report;
-    partial += ".partial";
-    write_text_file(partial, report.dump(2) + "\n");
-    fs::rename(partial, *options_.report);
+    write_side_file(*options_.report, report.dump(2) + "\n");
   }
   log::info("transplant: {} exact, {} special, {} approximated tokens in {:.2f} s", counts_["exact"].get<std::size_t>(),
             counts_["special"].get<std::size_t>(), counts_["approximated"].get<std::size_t>(), seconds);

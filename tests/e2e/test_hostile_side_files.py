@@ -1,7 +1,7 @@
 """Hostile and unusual side files (issue 10): a damaged or hostile resume
-journal, files at OUT.journal / OUT.partial / OUT.greedy.lock / OUT.old that
-soupkit did not create, a full disk, and SIGTERM to a greedy soup while its
-evaluator runs. soupkit must never crash, never delete or overwrite what it
+journal, files at OUT.journal / OUT.partial / OUT.greedy.lock / OUT.old (or
+named by --log / --report) that soupkit did not create, a full disk, SIGTERM
+to a greedy soup while its evaluator runs, and an evaluator printing 300 MB. soupkit must never crash, never delete or overwrite what it
 did not create, and leave nothing behind after a failure."""
 import json
 import os
@@ -12,7 +12,7 @@ import textwrap
 import time
 import unittest
 
-from soupkit_testlib import SOUPKIT, TempDirTestCase, run_soupkit, write_model_dir
+from soupkit_testlib import SOUPKIT, TempDirTestCase, run_soupkit, run_with_peak_rss, write_model_dir
 from test_engine import same_output, uneven_pair
 
 
@@ -210,6 +210,124 @@ class FullDisk(SideFileTestCase):
         proc = self.monosoup(out, check=False)
         self.assertFailsOnce(proc, "No space left on device")
         self.assertEqual(sorted(os.listdir(self.mount)), ["filler"])
+
+
+class SideFilesNamedByOptions(SideFileTestCase):
+    """--log and --report name a path of the user's choosing: what is there is
+    replaced only if soupkit wrote it (a greedy log, a report)."""
+    PRECIOUS = '{"architectures": ["Mine"]}\n'
+
+    def precious(self, path):
+        with open(path, "w") as f:
+            f.write(self.PRECIOUS)
+        return path
+
+    def assertUntouched(self, path):
+        with open(path) as f:
+            self.assertEqual(f.read(), self.PRECIOUS)
+
+    def greedy(self, out, *extra):
+        return run_soupkit(["soup", "greedy", "--out", out, "--eval-cmd", "true {model}; echo 0.5", *extra,
+                            self.path("base"), self.path("fine")], check=False)
+
+    def test_greedy_log_onto_an_ingredients_config_is_refused(self):
+        config = self.precious(self.path("base", "config.json"))
+        for resume in ([], ["--resume"]):
+            with self.subTest(resume=resume):
+                proc = self.greedy(self.path("greedy"), "--log", config, *resume)
+                self.assertFailsOnce(proc, "--log " + config, "not a soupkit greedy soup log")
+                self.assertUntouched(config)
+                for suffix in ("", ".greedy-work", ".greedy.lock"):
+                    self.assertFalse(os.path.lexists(self.path("greedy") + suffix), suffix)
+
+    def test_greedy_log_onto_a_users_file_is_refused_but_its_own_log_is_replaced(self):
+        user_log = self.precious(self.path("user.log"))
+        self.assertFailsOnce(self.greedy(self.path("greedy"), "--log", user_log), user_log, "refusing to replace it")
+        self.assertUntouched(user_log)
+        own_log = self.path("greedy.json")
+        self.greedy(self.path("greedy"), "--log", own_log)
+        proc = self.greedy(self.path("greedy"), "--log", own_log, "--overwrite")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        with open(own_log) as f:
+            self.assertTrue(json.load(f)["complete"])
+        self.assertEqual(sorted(os.listdir(self.tmp)), ["base", "fine", "greedy", "greedy.json", "user.log"])
+
+    def test_greedy_log_is_replaced_not_written_through_a_symlink(self):
+        target = self.precious(self.path("target.txt"))
+        link = self.path("greedy.json")
+        os.symlink(target, link)
+        self.assertFailsOnce(self.greedy(self.path("greedy"), "--log", link), link, "refusing to replace it")
+        self.assertUntouched(target)
+        self.assertTrue(os.path.islink(link))
+
+    def test_report_onto_an_inputs_index_is_refused(self):
+        base, _ = uneven_pair()
+        write_model_dir(self.path("ex", "base"), base, shard_bytes=64)
+        index = self.path("ex", "base", "model.safetensors.index.json")
+        with open(index) as f:
+            before = f.read()
+        proc = run_soupkit(["monosoup", "--base", self.path("ex", "base"), "--finetuned", self.path("fine"),
+                            "--out", self.path("soup"), "--report", index], check=False)
+        self.assertFailsOnce(proc, "--report " + index, "not a soupkit report")
+        with open(index) as f:
+            self.assertEqual(f.read(), before)
+        self.assertFalse(os.path.lexists(self.path("soup")))
+        self.assertFalse(os.path.lexists(self.path("soup.journal")))
+
+    def test_report_onto_a_users_file_or_symlink_is_refused_but_its_own_report_is_replaced(self):
+        mine = self.precious(self.path("mine.json"))
+        link = self.path("link.json")
+        os.symlink(mine, link)
+        for report in (mine, link):
+            with self.subTest(report=report):
+                self.assertFailsOnce(self.monosoup(self.path("soup"), "--report", report, check=False), report)
+                self.assertUntouched(mine)
+                self.assertFalse(os.path.lexists(self.path("soup")))
+        own = self.path("report.json")
+        self.monosoup(self.path("soup"), "--report", own)
+        self.monosoup(self.path("soup"), "--report", own, "--overwrite")
+        with open(own) as f:
+            self.assertIn("summary", json.load(f))
+        self.assertEqual(sorted(os.listdir(self.tmp)), ["base", "fine", "link.json", "mine.json", "report.json", "soup"])
+
+
+class LoudEvaluator(SideFileTestCase):
+    """Only the end of an evaluator's output is kept: 300 MB of it must not
+    cost 300 MB (or several times that) of memory."""
+    LOUD = 300 * 1000 * 1000
+    PEAK_LIMIT = 200 * 1024 * 1024
+
+    def greedy_with_peak(self, eval_cmd):
+        scores = self.path("scores.json")
+        with open(scores, "w") as f:
+            json.dump({self.path("base"): 0.5, self.path("fine"): 0.4}, f)  # only the candidate is evaluated
+        return run_with_peak_rss(["soup", "greedy", "--out", self.path("greedy"), "--overwrite", "--scores", scores,
+                                  "--eval-cmd", eval_cmd, self.path("base"), self.path("fine")], timeout=300)
+
+    def test_many_lines_then_a_score(self):
+        proc, peak = self.greedy_with_peak("true {model}; yes 'some progress' | head -c %d; echo; echo 0.75" % self.LOUD)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+        self.assertLess(peak, self.PEAK_LIMIT)
+        self.assertIn("scores 0.75", proc.stderr)
+
+    def test_one_huge_line_then_a_score(self):
+        proc, peak = self.greedy_with_peak("true {model}; head -c %d /dev/zero | tr '\\0' x; echo; echo 0.75"
+                                           % self.LOUD)
+        self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+        self.assertLess(peak, self.PEAK_LIMIT)
+
+    def test_one_huge_line_without_a_score_is_an_error(self):
+        proc, peak = self.greedy_with_peak("true {model}; head -c %d /dev/zero | tr '\\0' x" % self.LOUD)
+        self.assertFailsOnce(proc, "does not fit in the 64 KiB")
+        self.assertLess(peak, self.PEAK_LIMIT)
+        self.assertLess(len(proc.stderr), 10000)  # the quoted line is cut too
+
+    def test_stderr_flood_then_failure_quotes_its_tail(self):
+        proc, peak = self.greedy_with_peak("true {model}; yes 'warning: noisy' | head -c %d >&2; echo last words >&2;"
+                                           " exit 2" % self.LOUD)
+        self.assertFailsOnce(proc, "failed with exit status 2", "last words")
+        self.assertLess(peak, self.PEAK_LIMIT)
+        self.assertLess(len(proc.stderr), 10000)
 
 
 EVALUATOR = textwrap.dedent("""\

@@ -50,7 +50,8 @@ double parse_score(const std::string& stdout_text, const std::string& stderr_tex
 // Runs `command` (with {model} substituted) under /bin/sh -c, waits for it,
 // and returns the score. A non-zero exit, a signal, or no number on the last
 // line throws InputError showing the command and the tail of its stdout and
-// stderr. Call on one rank only. The evaluator runs in its own process
+// stderr. Only the last 64 KiB of each stream are kept (memory stays
+// bounded however much the evaluator prints). Call on one rank only. The evaluator runs in its own process
 // group; see TerminationGuard.
 double run_evaluator(const std::string& command, const fs::path& model);
 
