@@ -108,7 +108,7 @@ class GreedyLog {
         log::warn("--resume: {} was made with --eval-cmd '{}'; reusing its scores with '{}'", file.string(),
                   excerpt(old.value("eval_cmd", "")), options_.eval_cmd);
     } catch (const json::exception& e) {
-      throw InputError(fmt::format("--resume: {} is not a greedy soup log: {}", file.string(), e.what()));
+      throw InputError(fmt::format("--resume: {} is not a greedy soup log: {}", file.string(), json_error_text(e)));
     }
   }
 

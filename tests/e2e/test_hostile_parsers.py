@@ -240,7 +240,9 @@ class HostileGreedyFiles(HostileBase):
         out = self.path("soup")
         common = ["soup", "greedy", "--out", out, "--eval-cmd", "true {model}"]
         self.assert_refused_small([*common, "--scores", scores, a, b], ["--scores", scores], DEEP_WORDS)
-        self.assert_refused_small([*common, "--log", log, "--resume", a, b], ["--resume", log], DEEP_WORDS)
+        # A deep file at --log is not a soupkit log, so it is refused before it would be resumed from.
+        self.assert_refused_small([*common, "--log", log, "--resume", a, b], ["--log", log],
+                                  ["not a soupkit greedy soup log"])
         self.assert_no_output(out)
 
 
