@@ -114,13 +114,19 @@ std::string model_type_of(const json& model, const std::string& where) {
 }
 
 // A role's token in tokenizer_config.json / special_tokens_map.json: a
-// string, or an object with "content".
-std::optional<std::string> role_token(const json& config, const std::string& key) {
+// string, an object with a string "content", or null (no such token, as
+// Hugging Face writes "pad_token": null). Anything else is refused: taken
+// as absent, a malformed entry would silently change which tokens match by
+// role.
+std::optional<std::string> role_token(const json& config, const std::string& key, const std::string& where) {
   if (!config.is_object() || !config.contains(key)) return std::nullopt;
   const auto& v = config[key];
+  if (v.is_null()) return std::nullopt;
   if (v.is_string()) return v.get<std::string>();
   if (v.is_object() && v.contains("content") && v["content"].is_string()) return v["content"].get<std::string>();
-  return std::nullopt;
+  throw InputError(fmt::format("{}: \"{}\" is {}, not a token (a string, an object with a string \"content\", or "
+                               "null)",
+                               where, key, json_excerpt(v)));
 }
 
 std::optional<json> read_json_aux(const CheckpointReader& model, const std::string& name) {
@@ -281,9 +287,12 @@ Tokenizer read_tokenizer(const CheckpointReader& model) {
   for (std::int64_t id = t.size() - 1; id >= 0; --id)
     if (t.present[static_cast<std::size_t>(id)]) by_content[t.pieces[static_cast<std::size_t>(id)]] = id;
   for (const std::string role : {"bos", "eos", "pad", "unk"}) {
-    std::optional<std::string> content;
-    if (config) content = role_token(*config, role + "_token");
-    if (!content && special_map) content = role_token(*special_map, role + "_token");
+    // Both files are checked even when the first names the token.
+    std::optional<std::string> content, from_map;
+    if (config) content = role_token(*config, role + "_token", (model.path() / "tokenizer_config.json").string());
+    if (special_map)
+      from_map = role_token(*special_map, role + "_token", (model.path() / "special_tokens_map.json").string());
+    if (!content) content = from_map;
     if (!content && role == "unk" && m.contains("unk_token") && m["unk_token"].is_string())
       content = m["unk_token"].get<std::string>();
     if (!content) continue;

@@ -156,6 +156,23 @@ class HostileTransplant(HostileBase):
         vocab.update(changes)
         return dict(self.tok, model=dict(self.tok["model"], vocab=vocab))
 
+    def test_special_tokens_of_the_wrong_type_are_refused(self):
+        # They used to be taken as absent: "0 special by role", exit 0.
+        for key, value in (("bos_token", {"content": 5}), ("eos_token", [1, 2]), ("pad_token", 7)):
+            with self.subTest(key=key):
+                donor = self.model("donor-%s" % key, self.tok)
+                with open(os.path.join(donor, "special_tokens_map.json"), "w") as f:
+                    json.dump({key: value}, f)
+                args, out = self.transplant(donor, "out-%s" % key)
+                self.assert_refused_small(args, [os.path.join(donor, "special_tokens_map.json"), key], ["not a token"])
+                self.assert_no_output(out)
+        # null is how Hugging Face writes "no such token".
+        donor = self.model("donor-null", self.tok)
+        with open(os.path.join(donor, "special_tokens_map.json"), "w") as f:
+            json.dump({"pad_token": None}, f)
+        args, out = self.transplant(donor, "out-null")
+        run_soupkit(args)
+
     def test_deeply_nested_normalizer(self):
         text = json.dumps(dict(self.tok, normalizer=None)).replace('"normalizer": null', '"normalizer": ' + DEEP_ARRAY)
         self.check_donor(text, [], DEEP_WORDS)
