@@ -17,6 +17,11 @@ inline constexpr std::size_t kMaxQuotedChars = 80;
 // `max_chars` input bytes with "... (N bytes)" so the reader knows it was cut.
 std::string excerpt(std::string_view text, std::size_t max_chars = kMaxQuotedChars);
 
+// Bytes in the well-formed UTF-8 sequence at text[i] (1 for ASCII), or 0 if
+// there is none (a stray byte, an overlong form, a surrogate, past
+// U+10FFFF, cut short).
+std::size_t utf8_sequence_length(std::string_view text, std::size_t i);
+
 // Is `text` well-formed UTF-8 (no overlong forms, surrogates or values
 // past U+10FFFF)? Names go into JSON plans, journals and headers, which
 // hold only UTF-8.

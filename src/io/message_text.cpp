@@ -4,11 +4,6 @@
 
 namespace soupkit {
 
-namespace {
-
-// Bytes in the well-formed UTF-8 sequence at text[i] (1 for ASCII), or 0 if
-// there is none (a stray byte, an overlong form, a surrogate, past
-// U+10FFFF, cut short).
 std::size_t utf8_sequence_length(std::string_view text, std::size_t i) {
   const auto lead = static_cast<unsigned char>(text[i]);
   if (lead < 0x80) return 1;
@@ -26,8 +21,6 @@ std::size_t utf8_sequence_length(std::string_view text, std::size_t i) {
   if (cp < kSmallest[length] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
   return length;
 }
-
-}  // namespace
 
 std::string excerpt(std::string_view text, std::size_t max_chars) {
   const std::string_view shown = text.substr(0, max_chars);

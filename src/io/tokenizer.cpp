@@ -36,13 +36,13 @@ const std::unordered_map<char32_t, unsigned char>& byte_level_decoder() {
 std::optional<std::vector<char32_t>> code_points(const std::string& s) {
   std::vector<char32_t> out;
   for (std::size_t i = 0; i < s.size();) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    const int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    if (len == 0 || i + static_cast<std::size_t>(len) > s.size()) return std::nullopt;
-    char32_t cp = len == 1 ? c : c & (0x7F >> len);
-    for (int k = 1; k < len; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + static_cast<std::size_t>(k)]) & 0x3F);
+    const std::size_t len = utf8_sequence_length(s, i);
+    if (len == 0) return std::nullopt;
+    const auto lead = static_cast<unsigned char>(s[i]);
+    char32_t cp = len == 1 ? lead : lead & (0x7F >> len);
+    for (std::size_t k = 1; k < len; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
     out.push_back(cp);
-    i += static_cast<std::size_t>(len);
+    i += len;
   }
   return out;
 }
