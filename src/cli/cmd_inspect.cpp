@@ -1,6 +1,6 @@
 #include "commands.hpp"
 #include "options.hpp"
-#include "soupkit/checkpoint.hpp"
+#include "soupkit/io/checkpoint.hpp"
 
 #include <fmt/ranges.h>
 

@@ -1,7 +1,7 @@
 #include "commands.hpp"
 #include "job_file.hpp"
-#include "soupkit/error.hpp"
-#include "soupkit/log.hpp"
+#include "soupkit/util/error.hpp"
+#include "soupkit/util/log.hpp"
 
 #include <fmt/ranges.h>
 

@@ -1,7 +1,7 @@
 #pragma once
 // One function per `soupkit` sub-command. Each parses its own options and
 // returns the process exit status.
-#include "soupkit/communicator.hpp"
+#include "soupkit/parallel/communicator.hpp"
 
 #include <string>
 #include <vector>

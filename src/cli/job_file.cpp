@@ -2,9 +2,9 @@
 
 #include "yaml_input.hpp"
 
-#include "soupkit/error.hpp"
-#include "soupkit/file.hpp"
-#include "soupkit/message_text.hpp"
+#include "soupkit/util/error.hpp"
+#include "soupkit/io/file.hpp"
+#include "soupkit/util/message_text.hpp"
 
 #include <fmt/ranges.h>
 

@@ -1,10 +1,10 @@
 // soupkit: merges neural-network checkpoints at cluster scale.
 // Runs alone or under mpirun/srun; every rank runs the same command.
 #include "commands.hpp"
-#include "soupkit/error.hpp"
-#include "soupkit/hdf5.hpp"
-#include "soupkit/log.hpp"
-#include "soupkit/message_text.hpp"
+#include "soupkit/util/error.hpp"
+#include "soupkit/io/hdf5.hpp"
+#include "soupkit/util/log.hpp"
+#include "soupkit/util/message_text.hpp"
 
 #include <malloc.h>
 #include <mpi.h>

@@ -1,9 +1,9 @@
 #pragma once
 // Shared option handling for the sub-commands (boost::program_options).
-#include "soupkit/engine.hpp"
-#include "soupkit/error.hpp"
-#include "soupkit/log.hpp"
-#include "soupkit/tensor.hpp"
+#include "soupkit/engine/engine.hpp"
+#include "soupkit/util/error.hpp"
+#include "soupkit/util/log.hpp"
+#include "soupkit/io/tensor.hpp"
 
 #include <boost/program_options.hpp>
 

@@ -1,7 +1,7 @@
 #include "yaml_input.hpp"
 
-#include "soupkit/error.hpp"
-#include "soupkit/message_text.hpp"
+#include "soupkit/util/error.hpp"
+#include "soupkit/util/message_text.hpp"
 
 #include <fmt/format.h>
 #include <yaml-cpp/eventhandler.h>

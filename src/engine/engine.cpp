@@ -1,10 +1,10 @@
-#include "soupkit/engine.hpp"
+#include "soupkit/engine/engine.hpp"
 
 #include "journal.hpp"
-#include "soupkit/json_input.hpp"
+#include "soupkit/util/json_input.hpp"
 #include "progress.hpp"
-#include "soupkit/error.hpp"
-#include "soupkit/log.hpp"
+#include "soupkit/util/error.hpp"
+#include "soupkit/util/log.hpp"
 
 #include <hdf5.h>
 #include <sys/resource.h>

@@ -1,10 +1,10 @@
 #include "journal.hpp"
 
-#include "soupkit/checksum.hpp"
-#include "soupkit/error.hpp"
-#include "soupkit/json_input.hpp"
-#include "soupkit/log.hpp"
-#include "soupkit/tensor.hpp"
+#include "soupkit/io/checksum.hpp"
+#include "soupkit/util/error.hpp"
+#include "soupkit/util/json_input.hpp"
+#include "soupkit/util/log.hpp"
+#include "soupkit/io/tensor.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>

@@ -18,8 +18,8 @@
 // record an object); a line that fails is a damaged entry and its tensor is
 // recomputed. A torn last line (a kill mid-write) is such a line. At most
 // kMaxJournalBytes(tensor count) bytes are read.
-#include "soupkit/file.hpp"
-#include "soupkit/output_lock.hpp"
+#include "soupkit/io/file.hpp"
+#include "soupkit/engine/output_lock.hpp"
 
 #include <nlohmann/json.hpp>
 

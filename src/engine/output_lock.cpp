@@ -1,7 +1,7 @@
-#include "soupkit/output_lock.hpp"
+#include "soupkit/engine/output_lock.hpp"
 
-#include "soupkit/error.hpp"
-#include "soupkit/json_input.hpp"
+#include "soupkit/util/error.hpp"
+#include "soupkit/util/json_input.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>

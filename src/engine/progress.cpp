@@ -1,7 +1,7 @@
 #include "progress.hpp"
 
-#include "soupkit/log.hpp"
-#include "soupkit/tensor.hpp"
+#include "soupkit/util/log.hpp"
+#include "soupkit/io/tensor.hpp"
 
 #include <cstdio>
 #include <unistd.h>

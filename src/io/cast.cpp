@@ -1,6 +1,6 @@
-#include "soupkit/cast.hpp"
+#include "soupkit/io/cast.hpp"
 
-#include "soupkit/error.hpp"
+#include "soupkit/util/error.hpp"
 
 #include <cmath>
 #include <limits>

@@ -1,10 +1,10 @@
-#include "soupkit/checkpoint.hpp"
+#include "soupkit/io/checkpoint.hpp"
 
 #include "checkpoint_formats.hpp"
 #include "partial_output.hpp"
-#include "soupkit/checksum.hpp"
-#include "soupkit/error.hpp"
-#include "soupkit/message_text.hpp"
+#include "soupkit/io/checksum.hpp"
+#include "soupkit/util/error.hpp"
+#include "soupkit/util/message_text.hpp"
 
 #include <algorithm>
 #include <cstring>

@@ -1,7 +1,7 @@
 #pragma once
 // Format-specific readers and writers behind open_checkpoint() and
 // create_checkpoint_writer(); nothing else should name them.
-#include "soupkit/checkpoint.hpp"
+#include "soupkit/io/checkpoint.hpp"
 
 namespace soupkit::detail {
 

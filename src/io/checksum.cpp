@@ -1,4 +1,4 @@
-#include "soupkit/checksum.hpp"
+#include "soupkit/io/checksum.hpp"
 
 #include <bit>
 #include <cstring>

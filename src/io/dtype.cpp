@@ -1,4 +1,4 @@
-#include "soupkit/dtype.hpp"
+#include "soupkit/io/dtype.hpp"
 
 #include <algorithm>
 #include <array>

@@ -1,6 +1,6 @@
-#include "soupkit/file.hpp"
+#include "soupkit/io/file.hpp"
 
-#include "soupkit/error.hpp"
+#include "soupkit/util/error.hpp"
 
 #include <cerrno>
 #include <cstring>

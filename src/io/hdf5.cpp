@@ -1,6 +1,6 @@
-#include "soupkit/hdf5.hpp"
+#include "soupkit/io/hdf5.hpp"
 
-#include "soupkit/error.hpp"
+#include "soupkit/util/error.hpp"
 
 #include <vector>
 

@@ -4,10 +4,10 @@
 // (no collective calls), so reading never needs the MPI-IO driver.
 #include "checkpoint_formats.hpp"
 #include "hdf5_layout.hpp"
-#include "soupkit/error.hpp"
-#include "soupkit/hdf5.hpp"
-#include "soupkit/message_text.hpp"
-#include "soupkit/json_input.hpp"
+#include "soupkit/util/error.hpp"
+#include "soupkit/io/hdf5.hpp"
+#include "soupkit/util/message_text.hpp"
+#include "soupkit/util/json_input.hpp"
 
 #include <algorithm>
 

@@ -4,8 +4,8 @@
 #include "checkpoint_formats.hpp"
 #include "hdf5_layout.hpp"
 #include "partial_output.hpp"
-#include "soupkit/error.hpp"
-#include "soupkit/hdf5.hpp"
+#include "soupkit/util/error.hpp"
+#include "soupkit/io/hdf5.hpp"
 
 #include <sys/statvfs.h>
 

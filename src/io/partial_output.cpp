@@ -1,7 +1,7 @@
 #include "partial_output.hpp"
 
-#include "soupkit/error.hpp"
-#include "soupkit/log.hpp"
+#include "soupkit/util/error.hpp"
+#include "soupkit/util/log.hpp"
 
 #include <stdio.h>
 #include <stdlib.h>

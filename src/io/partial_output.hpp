@@ -1,7 +1,7 @@
 #pragma once
 // The output's path life cycle, run on the root rank: data is written under
 // "<final>.partial" and renamed to the final path only when complete.
-#include "soupkit/file.hpp"
+#include "soupkit/io/file.hpp"
 
 namespace soupkit {
 

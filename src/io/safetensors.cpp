@@ -1,8 +1,8 @@
-#include "soupkit/safetensors.hpp"
+#include "soupkit/io/safetensors.hpp"
 
-#include "soupkit/error.hpp"
-#include "soupkit/json_input.hpp"
-#include "soupkit/message_text.hpp"
+#include "soupkit/util/error.hpp"
+#include "soupkit/util/json_input.hpp"
+#include "soupkit/util/message_text.hpp"
 
 #include <nlohmann/json.hpp>
 

@@ -2,9 +2,9 @@
 // model.safetensors, or shards listed by model.safetensors.index.json).
 // Tensor data is read with pread, tensor by tensor, row range by row range.
 #include "checkpoint_formats.hpp"
-#include "soupkit/error.hpp"
-#include "soupkit/json_input.hpp"
-#include "soupkit/message_text.hpp"
+#include "soupkit/util/error.hpp"
+#include "soupkit/util/json_input.hpp"
+#include "soupkit/util/message_text.hpp"
 
 #include <algorithm>
 #include <set>

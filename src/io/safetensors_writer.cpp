@@ -4,7 +4,7 @@
 // its tensors' bytes at their offsets with pwrite: nothing is gathered.
 #include "checkpoint_formats.hpp"
 #include "partial_output.hpp"
-#include "soupkit/error.hpp"
+#include "soupkit/util/error.hpp"
 
 #include <algorithm>
 #include <numeric>

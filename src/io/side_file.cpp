@@ -1,8 +1,8 @@
 #include "side_file.hpp"
 
 #include "partial_output.hpp"
-#include "soupkit/error.hpp"
-#include "soupkit/json_input.hpp"
+#include "soupkit/util/error.hpp"
+#include "soupkit/util/json_input.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>

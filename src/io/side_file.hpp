@@ -2,7 +2,7 @@
 // Files soupkit writes beside its output (--report, --log). The path is the
 // user's, so something may already be there: soupkit replaces it only if it
 // is a file soupkit wrote, and writes atomically, never through a symlink.
-#include "soupkit/file.hpp"
+#include "soupkit/io/file.hpp"
 
 #include <nlohmann/json.hpp>
 

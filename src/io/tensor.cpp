@@ -1,4 +1,4 @@
-#include "soupkit/tensor.hpp"
+#include "soupkit/io/tensor.hpp"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>

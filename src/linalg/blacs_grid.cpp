@@ -1,6 +1,6 @@
 #include "soupkit/linalg/blacs_grid.hpp"
 
-#include "soupkit/error.hpp"
+#include "soupkit/util/error.hpp"
 #include "soupkit/linalg/lapack.hpp"
 #include "soupkit/linalg/scalapack.hpp"
 

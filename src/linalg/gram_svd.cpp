@@ -1,6 +1,6 @@
 #include "soupkit/linalg/gram_svd.hpp"
 
-#include "soupkit/error.hpp"
+#include "soupkit/util/error.hpp"
 #include "soupkit/linalg/lapack.hpp"
 
 #include <algorithm>

@@ -1,6 +1,6 @@
 #include "soupkit/linalg/lapack.hpp"
 
-#include "soupkit/error.hpp"
+#include "soupkit/util/error.hpp"
 
 #include <climits>
 #include <cmath>

@@ -1,7 +1,7 @@
 #include "soupkit/methods/convert.hpp"
 
-#include "soupkit/error.hpp"
-#include "soupkit/log.hpp"
+#include "soupkit/util/error.hpp"
+#include "soupkit/util/log.hpp"
 
 namespace soupkit {
 

@@ -1,8 +1,8 @@
 #include "soupkit/methods/evaluator.hpp"
 
-#include "soupkit/error.hpp"
-#include "soupkit/log.hpp"
-#include "soupkit/message_text.hpp"
+#include "soupkit/util/error.hpp"
+#include "soupkit/util/log.hpp"
+#include "soupkit/util/message_text.hpp"
 
 #include <fcntl.h>
 #include <poll.h>

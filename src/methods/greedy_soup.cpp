@@ -1,12 +1,12 @@
 #include "soupkit/methods/greedy_soup.hpp"
 
 #include "../io/side_file.hpp"
-#include "soupkit/error.hpp"
-#include "soupkit/json_input.hpp"
-#include "soupkit/log.hpp"
-#include "soupkit/message_text.hpp"
+#include "soupkit/util/error.hpp"
+#include "soupkit/util/json_input.hpp"
+#include "soupkit/util/log.hpp"
+#include "soupkit/util/message_text.hpp"
 #include "soupkit/methods/evaluator.hpp"
-#include "soupkit/output_lock.hpp"
+#include "soupkit/engine/output_lock.hpp"
 
 #include <unistd.h>
 

@@ -1,11 +1,11 @@
 #include "soupkit/methods/monosoup.hpp"
 
 #include "../io/side_file.hpp"
-#include "soupkit/cast.hpp"
-#include "soupkit/error.hpp"
+#include "soupkit/io/cast.hpp"
+#include "soupkit/util/error.hpp"
 #include "soupkit/linalg/gram_svd.hpp"
 #include "soupkit/linalg/pgram_svd.hpp"
-#include "soupkit/log.hpp"
+#include "soupkit/util/log.hpp"
 
 #include <cmath>
 #include <map>

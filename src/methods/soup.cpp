@@ -1,8 +1,8 @@
 #include "soupkit/methods/soup.hpp"
 
-#include "soupkit/cast.hpp"
-#include "soupkit/error.hpp"
-#include "soupkit/log.hpp"
+#include "soupkit/io/cast.hpp"
+#include "soupkit/util/error.hpp"
+#include "soupkit/util/log.hpp"
 
 #include <fmt/ranges.h>
 

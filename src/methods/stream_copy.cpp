@@ -1,7 +1,7 @@
 #include "soupkit/methods/stream_copy.hpp"
 
-#include "soupkit/cast.hpp"
-#include "soupkit/error.hpp"
+#include "soupkit/io/cast.hpp"
+#include "soupkit/util/error.hpp"
 
 #include <algorithm>
 

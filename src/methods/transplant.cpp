@@ -1,11 +1,11 @@
 #include "soupkit/methods/transplant.hpp"
 
 #include "../io/side_file.hpp"
-#include "soupkit/cast.hpp"
-#include "soupkit/error.hpp"
-#include "soupkit/json_input.hpp"
+#include "soupkit/io/cast.hpp"
+#include "soupkit/util/error.hpp"
+#include "soupkit/util/json_input.hpp"
 #include "soupkit/linalg/omp.hpp"
-#include "soupkit/log.hpp"
+#include "soupkit/util/log.hpp"
 
 #include <algorithm>
 #include <cmath>

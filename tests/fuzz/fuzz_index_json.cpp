@@ -2,7 +2,7 @@
 // model.safetensors.index.json, in a directory that also holds two valid
 // shards (the seeds refer to them) for open_checkpoint to find.
 #include "fuzz_support.hpp"
-#include "soupkit/checkpoint.hpp"
+#include "soupkit/io/checkpoint.hpp"
 
 namespace {
 

@@ -3,7 +3,7 @@
 // layout_safetensors and read back, it must describe the same tensors (a
 // name or shape the writer changes is silently wrong output).
 #include "fuzz_support.hpp"
-#include "soupkit/safetensors.hpp"
+#include "soupkit/io/safetensors.hpp"
 
 #include <map>
 #include <tuple>

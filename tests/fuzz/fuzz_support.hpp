@@ -4,8 +4,8 @@
 // soupkit::Error whose message names the input, is a clean outcome (the CLI
 // prints it and exits 1); any other exception, or a message that names no
 // file, is a finding: the target aborts and libFuzzer saves the input.
-#include "soupkit/error.hpp"
-#include "soupkit/file.hpp"
+#include "soupkit/util/error.hpp"
+#include "soupkit/io/file.hpp"
 
 #include <cstddef>
 #include <cstdint>

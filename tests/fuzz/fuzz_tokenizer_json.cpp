@@ -2,8 +2,8 @@
 // directory (with a one-tensor model.safetensors); a tokenizer that reads is
 // then matched against itself, as a transplant would.
 #include "fuzz_support.hpp"
-#include "soupkit/checkpoint.hpp"
-#include "soupkit/tokenizer.hpp"
+#include "soupkit/io/checkpoint.hpp"
+#include "soupkit/io/tokenizer.hpp"
 
 namespace {
 

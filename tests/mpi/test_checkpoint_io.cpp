@@ -1,8 +1,8 @@
 // Writers and readers across ranks: every rank writes the tensors it owns,
 // the result reads back identical on every rank, failures stop every rank.
-#include "soupkit/checkpoint.hpp"
-#include "soupkit/engine.hpp"
-#include "soupkit/error.hpp"
+#include "soupkit/io/checkpoint.hpp"
+#include "soupkit/engine/engine.hpp"
+#include "soupkit/util/error.hpp"
 
 #include <gtest/gtest.h>
 

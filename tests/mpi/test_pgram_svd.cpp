@@ -1,6 +1,6 @@
 // The distributed Gram-eigen SVD and reweighting on a P x 1 BLACS grid
 // agree with the single-rank LAPACK kernels on the same matrices.
-#include "soupkit/communicator.hpp"
+#include "soupkit/parallel/communicator.hpp"
 #include "soupkit/linalg/gram_svd.hpp"
 #include "soupkit/linalg/pgram_svd.hpp"
 

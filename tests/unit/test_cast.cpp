@@ -1,7 +1,7 @@
 // Rounding of the dtype conversions, checked against the definition of
 // round-to-nearest-even (nearest neighbour, ties to the even pattern).
-#include "soupkit/cast.hpp"
-#include "soupkit/error.hpp"
+#include "soupkit/io/cast.hpp"
+#include "soupkit/util/error.hpp"
 
 #include <gtest/gtest.h>
 

@@ -1,6 +1,6 @@
 // File reads, carried-file names and the limits on reading carried files.
-#include "soupkit/checkpoint.hpp"
-#include "soupkit/error.hpp"
+#include "soupkit/io/checkpoint.hpp"
+#include "soupkit/util/error.hpp"
 
 #include <gtest/gtest.h>
 

@@ -1,7 +1,7 @@
 // safetensors header validation, sizes, dtype names, owner assignment.
-#include "soupkit/engine.hpp"
-#include "soupkit/error.hpp"
-#include "soupkit/safetensors.hpp"
+#include "soupkit/engine/engine.hpp"
+#include "soupkit/util/error.hpp"
+#include "soupkit/io/safetensors.hpp"
 
 #include <gtest/gtest.h>
 

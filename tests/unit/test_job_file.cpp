@@ -2,8 +2,8 @@
 // would type; every example in jobs/ translates; bad files name the problem.
 #include "cli/job_file.hpp"
 #include "cli/yaml_input.hpp"
-#include "soupkit/error.hpp"
-#include "soupkit/file.hpp"
+#include "soupkit/util/error.hpp"
+#include "soupkit/io/file.hpp"
 
 #include <gtest/gtest.h>
 

@@ -1,5 +1,5 @@
-#include "soupkit/error.hpp"
-#include "soupkit/json_input.hpp"
+#include "soupkit/util/error.hpp"
+#include "soupkit/util/json_input.hpp"
 
 #include <gtest/gtest.h>
 

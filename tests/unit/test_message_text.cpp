@@ -1,5 +1,5 @@
 // Input text quoted into messages stays one short, complete line.
-#include "soupkit/message_text.hpp"
+#include "soupkit/util/message_text.hpp"
 
 #include <gtest/gtest.h>
 

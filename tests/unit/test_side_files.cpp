@@ -3,7 +3,7 @@
 // recognised only by soupkit's own first line, and the warning for a
 // quoted {model} in a greedy soup's --eval-cmd.
 #include "engine/journal.hpp"
-#include "soupkit/error.hpp"
+#include "soupkit/util/error.hpp"
 #include "soupkit/methods/evaluator.hpp"
 
 #include <gtest/gtest.h>

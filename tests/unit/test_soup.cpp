@@ -1,7 +1,7 @@
 // Soup weights and the greedy soup's evaluator contract: the weights are
 // normalised by their sum, the model path reaches the evaluator intact
 // through the shell, and only a finite number on the last line is a score.
-#include "soupkit/error.hpp"
+#include "soupkit/util/error.hpp"
 #include "soupkit/methods/evaluator.hpp"
 #include "soupkit/methods/soup.hpp"
 

@@ -1,7 +1,7 @@
 #pragma once
 // `soupkit convert`: any checkpoint format to any other, bit-exact for
 // unchanged dtypes, optionally casting floating-point tensors.
-#include "soupkit/engine.hpp"
+#include "soupkit/engine/engine.hpp"
 #include "soupkit/methods/stream_copy.hpp"
 
 #include <optional>

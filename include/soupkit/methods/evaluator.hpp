@@ -2,7 +2,7 @@
 // The user's evaluator for greedy soups: any shell command in which
 // "{model}" stands for a checkpoint directory; it prints a score (higher is
 // better) as the last line of its standard output.
-#include "soupkit/file.hpp"
+#include "soupkit/io/file.hpp"
 
 #include <csignal>
 #include <string>

@@ -4,7 +4,7 @@
 // tensor soupkit handles: bf16/f16/f32 matrices, a 4-D convolution, 1-D
 // norms, a 0-d scalar, int64 and bool buffers. Values are pseudo-random but
 // fixed by the seed, so the example is the same on every machine.
-#include "soupkit/engine.hpp"
+#include "soupkit/engine/engine.hpp"
 
 namespace soupkit {
 

@@ -5,7 +5,7 @@
 // with coefficients taken from the singular spectrum:
 //   W = W0 + lambda_high dW_high + lambda_low dW_low.
 // See docs/monosoup.md for the exact rules.
-#include "soupkit/engine.hpp"
+#include "soupkit/engine/engine.hpp"
 #include "soupkit/methods/monosoup_coefficients.hpp"
 #include "soupkit/methods/stream_copy.hpp"
 

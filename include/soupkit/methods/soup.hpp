@@ -7,7 +7,7 @@
 // Integer, bool and fp8 tensors must be identical in every ingredient and
 // are copied. Memory per rank does not depend on the number of ingredients:
 // tensors are streamed row range by row range, one ingredient at a time.
-#include "soupkit/engine.hpp"
+#include "soupkit/engine/engine.hpp"
 
 #include <optional>
 

@@ -2,7 +2,7 @@
 // Copies one tensor from a reader to a writer row range by row range, so
 // memory stays bounded whatever the tensor size; casts floating-point
 // elements when the output dtype differs (round to nearest even).
-#include "soupkit/checkpoint.hpp"
+#include "soupkit/io/checkpoint.hpp"
 
 #include <vector>
 

@@ -7,9 +7,9 @@
 // coefficients applied to the shared tokens' base rows give its new row.
 // The embedding and (unless tied) the output matrix are rebuilt this way by
 // all ranks together; the other tensors are copied. See docs/transplant.md.
-#include "soupkit/engine.hpp"
+#include "soupkit/engine/engine.hpp"
 #include "soupkit/methods/stream_copy.hpp"
-#include "soupkit/tokenizer.hpp"
+#include "soupkit/io/tokenizer.hpp"
 
 #include <map>
 #include <optional>

@@ -1,6 +1,6 @@
-#include "soupkit/log.hpp"
+#include "soupkit/util/log.hpp"
 
-#include "soupkit/error.hpp"
+#include "soupkit/util/error.hpp"
 
 namespace soupkit::log {
 namespace {

@@ -5,8 +5,8 @@
 // output tensors it is given. The engine shares the plan, assigns tensors to
 // ranks, streams results into the writer and turns any rank's failure into a
 // clean collective stop with nothing left at the output path.
-#include "soupkit/checkpoint.hpp"
-#include "soupkit/communicator.hpp"
+#include "soupkit/io/checkpoint.hpp"
+#include "soupkit/parallel/communicator.hpp"
 
 #include <nlohmann/json.hpp>
 

@@ -1,4 +1,4 @@
-#include "soupkit/message_text.hpp"
+#include "soupkit/util/message_text.hpp"
 
 #include <fmt/format.h>
 

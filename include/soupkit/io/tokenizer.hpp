@@ -11,7 +11,7 @@
 //   - added tokens: their content, literally; special ones live apart from
 //     ordinary text (a special "<s>" never matches the text "<s>").
 // See docs/transplant.md for the rules.
-#include "soupkit/checkpoint.hpp"
+#include "soupkit/io/checkpoint.hpp"
 
 #include <cstdint>
 #include <map>

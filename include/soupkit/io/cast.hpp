@@ -1,7 +1,7 @@
 #pragma once
 // Element conversions between the floating-point dtypes, rounding to nearest
 // even. Half types are held as their raw 16-bit patterns.
-#include "soupkit/dtype.hpp"
+#include "soupkit/io/dtype.hpp"
 
 #include <bit>
 #include <cstddef>

@@ -1,8 +1,8 @@
 #pragma once
 // The safetensors file format: an 8-byte little-endian header length N, N
 // bytes of JSON describing every tensor, then the data buffer.
-#include "soupkit/file.hpp"
-#include "soupkit/tensor.hpp"
+#include "soupkit/io/file.hpp"
+#include "soupkit/io/tensor.hpp"
 
 #include <map>
 #include <string>

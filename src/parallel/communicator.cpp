@@ -1,6 +1,6 @@
-#include "soupkit/communicator.hpp"
+#include "soupkit/parallel/communicator.hpp"
 
-#include "soupkit/error.hpp"
+#include "soupkit/util/error.hpp"
 
 #include <climits>
 

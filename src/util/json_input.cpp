@@ -1,7 +1,7 @@
-#include "soupkit/json_input.hpp"
+#include "soupkit/util/json_input.hpp"
 
-#include "soupkit/error.hpp"
-#include "soupkit/message_text.hpp"
+#include "soupkit/util/error.hpp"
+#include "soupkit/util/message_text.hpp"
 
 #include <unordered_set>
 #include <vector>

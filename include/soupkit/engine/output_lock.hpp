@@ -12,7 +12,7 @@
 // file; an existing one is used only if it is a regular file (never
 // followed through a symbolic link) whose first line is soupkit's. Anything
 // else at the path is the user's: refused, naming it.
-#include "soupkit/file.hpp"
+#include "soupkit/io/file.hpp"
 
 #include <nlohmann/json.hpp>
 

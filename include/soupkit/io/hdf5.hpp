@@ -1,7 +1,7 @@
 #pragma once
 // Thin RAII wrappers over the HDF5 C API: each Handle owns one hid_t, and
 // every failing call becomes an Hdf5Error carrying HDF5's own error text.
-#include "soupkit/dtype.hpp"
+#include "soupkit/io/dtype.hpp"
 
 #include <hdf5.h>
 

@@ -1,6 +1,6 @@
 #pragma once
 // Description of one tensor: name, element type, shape.
-#include "soupkit/dtype.hpp"
+#include "soupkit/io/dtype.hpp"
 
 #include <cstdint>
 #include <optional>

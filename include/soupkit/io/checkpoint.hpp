@@ -2,10 +2,10 @@
 // One way to read checkpoints and one way to write them, whatever the format:
 // a .safetensors file, a Hugging Face model directory (single or sharded
 // safetensors plus config/tokenizer files), or soupkit's HDF5 layout (.h5).
-#include "soupkit/communicator.hpp"
-#include "soupkit/file.hpp"
-#include "soupkit/safetensors.hpp"
-#include "soupkit/tensor.hpp"
+#include "soupkit/parallel/communicator.hpp"
+#include "soupkit/io/file.hpp"
+#include "soupkit/io/safetensors.hpp"
+#include "soupkit/io/tensor.hpp"
 
 #include <nlohmann/json.hpp>
 
