@@ -1,4 +1,4 @@
-#include "side_file.hpp"
+#include "soupkit/io/side_file.hpp"
 
 #include "partial_output.hpp"
 #include "soupkit/util/error.hpp"

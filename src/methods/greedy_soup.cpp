@@ -1,6 +1,6 @@
 #include "soupkit/methods/greedy_soup.hpp"
 
-#include "../io/side_file.hpp"
+#include "soupkit/io/side_file.hpp"
 #include "soupkit/util/error.hpp"
 #include "soupkit/util/json_input.hpp"
 #include "soupkit/util/log.hpp"

@@ -1,6 +1,6 @@
 #include "soupkit/methods/monosoup.hpp"
 
-#include "../io/side_file.hpp"
+#include "soupkit/io/side_file.hpp"
 #include "soupkit/io/cast.hpp"
 #include "soupkit/util/error.hpp"
 #include "soupkit/linalg/gram_svd.hpp"

@@ -1,6 +1,7 @@
 #include "soupkit/methods/transplant.hpp"
+#include "soupkit/methods/token_matching.hpp"
 
-#include "../io/side_file.hpp"
+#include "soupkit/io/side_file.hpp"
 #include "soupkit/io/cast.hpp"
 #include "soupkit/util/error.hpp"
 #include "soupkit/util/json_input.hpp"

@@ -4,6 +4,7 @@
 #include "fuzz_support.hpp"
 #include "soupkit/io/checkpoint.hpp"
 #include "soupkit/io/tokenizer.hpp"
+#include "soupkit/methods/token_matching.hpp"
 
 namespace {
 

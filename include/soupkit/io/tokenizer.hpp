@@ -1,7 +1,8 @@
 #pragma once
 // Reading a Hugging Face tokenizer (tokenizer.json plus tokenizer_config.json
 // / special_tokens_map.json) and mapping every token to the text it stands
-// for, so that tokens can be matched across tokenizer families:
+// for, so that tokens can be compared across tokenizer families (the
+// matching policy itself is transplant's: methods/token_matching.hpp):
 //   - byte-level BPE (GPT-2, Llama 3, Qwen): each character of a token is one
 //     byte through GPT-2's byte-to-unicode alphabet ('Ġ' = space, 'Ċ' = \n);
 //   - SentencePiece-style (Llama 2, Mistral, Gemma; BPE or Unigram): '▁' is a
@@ -39,22 +40,5 @@ struct Tokenizer {
 // InputError naming the file when tokenizer.json is missing, malformed or of
 // an unsupported model type.
 Tokenizer read_tokenizer(const CheckpointReader& model);
-
-// How a donor token gets its row.
-// Unused: an id no donor token has (a hole in the vocabulary): a zero row.
-enum class TokenMatch : std::int8_t { Exact, Special, Approximate, Unused };
-
-struct TokenMapping {
-  // Per donor token id: the base token id whose row it takes (-1: none).
-  std::vector<std::int64_t> base_id;
-  std::vector<TokenMatch> match;
-  std::size_t exact = 0, special = 0, approximate = 0, unused = 0;
-};
-
-// Matches every donor token to a base token: special tokens by role, then
-// by content among special tokens; others by text. When several base tokens
-// stand for one text, one of the donor token's kind (regular piece or
-// <0xNN> byte fallback) wins, then the lowest id.
-TokenMapping match_tokens(const Tokenizer& donor, const Tokenizer& base);
 
 }  // namespace soupkit
