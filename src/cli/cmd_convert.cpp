@@ -27,8 +27,6 @@ int cmd_convert(const Communicator& comm, const Args& args) {
   options.overwrite = vm->count("overwrite") > 0;
   options.dtype = float_dtype_option(*vm, "dtype");
   const auto engine = engine_settings(*vm, comm);
-  // Two chunks (read, cast) plus slack must fit the budget.
-  options.chunk_bytes = std::clamp<std::uint64_t>(engine.memory_budget / 4, 1 << 20, 256ull << 20);
   ConvertMethod method(options);
   run_method(comm, method, options.output, engine.run);
   return 0;

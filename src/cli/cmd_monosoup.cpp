@@ -45,9 +45,7 @@ int cmd_monosoup(const Communicator& comm, const Args& args) {
   options.overwrite = vm->count("overwrite") > 0;
   options.scalapack_min_dim = (*vm)["scalapack-min-dim"].as<std::int64_t>();
   SOUPKIT_INPUT_ERROR_IF(options.scalapack_min_dim < 0, "--scalapack-min-dim: {} is negative", options.scalapack_min_dim);
-  options.ranks = comm.size();
   const auto engine = engine_settings(*vm, comm);
-  options.memory_budget = engine.memory_budget;
   MonosoupMethod method(options);
   run_method(comm, method, options.output, engine.run);
   return 0;

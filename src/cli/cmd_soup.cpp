@@ -77,9 +77,6 @@ int cmd_soup(const Communicator& comm, const Args& args) {
   soup.shard_size = size_option(*vm, "shard-size");
   soup.overwrite = vm->count("overwrite") > 0;
   const auto engine = engine_settings(*vm, comm);
-  // An output row range, plus slack, within the budget; larger ranges gain
-  // nothing (docs/soups.md).
-  soup.chunk_bytes = std::clamp<std::uint64_t>(engine.memory_budget / 4, 1 << 20, 8ull << 20);
 
   if (mode == "uniform") {
     refuse(*vm, mode, {"eval-cmd", "scores", "log", "keep-candidates"});
@@ -109,6 +106,7 @@ int cmd_soup(const Communicator& comm, const Args& args) {
   // --resume (an engine option): reuse the scores in --log, evaluating
   // nothing twice, and resume the final write.
   greedy.resume = engine.run.resume;
+  greedy.memory_budget = engine.run.memory_budget;
   greedy.keep_candidates = vm->count("keep-candidates") > 0;
   run_greedy_soup(comm, greedy);
   return 0;

@@ -45,10 +45,7 @@ int cmd_transplant(const Communicator& comm, const Args& args) {
   if (vm->count("report")) options.report = (*vm)["report"].as<std::string>();
   options.shard_size = size_option(*vm, "shard-size");
   options.overwrite = vm->count("overwrite") > 0;
-  options.ranks = comm.size();
   const auto engine = engine_settings(*vm, comm);
-  options.chunk_bytes = std::clamp<std::uint64_t>(engine.memory_budget / 8, 1 << 20, 64ull << 20);
-  options.memory_budget = engine.memory_budget;
   TransplantMethod method(options);
   run_method(comm, method, options.output, engine.run);
   return 0;

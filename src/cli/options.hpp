@@ -81,7 +81,6 @@ inline void add_engine_options(po::options_description& desc) {
 
 struct EngineSettings {
   RunOptions run;
-  std::uint64_t memory_budget = 0;
 };
 
 // Collective (the default budget looks at every node).
@@ -89,7 +88,7 @@ inline EngineSettings engine_settings(const po::variables_map& vm, const Communi
   EngineSettings s;
   s.run.dry_run = vm.count("dry-run") > 0;
   s.run.resume = vm.count("resume") > 0;
-  s.memory_budget = vm.count("memory-budget") ? size_option(vm, "memory-budget") : default_memory_budget(comm);
+  s.run.memory_budget = vm.count("memory-budget") ? size_option(vm, "memory-budget") : default_memory_budget(comm);
   return s;
 }
 

@@ -1,6 +1,10 @@
 #include "soupkit/engine/engine.hpp"
 
+#include "fault_injection.hpp"
+#include "soupkit/engine/checksum.hpp"
 #include "journal.hpp"
+#include "plan_codec.hpp"
+#include "plan_table.hpp"
 #include "soupkit/util/json_input.hpp"
 #include "progress.hpp"
 #include "soupkit/util/error.hpp"
@@ -25,29 +29,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-nlohmann::json plan_to_json(const MethodPlan& plan) {
-  // Sources are for --dry-run on the coordinator only: not broadcast.
-  return {{"output", plan.output.to_json()}, {"costs", plan.costs}, {"memory", plan.memory},
-          {"grid", plan.grid},               {"state", plan.state}};
-}
-
-MethodPlan plan_from_json(const nlohmann::json& j) {
-  MethodPlan plan;
-  plan.output = OutputSpec::from_json(j.at("output"));
-  plan.costs = j.at("costs").get<std::vector<double>>();
-  plan.memory = j.at("memory").get<std::vector<double>>();
-  plan.grid = j.at("grid").get<std::vector<bool>>();
-  plan.state = j.at("state");
-  const std::size_t n = plan.output.tensors.size();
-  if (plan.grid.empty()) plan.grid.assign(n, false);
-  if (plan.memory.empty())
-    for (const auto& t : plan.output.tensors) plan.memory.push_back(static_cast<double>(t.nbytes()));
-  SOUPKIT_ERROR_IF(plan.costs.size() != n || plan.grid.size() != n || plan.memory.size() != n,
-                   "internal: plan has {} costs, {} memory estimates and {} grid flags for {} tensors",
-                   plan.costs.size(), plan.memory.size(), plan.grid.size(), n);
-  return plan;
-}
 
 // Messages between workers and the coordinator while tensors are computed,
 // on a communicator of their own (so nothing left over can reach another
@@ -179,117 +160,6 @@ class WorkChannel {
   std::string error_;
 };
 
-// Fault injection for the kill-and-resume tests: SOUPKIT_FAULT_KILL_AFTER=N
-// makes the coordinator kill itself (SIGKILL, like an OOM kill or a node
-// loss) right after journaling its N-th tensor of this run.
-long fault_kill_after() {
-  const char* text = std::getenv("SOUPKIT_FAULT_KILL_AFTER");
-  return text ? std::strtol(text, nullptr, 10) : 0;
-}
-
-// What --dry-run prints: the plan per rank, without touching the output.
-void print_plan(const MethodPlan& plan, const std::vector<int>& owner, int ranks, const fs::path& out,
-                const std::string& method) {
-  const auto& tensors = plan.output.tensors;
-  std::vector<double> seconds(static_cast<std::size_t>(ranks), 0.0), memory(static_cast<std::size_t>(ranks), 0.0);
-  std::vector<std::size_t> count(static_cast<std::size_t>(ranks), 0);
-  std::uint64_t bytes = 0;
-  std::size_t grid_tasks = 0;
-  for (std::size_t i = 0; i < tensors.size(); ++i) {
-    bytes += tensors[i].nbytes();
-    if (plan.grid[i]) {
-      ++grid_tasks;
-      for (int r = 0; r < ranks; ++r) {
-        seconds[r] += plan.costs[i] / ranks;
-        memory[r] = std::max(memory[r], plan.memory[i]);
-      }
-      continue;
-    }
-    const auto r = static_cast<std::size_t>(owner[i]);
-    seconds[r] += plan.costs[i];
-    memory[r] = std::max(memory[r], plan.memory[i]);
-    ++count[r];
-  }
-  std::printf("plan: %s -> %s\n", method.c_str(), out.c_str());
-  std::printf("  %-40s %-6s %-18s %5s %9s %10s  %s\n", "tensor", "dtype", "shape", "rank", "est. s", "est. mem",
-              "inputs");
-  for (std::size_t i = 0; i < tensors.size(); ++i) {
-    std::string inputs;
-    if (i < plan.sources.size()) {
-      const auto& s = plan.sources[i];
-      for (std::size_t k = 0; k < s.size() && k < 2; ++k) inputs += (k ? ", " : "") + s[k];
-      if (s.size() > 2) inputs += fmt::format(" (+{} more)", s.size() - 2);
-    }
-    std::printf("  %-40s %-6s %-18s %5s %9.3f %10s  %s\n", tensors[i].name.c_str(),
-                std::string(dtype_name(tensors[i].dtype)).c_str(), shape_string(tensors[i].shape).c_str(),
-                plan.grid[i] ? "grid" : std::to_string(owner[i]).c_str(), plan.costs[i],
-                human_bytes(static_cast<std::uint64_t>(plan.memory[i])).c_str(), inputs.c_str());
-  }
-  std::printf("  %zu tensors, %s, %zu on a %d-rank grid\n", tensors.size(), human_bytes(bytes).c_str(), grid_tasks, ranks);
-  std::printf("  %-6s %10s %14s %16s\n", "rank", "tensors", "est. seconds", "est. peak memory");
-  for (int r = 0; r < ranks; ++r)
-    std::printf("  %-6d %10zu %14.2f %16s\n", r, count[r] + grid_tasks, seconds[r],
-                human_bytes(static_cast<std::uint64_t>(memory[r])).c_str());
-  const double longest = *std::max_element(seconds.begin(), seconds.end());
-  std::printf("  estimated wall time %.2f s (load balance %.0f%%)\n", longest,
-              longest > 0 ? 100 * std::accumulate(seconds.begin(), seconds.end(), 0.0) / (ranks * longest) : 100.0);
-  std::fflush(stdout);
-}
-
-}  // namespace
-
-nlohmann::json Method::compute_grid(std::size_t index, const Communicator&, CheckpointWriter&) {
-  throw Error(fmt::format("internal: {} has no distributed computation for tensor {}", name(), index));
-}
-
-std::vector<int> assign_owners(const std::vector<double>& costs, int ranks) {
-  std::vector<std::size_t> order(costs.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return costs[a] > costs[b]; });
-  std::vector<double> load(static_cast<std::size_t>(ranks), 0.0);
-  std::vector<int> owner(costs.size(), 0);
-  for (auto i : order) {
-    const auto r = static_cast<std::size_t>(std::min_element(load.begin(), load.end()) - load.begin());
-    owner[i] = static_cast<int>(r);
-    load[r] += costs[i];
-  }
-  return owner;
-}
-
-std::uint64_t peak_rss_bytes() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return static_cast<std::uint64_t>(usage.ru_maxrss) * 1024;
-}
-
-std::uint64_t current_rss_bytes() {
-  std::ifstream statm("/proc/self/statm");
-  std::uint64_t pages = 0, resident = 0;
-  statm >> pages >> resident;
-  return resident * static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
-}
-
-std::uint64_t default_memory_budget(const Communicator& comm) {
-  std::uint64_t available = 0;
-  std::ifstream meminfo("/proc/meminfo");
-  for (std::string key; meminfo >> key;) {
-    std::uint64_t kib = 0;
-    std::string unit;
-    meminfo >> kib >> unit;
-    if (key == "MemAvailable:") available = kib * 1024;
-  }
-  if (available == 0) available = static_cast<std::uint64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
-  MPI_Comm node = MPI_COMM_NULL;
-  MPI_Comm_split_type(comm.get(), MPI_COMM_TYPE_SHARED, comm.rank(), MPI_INFO_NULL, &node);
-  const Communicator node_comm = Communicator::adopt(node);
-  // Every rank of a node sees the same figure; take the smallest across all
-  // nodes so the plan (made on rank 0) is safe everywhere.
-  const double share = 0.8 * static_cast<double>(available) / node_comm.size();
-  return static_cast<std::uint64_t>(-comm.max(-share));
-}
-
-namespace {
-
 // The identity of a job's output for its journal: everything that decides
 // the output's bytes (tensors, dtypes, shapes, metadata, method parameters
 // and sources, aux files, shard size), not how it is run.
@@ -311,7 +181,7 @@ std::set<std::size_t> verify_finished(const Communicator& comm, CheckpointWriter
   std::string error;
   try {
     for (std::size_t k = 0; k < journaled.size(); ++k)
-      if (verifier[k] == comm.rank() && writer.checksum_written(journaled[k].first) == journaled[k].second)
+      if (verifier[k] == comm.rank() && checksum_written(writer, journaled[k].first) == journaled[k].second)
         good.push_back(journaled[k].first);
   } catch (const std::exception& e) {
     error = e.what();
@@ -385,7 +255,8 @@ void check_fits_output_format(const MethodPlan& plan, const fs::path& out) {
   if (output_kind(out) != OutputKind::Hdf5File) return;
   for (std::size_t i = 0; i < plan.output.tensors.size(); ++i) {
     const TensorInfo& t = plan.output.tensors[i];
-    const std::string from = i < plan.sources.size() && !plan.sources[i].empty() ? plan.sources[i][0] : "the input";
+    const auto& sources = plan.tasks[i].sources;
+    const std::string from = sources.empty() ? "the input" : sources.front();
     SOUPKIT_INPUT_ERROR_IF(t.shape.size() > H5S_MAX_RANK,
                            "{}: tensor '{}' has {} dimensions, more than the {} an HDF5 output holds (write "
                            ".safetensors or a model directory instead)",
@@ -399,7 +270,165 @@ std::uint64_t sum_over(const Communicator& comm, std::uint64_t value) {
   return total;
 }
 
+// 1. The coordinator plans, validates and places every task; nobody does
+// heavy work before it says go. Every rank gets the plan; the coordinator
+// keeps the tasks' sources (for --dry-run and messages).
+MethodPlan share_plan(const Communicator& comm, Method& method, const PlanContext& context) {
+  std::string plan_text;
+  std::vector<std::vector<std::string>> sources;
+  on_root(comm, [&] {
+    MethodPlan planned = method.plan(context);
+    planned.context = context;
+    SOUPKIT_ERROR_IF(planned.tasks.size() != planned.output.tensors.size(),
+                     "internal: {} planned {} tasks for {} output tensors", method.name(), planned.tasks.size(),
+                     planned.output.tensors.size());
+    check_aux_files(planned.output.aux_files, context.output.string() + ": carried files");
+    check_fits_output_format(planned, context.output);
+    place_tasks(planned, context);
+    for (auto& task : planned.tasks) sources.push_back(std::move(task.sources));
+    plan_text = encode_plan(planned);
+  });
+  MethodPlan plan = decode_plan(comm.broadcast(plan_text));
+  for (std::size_t i = 0; i < sources.size(); ++i) plan.tasks[i].sources = std::move(sources[i]);
+  return plan;
+}
+
+// Tasks on one rank are balanced over ranks by their estimated seconds;
+// grid tasks load every rank alike, and tasks already done cost nothing.
+std::vector<int> owners_of(const MethodPlan& plan, const std::set<std::size_t>& done, int ranks) {
+  std::vector<double> costs;
+  for (std::size_t i = 0; i < plan.tasks.size(); ++i)
+    costs.push_back(plan.tasks[i].on_grid() || done.count(i) ? 0.0 : plan.tasks[i].seconds);
+  return assign_owners(costs, ranks);
+}
+
+// What a killed run left and this run goes on from: the journal (on the
+// coordinator), the writer (every rank) and the tensors the journal lists
+// as finished, with their checksums.
+struct OpenedOutput {
+  std::unique_ptr<Journal> journal;
+  std::unique_ptr<CheckpointWriter> writer;
+  std::vector<std::pair<std::size_t, std::uint64_t>> journaled;
+};
+
+// 2. The coordinator locks the output through its journal and, with
+//    --resume, reads which tensors a previous run finished; then every rank
+//    opens the output together: a new one, or the one a killed run left.
+OpenedOutput open_output(const Communicator& comm, const MethodPlan& plan, const fs::path& out, bool resume) {
+  const fs::path partial = partial_output_path(out);
+  OpenedOutput opened;
+  try {
+    std::string finished_text;
+    on_root(comm, [&] {
+      opened.journal = std::make_unique<Journal>(out, output_fingerprint(plan.output), resume,
+                                                 tensor_names(plan.output.tensors));
+      check_partial_is_ours(*opened.journal, partial);
+      if (!opened.journal->finished().empty() && !fs::exists(partial)) {
+        log::warn("{}: {} is gone; starting over", out.string(), partial.string());
+        opened.journal->restart(output_fingerprint(plan.output));
+      }
+      nlohmann::json finished = nlohmann::json::array();
+      for (const auto& [i, entry] : opened.journal->finished()) finished.push_back({i, entry.checksum});
+      finished_text = finished.dump();
+    });
+    opened.journaled = nlohmann::json::parse(comm.broadcast(finished_text))
+                           .get<std::vector<std::pair<std::size_t, std::uint64_t>>>();
+    opened.writer = create_checkpoint_writer(comm, out, plan.output,
+                                             opened.journaled.empty() ? WriterMode::Create : WriterMode::Resume);
+    on_root(comm, [&] { opened.journal->record_partial(partial); });
+  } catch (...) {
+    // Nothing was written: leave no journal behind either.
+    if (opened.journal && opened.journal->finished().empty()) opened.journal->remove();
+    throw;
+  }
+  return opened;
+}
+
+// The tensors an earlier run finished whose bytes pass their checksum; the
+// others are forgotten by the journal and computed again.
+std::set<std::size_t> resume_verified(const Communicator& comm, OpenedOutput& opened, std::size_t tensors) {
+  if (opened.journaled.empty()) return {};
+  std::set<std::size_t> done = verify_finished(comm, *opened.writer, opened.journaled);
+  on_root(comm, [&] {
+    for (const auto& [i, checksum] : opened.journaled)
+      if (!done.count(i)) opened.journal->forget(i);
+  });
+  log::info("resuming: {} of {} tensors already written and verified by checksum{}", done.size(), tensors,
+            done.size() < opened.journaled.size()
+                ? fmt::format(" ({} failed verification and will be recomputed)", opened.journaled.size() - done.size())
+                : "");
+  return done;
+}
+
+// 4a. A grid task, on every rank of `group`. A failure on any rank is
+// agreed over the group before anyone goes on to the checksum's reduction
+// (or the next task's collectives): every rank returns the same error.
+std::string compute_on_grid(Method& method, std::size_t index, const Communicator& group, CheckpointWriter& writer,
+                            WrittenChecksums& checksums, WorkChannel& channel) {
+  const auto t0 = Clock::now();
+  nlohmann::json record;
+  std::string local;
+  try {
+    record = method.compute_grid(index, group, writer);
+  } catch (const std::exception& e) {
+    local = e.what();
+  }
+  try {
+    agree_on_failure(group, local);
+  } catch (const Error& e) {
+    return fmt::format("tensor '{}' (on a {}-rank grid): {}", printable(writer.spec().tensors[index].name),
+                       group.size(), e.what());
+  }
+  if (record.is_object()) record["seconds"] = seconds_since(t0);
+  const std::uint64_t checksum = sum_over(group, checksums.take(index));
+  if (group.is_root()) channel.tensor_done(index, checksum, std::move(record));
+  return {};
+}
+
+// 4b. A task of this rank's own; its error, or empty.
+std::string compute_on_rank(Method& method, std::size_t index, int rank, CheckpointWriter& writer,
+                            WrittenChecksums& checksums, WorkChannel& channel) {
+  try {
+    const auto t0 = Clock::now();
+    nlohmann::json record = method.compute(index, writer);
+    if (record.is_object()) record["seconds"] = seconds_since(t0);
+    channel.tensor_done(index, checksums.take(index), std::move(record));
+    return {};
+  } catch (const std::exception& e) {
+    return fmt::format("rank {}: tensor '{}': {}", rank, printable(writer.spec().tensors[index].name), e.what());
+  }
+}
+
+// The run's figures, reduced over ranks, and its closing log line.
+RunResult summarise(const Communicator& comm, const fs::path& out, const std::vector<TensorInfo>& tensors,
+                    Clock::time_point start, double busy, std::uint64_t base_rss) {
+  RunResult result;
+  result.tensors = tensors.size();
+  for (const auto& t : tensors) result.bytes += t.nbytes();
+  result.seconds = seconds_since(start);
+  // Load balance: sum of busy time over ranks / (ranks x the slowest); 1 = perfect.
+  result.busy_max = comm.max(busy);
+  result.load_balance = result.busy_max > 0 ? comm.sum(busy) / (comm.size() * result.busy_max) : 1.0;
+  // Memory: the rank with the largest growth over its starting footprint.
+  // (getrusage's peak covers the whole process: a later run in the same
+  // process, like a greedy soup's, may start above its own peak: no growth.)
+  const double growth = std::max(0.0, static_cast<double>(peak_rss_bytes()) - static_cast<double>(base_rss));
+  const double max_growth = comm.max(growth);
+  result.peak_rss = static_cast<std::uint64_t>(comm.max(static_cast<double>(peak_rss_bytes())));
+  result.base_rss = static_cast<std::uint64_t>(result.peak_rss - max_growth);
+  log::info("wrote {} ({} tensors, {}) in {:.2f} s; busiest rank {:.2f} s, load balance {:.0f}%, peak memory {} "
+            "(+{} over the {} at start)",
+            out.string(), result.tensors, human_bytes(result.bytes), result.seconds, result.busy_max,
+            100 * result.load_balance, human_bytes(result.peak_rss), human_bytes(static_cast<std::uint64_t>(max_growth)),
+            human_bytes(result.base_rss));
+  return result;
+}
+
 }  // namespace
+
+nlohmann::json Method::compute_grid(std::size_t index, const Communicator&, CheckpointWriter&) {
+  throw Error(fmt::format("internal: {} has no distributed computation for tensor {}", name(), index));
+}
 
 RunResult run_method(const Communicator& comm, Method& method, const fs::path& out, const RunOptions& options) {
   // Every rank sees the same path, so all refuse alike. Checked before any
@@ -408,90 +437,35 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
   const auto start = Clock::now();
   const std::uint64_t base_rss = current_rss_bytes();
 
-  // 1. The coordinator plans and validates; nobody does heavy work before it says go.
-  std::string plan_text;
-  std::vector<std::vector<std::string>> sources;
-  on_root(comm, [&] {
-    MethodPlan planned = method.plan();
-    check_aux_files(planned.output.aux_files, out.string() + ": carried files");
-    check_fits_output_format(planned, out);
-    sources = std::move(planned.sources);
-    plan_text = plan_to_json(planned).dump();
-  });
-  MethodPlan plan = plan_from_json(nlohmann::json::parse(comm.broadcast(plan_text)));
-  plan.sources = std::move(sources);
+  const MethodPlan plan = share_plan(comm, method, make_plan_context(comm.size(), options.memory_budget, out));
   const auto& tensors = plan.output.tensors;
-
-  // Grid tasks load every rank alike; the rest are balanced over ranks.
-  std::vector<double> single_costs = plan.costs;
-  for (std::size_t i = 0; i < tensors.size(); ++i)
-    if (plan.grid[i]) single_costs[i] = 0;
   if (options.dry_run) {
-    if (comm.is_root()) print_plan(plan, assign_owners(single_costs, comm.size()), comm.size(), out, method.name());
+    if (comm.is_root()) print_plan(plan, owners_of(plan, {}, comm.size()), comm.size(), out, method.name());
     return {};
   }
-  const fs::path partial = partial_output_path(out);
   collectively(comm, [&] { method.prepare(plan); });
 
-  // 2. The coordinator locks the output through its journal and, with
-  //    --resume, reads which tensors a previous run finished.
-  std::unique_ptr<Journal> journal;
-  nlohmann::json journaled_json;  // [[tensor, checksum], ...] finished by an earlier run
-  std::unique_ptr<CheckpointWriter> writer;
-  try {
-    std::string finished_text;
-    on_root(comm, [&] {
-      journal = std::make_unique<Journal>(out, output_fingerprint(plan.output), options.resume, tensor_names(tensors));
-      check_partial_is_ours(*journal, partial);
-      if (!journal->finished().empty() && !fs::exists(partial)) {
-        log::warn("{}: {} is gone; starting over", out.string(), partial.string());
-        journal->restart(output_fingerprint(plan.output));
-      }
-      nlohmann::json finished = nlohmann::json::array();
-      for (const auto& [i, entry] : journal->finished()) finished.push_back({i, entry.checksum});
-      finished_text = finished.dump();
-    });
-    journaled_json = nlohmann::json::parse(comm.broadcast(finished_text));
-    // 3. Every rank opens the output together: a new one, or the one a killed run left.
-    writer = create_checkpoint_writer(comm, out, plan.output,
-                                      journaled_json.empty() ? WriterMode::Create : WriterMode::Resume);
-    on_root(comm, [&] { journal->record_partial(partial); });
-  } catch (...) {
-    // Nothing was written: leave no journal behind either.
-    if (journal && journal->finished().empty()) journal->remove();
-    throw;
-  }
-  const auto journaled = journaled_json.get<std::vector<std::pair<std::size_t, std::uint64_t>>>();
+  OpenedOutput opened = open_output(comm, plan, out, options.resume);
+  auto& journal = opened.journal;
+  auto& writer = opened.writer;
   std::uint64_t total_bytes = 0;
   for (const auto& t : tensors) total_bytes += t.nbytes();
   log::info("{}: {} tensors, {} -> {} on {} rank{}", method.name(), tensors.size(), human_bytes(total_bytes),
             out.string(), comm.size(), comm.size() == 1 ? "" : "s");
-  std::set<std::size_t> done;
-  if (!journaled.empty()) {
-    done = verify_finished(comm, *writer, journaled);
-    on_root(comm, [&] {
-      for (const auto& [i, checksum] : journaled)
-        if (!done.count(i)) journal->forget(i);
-    });
-    log::info("resuming: {} of {} tensors already written and verified by checksum{}", done.size(), tensors.size(),
-              done.size() < journaled.size()
-                  ? fmt::format(" ({} failed verification and will be recomputed)", journaled.size() - done.size())
-                  : "");
-  }
+  const std::set<std::size_t> done = resume_verified(comm, opened, tensors.size());
 
-  // 4. Each rank computes and writes the tensors it owns, largest first.
-  std::vector<double> remaining_costs = single_costs;
-  for (auto i : done) remaining_costs[i] = 0;
-  const std::vector<int> owner = assign_owners(remaining_costs, comm.size());
+  // 3. Grid tasks on all ranks together, then each rank's own, largest first.
+  const std::vector<int> owner = owners_of(plan, done, comm.size());
   std::vector<std::size_t> grid_tasks, mine;
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     if (done.count(i)) continue;
-    if (plan.grid[i])
+    if (plan.tasks[i].on_grid())
       grid_tasks.push_back(i);
     else if (owner[i] == comm.rank())
       mine.push_back(i);
   }
-  std::stable_sort(mine.begin(), mine.end(), [&](std::size_t a, std::size_t b) { return plan.costs[a] > plan.costs[b]; });
+  std::stable_sort(mine.begin(), mine.end(),
+                   [&](std::size_t a, std::size_t b) { return plan.tasks[a].seconds > plan.tasks[b].seconds; });
 
   // The coordinator's view of finished tensors: journal, records, progress.
   std::uint64_t done_bytes = 0;
@@ -510,39 +484,16 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
     if (kill_after > 0 && ++journaled_now == kill_after) std::raise(SIGKILL);
   });
   std::string error;
+  WrittenChecksums checksums(*writer);
   const auto busy_start = Clock::now();
   if (!grid_tasks.empty()) {
-    // 4a. The largest matrices: all ranks together on a process grid.
     const Communicator group = comm.split(0, comm.rank());
-    for (auto i : grid_tasks) {
-      try {
-        const auto t0 = Clock::now();
-        nlohmann::json record = method.compute_grid(i, group, *writer);
-        if (record.is_object()) record["seconds"] = seconds_since(t0);
-        const std::uint64_t checksum = sum_over(group, writer->take_checksum(i));
-        if (group.is_root()) channel.tensor_done(i, checksum, std::move(record));
-      } catch (const std::exception& e) {
-        error = fmt::format("rank {}: tensor '{}' (on a {}-rank grid): {}", comm.rank(), printable(tensors[i].name),
-                            group.size(),
-                            e.what());
-        break;
-      }
-    }
+    for (auto i : grid_tasks)
+      if (!(error = compute_on_grid(method, i, group, *writer, checksums, channel)).empty()) break;
   }
-  if (error.empty()) {
-    for (auto i : mine) {
-      if (channel.stop_requested()) break;  // another rank failed: stop now
-      try {
-        const auto t0 = Clock::now();
-        nlohmann::json record = method.compute(i, *writer);
-        if (record.is_object()) record["seconds"] = seconds_since(t0);
-        channel.tensor_done(i, writer->take_checksum(i), std::move(record));
-      } catch (const std::exception& e) {
-        error = fmt::format("rank {}: tensor '{}': {}", comm.rank(), printable(tensors[i].name), e.what());
-        channel.failed();
-        break;
-      }
-    }
+  for (auto i : mine) {
+    if (!error.empty() || channel.stop_requested()) break;  // this rank, or another, failed: stop now
+    if (!(error = compute_on_rank(method, i, comm.rank(), *writer, checksums, channel)).empty()) channel.failed();
   }
   if (error.empty() && comm.is_root() && !channel.stop_requested()) {
     try {
@@ -556,12 +507,12 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
   if (error.empty() && !channel.error().empty()) error = "rank 0 (coordinator): " + channel.error();
   if (comm.is_root()) progress.finish();
 
-  // 5. The report, before the commit: records read back from a journal are
+  // 4. The report, before the commit: records read back from a journal are
   //    input, and if one is unusable the run must fail with no output.
   if (error.empty() && comm.is_root() && !channel.stop_requested())
-    error = finish_method(method, records, seconds_since(start), journaled.empty() ? nullptr : journal.get());
+    error = finish_method(method, records, seconds_since(start), opened.journaled.empty() ? nullptr : journal.get());
 
-  // 6. Commit only if every rank succeeded. A reported error (bad input,
+  // 5. Commit only if every rank succeeded. A reported error (bad input,
   //    I/O failure) discards the partial output: --resume is for runs that
   //    were killed (time limit, node loss), whose error needs no fixing and
   //    whose journal is therefore still there.
@@ -574,27 +525,7 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
     throw;
   }
   on_root(comm, [&] { journal->remove(); });
-
-  RunResult result;
-  result.tensors = tensors.size();
-  result.bytes = total_bytes;
-  result.seconds = seconds_since(start);
-  // Load balance: sum of busy time over ranks / (ranks x the slowest); 1 = perfect.
-  result.busy_max = comm.max(busy);
-  result.load_balance = result.busy_max > 0 ? comm.sum(busy) / (comm.size() * result.busy_max) : 1.0;
-  // Memory: the rank with the largest growth over its starting footprint.
-  // (getrusage's peak covers the whole process: a later run in the same
-  // process, like a greedy soup's, may start above its own peak: no growth.)
-  const double growth = std::max(0.0, static_cast<double>(peak_rss_bytes()) - static_cast<double>(base_rss));
-  const double max_growth = comm.max(growth);
-  result.peak_rss = static_cast<std::uint64_t>(comm.max(static_cast<double>(peak_rss_bytes())));
-  result.base_rss = static_cast<std::uint64_t>(result.peak_rss - max_growth);
-  log::info("wrote {} ({} tensors, {}) in {:.2f} s; busiest rank {:.2f} s, load balance {:.0f}%, peak memory {} "
-            "(+{} over the {} at start)",
-            out.string(), result.tensors, human_bytes(total_bytes), result.seconds, result.busy_max,
-            100 * result.load_balance, human_bytes(result.peak_rss), human_bytes(static_cast<std::uint64_t>(max_growth)),
-            human_bytes(result.base_rss));
-  return result;
+  return summarise(comm, out, tensors, start, busy, base_rss);
 }
 
 }  // namespace soupkit

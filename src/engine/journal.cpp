@@ -1,6 +1,6 @@
 #include "journal.hpp"
 
-#include "soupkit/io/checksum.hpp"
+#include "soupkit/engine/checksum.hpp"
 #include "soupkit/util/error.hpp"
 #include "soupkit/util/json_input.hpp"
 #include "soupkit/util/log.hpp"

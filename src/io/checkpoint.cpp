@@ -2,7 +2,6 @@
 
 #include "checkpoint_formats.hpp"
 #include "partial_output.hpp"
-#include "soupkit/io/checksum.hpp"
 #include "soupkit/util/error.hpp"
 #include "soupkit/util/message_text.hpp"
 
@@ -155,33 +154,7 @@ void CheckpointWriter::write(std::size_t index, std::span<const std::byte> data)
 void CheckpointWriter::write_rows(std::size_t index, std::uint64_t first_row, std::uint64_t rows,
                                   std::span<const std::byte> data) {
   write_rows_impl(index, first_row, rows, data);
-  checksums_[index] += checksum_rows(first_row, rows, row_bytes(spec_.tensors.at(index)), data);
-}
-
-std::uint64_t CheckpointWriter::take_checksum(std::size_t index) {
-  const auto it = checksums_.find(index);
-  if (it == checksums_.end()) return 0;
-  const std::uint64_t sum = it->second;
-  checksums_.erase(it);
-  return sum;
-}
-
-std::uint64_t CheckpointWriter::checksum_written(std::size_t index) {
-  // Blocks of rows of about 64 MiB, so verifying a large tensor stays cheap in memory.
-  constexpr std::uint64_t kBlockBytes = 64ull << 20;
-  const TensorInfo& t = spec_.tensors.at(index);
-  const std::uint64_t rows = row_count(t), rb = row_bytes(t);
-  if (rb == 0) return 0;
-  const std::uint64_t step = std::max<std::uint64_t>(1, kBlockBytes / rb);
-  std::vector<std::byte> buffer;
-  std::uint64_t sum = 0;
-  for (std::uint64_t first = 0; first < rows; first += step) {
-    const std::uint64_t count = std::min(step, rows - first);
-    buffer.resize(count * rb);
-    read_back_rows(index, first, count, buffer);
-    sum += checksum_rows(first, count, rb, buffer);
-  }
-  return sum;
+  if (observer_) observer_(index, first_row, rows, data);
 }
 
 fs::path partial_output_path(const fs::path& out) { return PartialOutput(out, false, false).partial_path(); }

@@ -5,7 +5,7 @@
 
 namespace soupkit {
 
-MethodPlan ConvertMethod::plan() {
+MethodPlan ConvertMethod::plan(const PlanContext& context) {
   reader_ = open_checkpoint(options_.input);
   MethodPlan plan;
   plan.output.metadata = reader_->metadata();
@@ -18,10 +18,11 @@ MethodPlan ConvertMethod::plan() {
     TensorInfo out = t;
     if (options_.dtype && is_float_arith(t.dtype)) out.dtype = *options_.dtype;
     plan.output.tensors.push_back(out);
-    plan.sources.push_back({reader_->location(t)});
-    plan.costs.push_back(static_cast<double>(t.nbytes() + out.nbytes()) / 1.5e9);
-    const double chunk = static_cast<double>(std::min<std::uint64_t>(t.nbytes(), options_.chunk_bytes));
-    plan.memory.push_back(out.dtype == t.dtype ? chunk : chunk * (1.0 + static_cast<double>(dtype_size(out.dtype)) / dtype_size(t.dtype)));
+    TaskPlan task;
+    task.sources = {reader_->location(t)};
+    task.seconds = static_cast<double>(t.nbytes() + out.nbytes()) / 1.5e9;
+    task.peak_bytes = stream_copy_peak_bytes(t, out, context.chunk_bytes);
+    plan.tasks.push_back(std::move(task));
   }
   plan.output.aux_files = reader_->aux_files();
   if (output_kind(options_.output) == OutputKind::SafetensorsFile && !plan.output.aux_files.empty()) {
@@ -36,10 +37,11 @@ MethodPlan ConvertMethod::plan() {
 void ConvertMethod::prepare(const MethodPlan& plan) {
   if (!reader_) reader_ = open_checkpoint(options_.input);
   spec_ = plan.output;
+  chunk_bytes_ = plan.context.chunk_bytes;
 }
 
 nlohmann::json ConvertMethod::compute(std::size_t index, CheckpointWriter& writer) {
-  stream_copy_same_name(*reader_, index, writer, options_.chunk_bytes, buffers_);
+  stream_copy_same_name(*reader_, index, writer, chunk_bytes_, buffers_);
   return nullptr;
 }
 

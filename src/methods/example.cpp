@@ -55,7 +55,7 @@ std::vector<TensorInfo> example_tensors() {
 
 }  // namespace
 
-MethodPlan ExampleMethod::plan() {
+MethodPlan ExampleMethod::plan(const PlanContext&) {
   MethodPlan plan;
   plan.output.tensors = example_tensors();
   plan.output.metadata = {{"format", "pt"}};
@@ -64,7 +64,13 @@ MethodPlan ExampleMethod::plan() {
   plan.output.shard_size = options_.shard_size;
   plan.output.overwrite = options_.overwrite;
   plan.output.aux_files = {{"config.json", config_json().size()}};
-  for (const auto& t : plan.output.tensors) plan.costs.push_back(static_cast<double>(t.nbytes()));
+  // Each tensor is generated whole (the example is small).
+  for (const auto& t : plan.output.tensors) {
+    TaskPlan task;
+    task.seconds = static_cast<double>(t.nbytes()) / 1e9;
+    task.peak_bytes = static_cast<double>(t.nbytes());
+    plan.tasks.push_back(std::move(task));
+  }
   return plan;
 }
 

@@ -196,6 +196,7 @@ class GreedyRun {
     // The final write resumes like any engine run (a requeued job).
     RunOptions final_run;
     final_run.resume = options_.resume;
+    final_run.memory_budget = options_.memory_budget;
     run_method(comm_, method, options_.soup.output, final_run);
 
     log_.doc()["soup"] = paths(result.soup);
@@ -246,7 +247,7 @@ class GreedyRun {
       // Ingredient headers now, so a mismatch stops the run before any evaluation.
       SoupOptions all = options_.soup;
       all.output = work_ / "check";
-      SoupMethod(all).plan();
+      SoupMethod(all).plan(make_plan_context(comm_.size(), options_.memory_budget, all.output));
       if (options_.scores_file) file_scores = read_scores_file(*options_.scores_file, options_.soup.ingredients);
       if (options_.resume) log_.load_cache(*options_.log_file);
       if (fs::exists(work_)) {
@@ -321,7 +322,9 @@ class GreedyRun {
     if (indices.size() == 1) soup.out_dtype.reset();  // an ingredient is evaluated as it is
     soup.label = fmt::format("greedy {}", name);
     SoupMethod method(soup);
-    run_method(comm_, method, soup.output);
+    RunOptions run;
+    run.memory_budget = options_.memory_budget;
+    run_method(comm_, method, soup.output, run);
     agree_not_terminated(fmt::format("while writing the greedy soup's {}", name));
     return soup.output;
   }

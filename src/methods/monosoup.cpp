@@ -81,7 +81,7 @@ void write_kept(const CheckpointReader& reader, const TensorInfo& in, const Tens
 
 }  // namespace
 
-MethodPlan MonosoupMethod::plan() {
+MethodPlan MonosoupMethod::plan(const PlanContext& context) {
   if (options_.report) check_report_replaceable(*options_.report);  // before any heavy work
   base_ = open_checkpoint(options_.base);
   finetuned_ = open_checkpoint(options_.finetuned);
@@ -102,8 +102,8 @@ MethodPlan MonosoupMethod::plan() {
                             {"parameters", params}};
 
   std::vector<std::string> problems;  // warnings, or errors with --strict
-  std::vector<double> grid_memories, smaller_side;
-  nlohmann::json reasons = nlohmann::json::array();
+  std::vector<double> smaller_side;  // of each candidate matrix (0 for kept tensors)
+  std::vector<std::string> reasons;
   for (const auto& t : finetuned_->tensors()) {
     TensorInfo out = t;
     if (options_.out_dtype && is_float_arith(t.dtype)) out.dtype = *options_.out_dtype;
@@ -133,67 +133,50 @@ MethodPlan MonosoupMethod::plan() {
                                      options_.base.string()));
     }
     reasons.push_back(reason);
-    plan.sources.push_back({finetuned_->location(t)});
-    if (b && reason.empty()) plan.sources.back().push_back(base_->location(*b));
+    TaskPlan task;
+    task.sources = {finetuned_->location(t)};
+    if (b && reason.empty()) task.sources.push_back(base_->location(*b));
     // Estimated seconds on one rank, a least-squares fit to the measured
     // per-tensor times of the GPT-2-small benchmark (docs/benchmarks.md,
     // engine scaling): Gram + projection ~ m n r, eigensolver ~ r^3, I/O.
     // Only ratios matter for the balance; the fit took static largest-first
     // from 92% to 97% load balance on 4 ranks (dynamic scheduling: 97%).
-    double cost = static_cast<double>(2 * t.nbytes() + out.nbytes()) / 1.5e9;
-    // Peak bytes on one rank: kept tensors are copied (and cast) whole.
-    // (kept tensors are streamed in row blocks of kept_chunk_bytes(), x2 when cast)
-    double memory = 2.0 * static_cast<double>(std::min<std::uint64_t>(std::max(t.nbytes(), out.nbytes()),
-                                                                       kept_chunk_bytes())),
-           grid_memory = 0, r = 0;
+    task.seconds = static_cast<double>(2 * t.nbytes() + out.nbytes()) / 1.5e9;
+    // Kept tensors are streamed in row ranges of the engine's chunk size.
+    task.peak_bytes = stream_copy_peak_bytes(t, out, context.chunk_bytes);
     if (reason.empty()) {
       const double m = static_cast<double>(t.shape[0]), n = static_cast<double>(t.numel()) / m;
-      r = std::min(m, n);
-      cost += 6.3e-11 * m * n * r + 7.2e-11 * r * r * r;
+      const double r = std::min(m, n);
+      task.seconds += 6.3e-11 * m * n * r + 7.2e-11 * r * r * r;
       // dW and W0 in float64, a float32 copy and product for the projection,
       // the Gram's reflectors and tridiagonal eigenvectors, raw input, output.
-      memory = 22 * m * n + 16 * r * r + static_cast<double>(std::max(t.nbytes(), b->nbytes()) + out.nbytes());
+      task.peak_bytes = 22 * m * n + 16 * r * r + static_cast<double>(std::max(t.nbytes(), b->nbytes()) + out.nbytes());
       // Per grid rank: dW and W0 slices, Gram and eigenvector slices, the
       // projection's product, a row block of raw input and output.
-      grid_memory = (24 * m * n + 32 * r * r) / options_.ranks + 64 * n * 16;
+      task.grid_peak_bytes = (24 * m * n + 32 * r * r) / context.ranks + 64 * n * 16;
+      smaller_side.push_back(r);
+    } else {
+      smaller_side.push_back(0);
     }
-    plan.costs.push_back(cost);
-    plan.memory.push_back(memory);
-    plan.grid.push_back(false);
-    grid_memories.push_back(grid_memory);
-    smaller_side.push_back(r);
+    plan.tasks.push_back(std::move(task));
   }
 
-  // Which matrices go to the grid: forced by --scalapack-min-dim; too large
-  // for one rank's memory budget; or (automatic) a matrix that alone would
-  // outlast an even share of the work. A grid runs one matrix at ~65%
-  // parallel efficiency on 2 ranks, separate ranks on separate matrices at
-  // ~100% (docs/monosoup.md), so nothing else is worth sending there.
-  const double total_cost = std::accumulate(plan.costs.begin(), plan.costs.end(), 0.0);
-  std::size_t over_budget = 0;
-  for (std::size_t i = 0; i < plan.costs.size(); ++i) {
-    if (!reasons[i].get<std::string>().empty()) continue;
+  // Which matrices ask for the grid: forced by --scalapack-min-dim, or
+  // (automatic) a matrix that alone would outlast an even share of the
+  // work. A grid runs one matrix at ~65% parallel efficiency on 2 ranks,
+  // separate ranks on separate matrices at ~100% (docs/monosoup.md), so
+  // nothing else is worth sending there. (The engine also sends those over
+  // the memory budget.)
+  double total_cost = 0;
+  for (const auto& task : plan.tasks) total_cost += task.seconds;
+  for (std::size_t i = 0; i < plan.tasks.size(); ++i) {
+    TaskPlan& task = plan.tasks[i];
+    if (task.grid_peak_bytes < 0) continue;
     const double r = smaller_side[i];
-    bool grid = options_.scalapack_min_dim > 0 ? r >= static_cast<double>(options_.scalapack_min_dim)
-                                               : options_.ranks > 1 && r >= kAutoGridMinDim &&
-                                                     plan.costs[i] > total_cost / options_.ranks;
-    if (plan.memory[i] > static_cast<double>(options_.memory_budget)) {
-      grid = true;
-      ++over_budget;
-    }
-    if (!grid) continue;
-    const auto& t = plan.output.tensors[i];
-    SOUPKIT_INPUT_ERROR_IF(grid_memories[i] > static_cast<double>(options_.memory_budget),
-                           "tensor '{}' {} needs about {} per rank even on a {}-rank grid, over the memory budget of "
-                           "{}: run on more ranks or raise --memory-budget",
-                           t.name, shape_string(t.shape), human_bytes(static_cast<std::uint64_t>(grid_memories[i])),
-                           options_.ranks, human_bytes(options_.memory_budget));
-    plan.grid[i] = true;
-    plan.memory[i] = grid_memories[i];
+    task.wants_grid = options_.scalapack_min_dim > 0 ? r >= static_cast<double>(options_.scalapack_min_dim)
+                                                     : context.ranks > 1 && r >= kAutoGridMinDim &&
+                                                           task.seconds > total_cost / context.ranks;
   }
-  if (over_budget)
-    log::info("monosoup: {} matri{} exceed the memory budget of {} per rank and go to a {}-rank ScaLAPACK grid",
-              over_budget, over_budget == 1 ? "x" : "ces", human_bytes(options_.memory_budget), options_.ranks);
   if (!problems.empty()) {
     if (options_.strict) {
       std::string list;
@@ -205,7 +188,7 @@ MethodPlan MonosoupMethod::plan() {
     for (std::size_t i = 0; i < problems.size() && i < 10; ++i) log::warn("{}; keeping it unchanged", problems[i]);
     if (problems.size() > 10) log::warn("... and {} more tensors like these", problems.size() - 10);
   }
-  plan.state = {{"kept_reason", reasons}};
+  plan.set_state(MonosoupState{reasons});
   return plan;
 }
 
@@ -213,7 +196,8 @@ void MonosoupMethod::prepare(const MethodPlan& plan) {
   if (!base_) base_ = open_checkpoint(options_.base);
   if (!finetuned_) finetuned_ = open_checkpoint(options_.finetuned);
   spec_ = plan.output;
-  kept_reason_ = plan.state.at("kept_reason").get<std::vector<std::string>>();
+  kept_reason_ = plan.get_state<MonosoupState>().kept_reason;
+  chunk_bytes_ = plan.context.chunk_bytes;
 }
 
 nlohmann::json MonosoupMethod::compute(std::size_t index, CheckpointWriter& writer) {
@@ -230,7 +214,7 @@ nlohmann::json MonosoupMethod::compute(std::size_t index, CheckpointWriter& writ
   };
   if (!kept_reason_[index].empty()) {
     // Known at planning: copied row block by row block, within the budget.
-    stream_copy_same_name(*finetuned_, index, writer, kept_chunk_bytes(), copy_buffers_);
+    stream_copy_same_name(*finetuned_, index, writer, chunk_bytes_, copy_buffers_);
     record["action"] = "kept";
     record["reason"] = kept_reason_[index];
     return record;

@@ -19,6 +19,9 @@ namespace {
 // whole row range first and summing it afterwards would pass over memory
 // twice per ingredient (docs/benchmarks.md, "Model soups").
 constexpr std::uint64_t kBlockBytes = 512 << 10;
+// Output row ranges above this gain nothing (docs/soups.md); under a small
+// budget the engine's chunk size is smaller.
+constexpr std::uint64_t kMaxRangeBytes = 8ull << 20;
 
 // Widens one stored element to the accumulator's type.
 template <class Acc, DType D>
@@ -128,7 +131,8 @@ void SoupMethod::open_inputs() {
   for (const auto& p : options_.ingredients) readers_.push_back(open_checkpoint(p));
 }
 
-MethodPlan SoupMethod::plan() {
+MethodPlan SoupMethod::plan(const PlanContext& context) {
+  const std::uint64_t chunk_bytes = std::min(context.chunk_bytes, kMaxRangeBytes);
   SOUPKIT_INPUT_ERROR_IF(options_.ingredients.empty(), "a soup needs at least one ingredient");
   open_inputs();
   const CheckpointReader& first = *readers_[0];
@@ -181,14 +185,17 @@ MethodPlan SoupMethod::plan() {
     plan.output.tensors.push_back(out);
     std::uint64_t in_bytes = 0;
     for (const auto& r : readers_) in_bytes += r->find(t.name)->nbytes();
-    plan.costs.push_back(static_cast<double>(in_bytes + out.nbytes()) / 1.5e9);
+    TaskPlan task;
+    task.seconds = static_cast<double>(in_bytes + out.nbytes()) / 1.5e9;
     // One row range of output, and a block of raw input and its accumulator
     // (a row at least), whatever the number of ingredients; tensors that are
     // compared instead hold a second row range.
     const double row = static_cast<double>(row_bytes(out)), elements = static_cast<double>(row_elements(t));
-    const double out_chunk = std::min(static_cast<double>(out.nbytes()), std::max(static_cast<double>(options_.chunk_bytes), row));
+    const double out_chunk = std::min(static_cast<double>(out.nbytes()), std::max(static_cast<double>(chunk_bytes), row));
     const double block = std::max(static_cast<double>(kBlockBytes), elements * 8);
-    plan.memory.push_back(is_float_arith(t.dtype) ? out_chunk + block * (1 + acc_size / 2) : 2 * out_chunk);
+    task.peak_bytes = is_float_arith(t.dtype) ? out_chunk + block * (1 + acc_size / 2) : 2 * out_chunk;
+    for (std::size_t i = 0; i < readers_.size(); ++i) task.sources.push_back(readers_[i]->location(*readers_[i]->find(t.name)));
+    plan.tasks.push_back(std::move(task));
   }
   log::info("{}: {} ingredient{}, {} tensors each, accumulating in {}", options_.label, ing.size(),
             ing.size() == 1 ? "" : "s", first.tensors().size(), options_.accumulate == DType::F64 ? "float64" : "float32");
@@ -198,6 +205,7 @@ MethodPlan SoupMethod::plan() {
 void SoupMethod::prepare(const MethodPlan& plan) {
   if (readers_.empty()) open_inputs();
   spec_ = plan.output;
+  chunk_bytes_ = std::min(plan.context.chunk_bytes, kMaxRangeBytes);
 }
 
 std::vector<const TensorInfo*> SoupMethod::inputs_of(const TensorInfo& out) const {
@@ -217,7 +225,7 @@ nlohmann::json SoupMethod::compute(std::size_t index, CheckpointWriter& writer) 
   // Row ranges of at most chunk_bytes of output, each written at once: few
   // enough writes for HDF5's 4 MiB chunks, small enough to stay in cache.
   const std::uint64_t rows = row_count(want), out_row = row_bytes(want);
-  const std::uint64_t step = std::max<std::uint64_t>(1, options_.chunk_bytes / std::max<std::uint64_t>(out_row, 1));
+  const std::uint64_t step = std::max<std::uint64_t>(1, chunk_bytes_ / std::max<std::uint64_t>(out_row, 1));
   for (std::uint64_t first = 0; first < rows || (rows == 0 && first == 0); first += step) {
     const std::uint64_t count = std::min(step, rows - first);
     out_.resize(count * out_row);

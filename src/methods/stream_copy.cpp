@@ -6,11 +6,25 @@
 #include <algorithm>
 
 namespace soupkit {
+namespace {
+
+// Rows per range: as many as fit in chunk_bytes, at least one.
+std::uint64_t rows_per_range(std::uint64_t row_bytes, std::uint64_t chunk_bytes) {
+  return std::max<std::uint64_t>(1, chunk_bytes / std::max<std::uint64_t>(row_bytes, 1));
+}
+
+}  // namespace
+
+double stream_copy_peak_bytes(const TensorInfo& have, const TensorInfo& want, std::uint64_t chunk_bytes) {
+  const std::uint64_t rows = std::min(row_count(have), rows_per_range(row_bytes(have), chunk_bytes));
+  const double in = static_cast<double>(rows * row_bytes(have));
+  return have.dtype == want.dtype ? in : in + static_cast<double>(rows * row_bytes(want));
+}
 
 void stream_copy(const CheckpointReader& reader, const TensorInfo& have, const TensorInfo& want, std::size_t index,
                  CheckpointWriter& writer, std::uint64_t chunk_bytes, CopyBuffers& buffers) {
   const std::uint64_t rows = row_count(have), in_row = row_bytes(have), out_row = row_bytes(want);
-  const std::uint64_t step = std::max<std::uint64_t>(1, chunk_bytes / std::max<std::uint64_t>(in_row, 1));
+  const std::uint64_t step = rows_per_range(in_row, chunk_bytes);
   for (std::uint64_t first = 0; first < rows || (rows == 0 && first == 0); first += step) {
     const std::uint64_t count = std::min(step, rows - first);
     buffers.in.resize(count * in_row);

@@ -184,7 +184,8 @@ json residual_summary(std::vector<double> v) {
 
 }  // namespace
 
-MethodPlan TransplantMethod::plan() {
+MethodPlan TransplantMethod::plan(const PlanContext& context) {
+  chunk_bytes_ = context.chunk_bytes;
   if (options_.report) check_report_replaceable(*options_.report);  // before any heavy work
   base_ = open_checkpoint(options_.base);
   donor_ = open_checkpoint(options_.donor);
@@ -240,16 +241,18 @@ MethodPlan TransplantMethod::plan() {
                             {"donor", options_.donor.string()},
                             {"parameters", {{"k", options_.k}, {"pad_to_multiple_of", pad}}}};
   const auto n_atoms = static_cast<double>(atoms_.size()), n_approx = static_cast<double>(mapping.approximate);
-  json rebuilds = json::object();
+  TransplantState state;
   for (const auto& t : base_->tensors()) {
     const std::size_t index = plan.output.tensors.size();
     TensorInfo out = t;
     const TensorInfo* donor_matrix = &t == base_embed ? donor_embed : &t == base_head ? (donor_head ? donor_head : donor_embed) : nullptr;
     if (!donor_matrix) {
       plan.output.tensors.push_back(out);
-      plan.costs.push_back(static_cast<double>(2 * t.nbytes()) / 1.5e9);
-      plan.memory.push_back(static_cast<double>(std::min<std::uint64_t>(t.nbytes(), options_.chunk_bytes)));
-      plan.grid.push_back(false);
+      TaskPlan copy;
+      copy.seconds = static_cast<double>(2 * t.nbytes()) / 1.5e9;
+      copy.peak_bytes = stream_copy_peak_bytes(t, out, context.chunk_bytes);
+      copy.sources = {base_->location(t)};
+      plan.tasks.push_back(std::move(copy));
       continue;
     }
     out.shape[0] = static_cast<std::uint64_t>(out_rows);
@@ -257,24 +260,26 @@ MethodPlan TransplantMethod::plan() {
     const double dd = static_cast<double>(donor_matrix->shape[1]), db = static_cast<double>(t.shape[1]);
     // One sgemm of atoms x hidden x targets per OMP step (70-90 GFLOP/s a
     // rank measured, docs/benchmarks.md), plus reading both matrices.
-    plan.costs.push_back(2.0 * options_.k * n_atoms * dd * n_approx / 7e10 +
-                         static_cast<double>(donor_matrix->nbytes() + t.nbytes() + out.nbytes()) / 1.5e9);
+    TaskPlan fit;
+    fit.sources = {base_->location(t), donor_->location(*donor_matrix)};
+    fit.seconds = 2.0 * options_.k * n_atoms * dd * n_approx / 7e10 +
+                  static_cast<double>(donor_matrix->nbytes() + t.nbytes() + out.nbytes()) / 1.5e9;
     // Per rank: the dictionary (float32) and the atoms' base rows (raw),
     // the correlation block, this rank's targets and fits, a chunk of I/O.
-    const double share = n_approx / options_.ranks;
-    plan.memory.push_back(n_atoms * (4 * dd + static_cast<double>(dtype_size(t.dtype)) * db) +
-                          n_atoms * 4 * std::clamp(33554432.0 / std::max(n_atoms, 1.0), 128.0, 1024.0) + share * (4 * dd + 12.0 * options_.k) +
-                          2 * static_cast<double>(std::min(options_.chunk_bytes, out.nbytes())));
-    plan.grid.push_back(true);
+    const double share = n_approx / context.ranks;
+    // The fit always runs on all ranks (each fits its share of the tokens).
+    fit.wants_grid = true;
+    fit.grid_peak_bytes = n_atoms * (4 * dd + static_cast<double>(dtype_size(t.dtype)) * db) +
+                          n_atoms * 4 * std::clamp(33554432.0 / std::max(n_atoms, 1.0), 128.0, 1024.0) +
+                          share * (4 * dd + 12.0 * options_.k) +
+                          2 * static_cast<double>(std::min(context.chunk_bytes, out.nbytes()));
+    fit.peak_bytes = fit.grid_peak_bytes;
     // Every rank holds the whole dictionary: more ranks do not shrink it.
-    SOUPKIT_INPUT_ERROR_IF(plan.memory.back() > static_cast<double>(options_.memory_budget),
-                           "{}: tensor '{}': fitting {} tokens over {} shared ones needs about {} per rank (the "
-                           "dictionary is held by every rank), over the memory budget of {}; raise --memory-budget or "
-                           "run fewer ranks per node",
-                           options_.base.string(), t.name, mapping.approximate, atoms_.size(),
-                           human_bytes(static_cast<std::uint64_t>(plan.memory.back())),
-                           human_bytes(options_.memory_budget));
-    rebuilds[std::to_string(index)] = {{"donor", donor_matrix->name}, {"base", t.name}};
+    fit.advice = fmt::format("fitting {} tokens over {} shared ones, and the dictionary is held by every rank; raise "
+                             "--memory-budget or run fewer ranks per node",
+                             mapping.approximate, atoms_.size());
+    plan.tasks.push_back(std::move(fit));
+    state.rebuilds[index] = {donor_matrix->name, t.name};
   }
 
   // Aux files: the base's, minus its tokenizer, plus the donor's tokenizer;
@@ -316,7 +321,9 @@ MethodPlan TransplantMethod::plan() {
             "with k = {}",
             donor_tok.size(), donor_tok.decoding, base_tok.size(), base_tok.decoding, mapping.exact, mapping.special,
             mapping.approximate, options_.k);
-  plan.state = {{"rebuilds", rebuilds}, {"row_source", row_source_}, {"atoms", atoms_}};
+  state.row_source = row_source_;
+  state.atoms = atoms_;
+  plan.set_state(state);
   return plan;
 }
 
@@ -324,15 +331,15 @@ void TransplantMethod::prepare(const MethodPlan& plan) {
   if (!base_) base_ = open_checkpoint(options_.base);
   if (!donor_) donor_ = open_checkpoint(options_.donor);
   spec_ = plan.output;
-  row_source_ = plan.state.at("row_source").get<std::vector<std::int64_t>>();
-  atoms_ = plan.state.at("atoms").get<std::vector<std::int64_t>>();
-  rebuilds_.clear();
-  for (const auto& [index, r] : plan.state.at("rebuilds").items())
-    rebuilds_[std::stoul(index)] = {r.at("donor").get<std::string>(), r.at("base").get<std::string>()};
+  auto state = plan.get_state<TransplantState>();
+  row_source_ = std::move(state.row_source);
+  atoms_ = std::move(state.atoms);
+  rebuilds_ = std::move(state.rebuilds);
+  chunk_bytes_ = plan.context.chunk_bytes;
 }
 
 nlohmann::json TransplantMethod::compute(std::size_t index, CheckpointWriter& writer) {
-  stream_copy_same_name(*base_, index, writer, options_.chunk_bytes, buffers_);
+  stream_copy_same_name(*base_, index, writer, chunk_bytes_, buffers_);
   return nullptr;
 }
 
@@ -340,7 +347,7 @@ nlohmann::json TransplantMethod::compute(std::size_t index, CheckpointWriter& wr
 // the rows to approximate), fits its rows by OMP against the whole
 // dictionary, and writes them; shared rows are the base's bytes, padding zero.
 nlohmann::json TransplantMethod::compute_grid(std::size_t index, const Communicator& group, CheckpointWriter& writer) {
-  const Rebuild& rb = rebuilds_.at(index);
+  const TransplantRebuild& rb = rebuilds_.at(index);
   const TensorInfo& out = spec_.tensors.at(index);
   const TensorInfo& dt = *donor_->find(rb.donor_tensor);
   const TensorInfo& bt = *base_->find(rb.base_tensor);
@@ -364,15 +371,15 @@ nlohmann::json TransplantMethod::compute_grid(std::size_t index, const Communica
   std::vector<std::byte> base_raw(base_ids.size() * row_bytes(bt));
   collectively(group, [&] {
     if (group.is_root()) {
-      dictionary = rows_as_f32(*donor_, dt, atoms_, read_selected_rows(*donor_, dt, atoms_, options_.chunk_bytes));
-      base_raw = read_selected_rows(*base_, bt, base_ids, options_.chunk_bytes);
+      dictionary = rows_as_f32(*donor_, dt, atoms_, read_selected_rows(*donor_, dt, atoms_, chunk_bytes_));
+      base_raw = read_selected_rows(*base_, bt, base_ids, chunk_bytes_);
       check_finite_rows(*base_, bt, base_ids, base_raw);
     }
   });
   broadcast_bytes(group, std::as_writable_bytes(std::span(dictionary)));
   broadcast_bytes(group, base_raw);
   collectively(group, [&] {
-    x = rows_as_f32(*donor_, dt, targets, read_selected_rows(*donor_, dt, targets, options_.chunk_bytes));
+    x = rows_as_f32(*donor_, dt, targets, read_selected_rows(*donor_, dt, targets, chunk_bytes_));
   });
   const auto dd = static_cast<std::int64_t>(dt.shape[1]);
   const auto db = static_cast<std::size_t>(bt.shape[1]);
@@ -391,7 +398,7 @@ nlohmann::json TransplantMethod::compute_grid(std::size_t index, const Communica
 
   collectively(group, [&] {
     const std::uint64_t orb = row_bytes(out);
-    const auto step = static_cast<std::int64_t>(std::max<std::uint64_t>(1, options_.chunk_bytes / orb));
+    const auto step = static_cast<std::int64_t>(std::max<std::uint64_t>(1, chunk_bytes_ / orb));
     std::vector<std::byte> bytes;
     std::vector<double> row(db), atom_row(db);
     const std::uint64_t base_rb = row_bytes(bt);

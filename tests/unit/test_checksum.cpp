@@ -1,6 +1,6 @@
 // The journal's tensor checksum must not depend on how rows were split into
 // writes (or across ranks), and must change when any byte or row position does.
-#include "soupkit/io/checksum.hpp"
+#include "soupkit/engine/checksum.hpp"
 
 #include <gtest/gtest.h>
 

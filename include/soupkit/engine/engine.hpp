@@ -16,19 +16,74 @@
 
 namespace soupkit {
 
-// What a method plans on the coordinator.
+// What the engine tells a method when it plans: the run's shape and the
+// memory policy every method follows.
+struct PlanContext {
+  int ranks = 1;
+  std::uint64_t memory_budget = ~0ull;  // bytes one rank may use
+  // The largest block (bytes) a method reads, converts or writes at once
+  // when it streams a tensor in row ranges (at least one row): the engine's
+  // one chunk-size rule, chunk_bytes_for(memory_budget). A method may use
+  // less, never more.
+  std::uint64_t chunk_bytes = 64ull << 20;
+  fs::path output;
+};
+
+// The engine's rule: an eighth of the budget (a streaming method holds a
+// few blocks at once), between 64 KiB and 64 MiB (larger blocks gain
+// nothing in throughput; docs/benchmarks.md).
+std::uint64_t chunk_bytes_for(std::uint64_t memory_budget);
+PlanContext make_plan_context(int ranks, std::uint64_t memory_budget, const fs::path& output);
+
+// Where an output tensor is computed: by one rank, or by all ranks together
+// on a process grid (ScaLAPACK, or any split of one tensor's work).
+enum class Placement { Rank, Grid };
+
+// A method's plan for one output tensor; the engine places it.
+struct TaskPlan {
+  double seconds = 0;      // estimated on one rank (only ratios matter: the schedule balances them)
+  double peak_bytes = 0;   // estimated peak memory of the one rank computing it alone
+  // Estimated peak per rank when all ranks compute it together; negative
+  // when the method has no grid computation for this tensor.
+  double grid_peak_bytes = -1;
+  // The method asks for the grid (its own speed rule, or a user option); the
+  // engine also moves a task there when peak_bytes is over the budget.
+  bool wants_grid = false;
+  // What the user can do when it does not fit, for the refusal's message.
+  std::string advice = "run on more ranks or raise --memory-budget";
+  // Where its inputs are (CheckpointReader::location), for --dry-run.
+  std::vector<std::string> sources;
+
+  Placement placement = Placement::Rank;  // decided by the engine (place_tasks)
+  bool on_grid() const { return placement == Placement::Grid; }
+  // The memory the engine holds the task to where it is placed.
+  double planned_bytes() const { return on_grid() ? grid_peak_bytes : peak_bytes; }
+};
+
+// What a method plans on the coordinator: the output, one task per output
+// tensor (same order), and its own state for every rank, a typed struct
+// that serialises itself with nlohmann's to_json/from_json (e.g. by
+// NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE).
 struct MethodPlan {
   OutputSpec output;
-  std::vector<double> costs;   // estimated seconds on one rank, per output tensor
-  std::vector<double> memory;  // estimated peak bytes on one rank (per grid rank for grid tasks)
-  // Tensors computed by a group of ranks together (a ScaLAPACK grid) rather
-  // than by one rank; empty means none.
-  std::vector<bool> grid;
-  // Per output tensor, where its inputs are (CheckpointReader::location),
-  // for --dry-run; empty means not given.
-  std::vector<std::vector<std::string>> sources;
-  nlohmann::json state = nlohmann::json::object();  // method-specific data every rank needs
+  std::vector<TaskPlan> tasks;
+  PlanContext context;         // what plan() was given (set by the engine; prepare() reads it on every rank)
+  std::string state = "null";  // the serialised state (set_state)
+
+  template <class State>
+  void set_state(const State& value) {
+    state = nlohmann::json(value).dump();
+  }
+  template <class State>
+  State get_state() const {
+    return nlohmann::json::parse(state).get<State>();
+  }
 };
+
+// The engine's memory policy on a plan: every task goes where it fits (to
+// the grid when the method asks or it is over the budget on one rank), and
+// a task that fits nowhere is refused (InputError) with the method's advice.
+void place_tasks(MethodPlan& plan, const PlanContext& context);
 
 // The contents of an output's carried file: a reader's carried file, copied
 // in blocks of kAuxCopyBlockBytes (never held whole), or bytes the method
@@ -45,18 +100,21 @@ class Method {
  public:
   virtual ~Method() = default;
   virtual std::string name() const = 0;
-  // Coordinator only: read input headers, validate everything, plan.
-  virtual MethodPlan plan() = 0;
+  // Coordinator only: read input headers, validate everything, plan within
+  // the context's memory policy.
+  virtual MethodPlan plan(const PlanContext& context) = 0;
   // Every rank, with the coordinator's plan: open inputs for reading.
   virtual void prepare(const MethodPlan& plan) = 0;
   // Owner rank: compute output tensor `index` and write all its rows
   // through `writer` (whole, or row range by row range to bound memory).
   // Returns what the method wants to report about it (or null).
   virtual nlohmann::json compute(std::size_t index, CheckpointWriter& writer) = 0;
-  // All ranks of `group`, together, for a tensor the plan marks as a grid
-  // task: compute it and write it through `writer` (each rank its own rows).
-  // Must fail on all ranks of the group alike (agree before throwing).
-  // The group's rank 0 returns the record.
+  // All ranks of `group`, together, for a tensor placed on the grid:
+  // compute it and write it through `writer` (each rank its own rows). The
+  // group's rank 0 returns the record. The engine agrees on a failure over
+  // the group before anyone goes on; inside, a method agrees (collectively,
+  // agree_on_failure) before each collective step that a failure on one
+  // rank could leave the others waiting in.
   virtual nlohmann::json compute_grid(std::size_t index, const Communicator& group, CheckpointWriter& writer);
   // Coordinator: where aux file `index` of the output spec comes from.
   virtual AuxSource aux_contents(std::size_t index) = 0;
@@ -73,6 +131,8 @@ class Method {
 std::vector<int> assign_owners(const std::vector<double>& costs, int ranks);
 
 struct RunOptions {
+  // Bytes one rank may use (--memory-budget; default_memory_budget).
+  std::uint64_t memory_budget = ~0ull;
   bool dry_run = false;  // print the plan and stop before writing anything
   // Continue the partial output a killed run left (its journal says which
   // tensors are done; each is verified by checksum). Without a journal,

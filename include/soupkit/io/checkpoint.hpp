@@ -12,6 +12,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <functional>
 #include <unordered_map>
 #include <vector>
 
@@ -134,7 +135,7 @@ class CheckpointWriter {
  public:
   virtual ~CheckpointWriter() = default;
   // Writes rows [first_row, first_row + rows) of tensor `index` (of
-  // spec.tensors), and adds them to this rank's checksum of that tensor.
+  // spec.tensors), and shows them to the row observer, if any.
   void write_rows(std::size_t index, std::uint64_t first_row, std::uint64_t rows, std::span<const std::byte> data);
   void write(std::size_t index, std::span<const std::byte> data);
   // Writes bytes [offset, offset + data.size()) of aux file `index` (of
@@ -149,13 +150,16 @@ class CheckpointWriter {
   const OutputSpec& spec() const { return spec_; }
   const fs::path& path() const { return path_; }
 
-  // The checksum (see checksum.hpp) of the rows of tensor `index` this rank
-  // has written since the last call; it is reset to zero. Checksums of row
-  // blocks add up, so ranks that wrote parts of a tensor sum theirs.
-  std::uint64_t take_checksum(std::size_t index);
-  // Reads the tensor back from the partial output and returns the checksum
-  // of all its rows: compared with the journal on --resume.
-  std::uint64_t checksum_written(std::size_t index);
+  // Called after every write_rows with what was written (the engine keeps
+  // its resume checksums with it); one observer, replaced by the next call.
+  using RowObserver = std::function<void(std::size_t index, std::uint64_t first_row, std::uint64_t rows,
+                                         std::span<const std::byte> data)>;
+  void observe_rows(RowObserver observer) { observer_ = std::move(observer); }
+  // Reads rows of tensor `index` back from the partial output (--resume
+  // verifies what a killed run wrote).
+  void read_written_rows(std::size_t index, std::uint64_t first_row, std::uint64_t rows, std::span<std::byte> dst) {
+    read_back_rows(index, first_row, rows, dst);
+  }
 
  protected:
   CheckpointWriter(const Communicator& comm, fs::path path, OutputSpec spec)
@@ -171,7 +175,7 @@ class CheckpointWriter {
   OutputSpec spec_;
 
  private:
-  std::unordered_map<std::size_t, std::uint64_t> checksums_;
+  RowObserver observer_;
 };
 
 // Create: a new partial output (replacing a stale one). Resume: reopen the

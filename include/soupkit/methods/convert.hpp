@@ -14,16 +14,13 @@ struct ConvertOptions {
   std::optional<DType> dtype;  // cast floating-point tensors to this
   std::uint64_t shard_size = 5'000'000'000ull;
   bool overwrite = false;
-  // Tensors are copied in row ranges of at most this many bytes, so memory
-  // stays bounded whatever the tensor size (set from --memory-budget).
-  std::uint64_t chunk_bytes = 64ull << 20;
 };
 
 class ConvertMethod final : public Method {
  public:
   explicit ConvertMethod(ConvertOptions options) : options_(std::move(options)) {}
   std::string name() const override { return "convert"; }
-  MethodPlan plan() override;
+  MethodPlan plan(const PlanContext& context) override;
   void prepare(const MethodPlan& plan) override;
   nlohmann::json compute(std::size_t index, CheckpointWriter& writer) override;
   AuxSource aux_contents(std::size_t index) override;
@@ -32,6 +29,7 @@ class ConvertMethod final : public Method {
   ConvertOptions options_;
   std::unique_ptr<CheckpointReader> reader_;
   OutputSpec spec_;
+  std::uint64_t chunk_bytes_ = 0;  // the engine's (PlanContext)
   CopyBuffers buffers_;
 };
 

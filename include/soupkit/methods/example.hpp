@@ -19,7 +19,7 @@ class ExampleMethod final : public Method {
  public:
   explicit ExampleMethod(ExampleOptions options) : options_(options) {}
   std::string name() const override { return options_.finetuned ? "example (finetuned)" : "example (base)"; }
-  MethodPlan plan() override;
+  MethodPlan plan(const PlanContext& context) override;
   void prepare(const MethodPlan& plan) override { spec_ = plan.output; }
   nlohmann::json compute(std::size_t index, CheckpointWriter& writer) override;
   AuxSource aux_contents(std::size_t index) override;

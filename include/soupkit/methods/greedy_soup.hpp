@@ -20,6 +20,7 @@ struct GreedyOptions {
   std::optional<fs::path> scores_file;    // JSON: ingredient path -> score
   bool strictly_greater = false;          // --accept greater
   std::optional<fs::path> log_file;       // --log
+  std::uint64_t memory_budget = ~0ull;    // per rank, for every soup it writes
   bool resume = false;                    // reuse the scores cached in log_file
   bool keep_candidates = false;           // keep <out>.greedy-work/
 };

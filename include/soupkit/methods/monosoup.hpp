@@ -30,16 +30,20 @@ struct MonosoupOptions {
   // Matrices with min(m, n) >= this go to ScaLAPACK on a grid of all ranks;
   // 0 chooses automatically (see docs/monosoup.md).
   std::int64_t scalapack_min_dim = 0;
-  int ranks = 1;  // ranks the job runs on (for the automatic choice)
-  // Bytes one rank may use; a matrix whose work needs more goes to the grid.
-  std::uint64_t memory_budget = ~0ull;
 };
+
+// What every rank needs of the coordinator's plan: per output tensor, why it
+// is kept unchanged (empty: a MonoSoup candidate).
+struct MonosoupState {
+  std::vector<std::string> kept_reason;
+};
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(MonosoupState, kept_reason)
 
 class MonosoupMethod final : public Method {
  public:
   explicit MonosoupMethod(MonosoupOptions options) : options_(std::move(options)) {}
   std::string name() const override { return "monosoup"; }
-  MethodPlan plan() override;
+  MethodPlan plan(const PlanContext& context) override;
   void prepare(const MethodPlan& plan) override;
   nlohmann::json compute(std::size_t index, CheckpointWriter& writer) override;
   nlohmann::json compute_grid(std::size_t index, const Communicator& group, CheckpointWriter& writer) override;
@@ -54,13 +58,10 @@ class MonosoupMethod final : public Method {
     std::int64_t m, n;
   };
   Inputs inputs(std::size_t index) const;
-  // Row blocks for tensors copied unchanged: a quarter of the budget, 1-256 MiB.
-  std::uint64_t kept_chunk_bytes() const {
-    return std::clamp<std::uint64_t>(options_.memory_budget / 4, 1ull << 20, 256ull << 20);
-  }
   MonosoupOptions options_;
   std::unique_ptr<CheckpointReader> base_, finetuned_;
   OutputSpec spec_;
+  std::uint64_t chunk_bytes_ = 0;  // row ranges of kept tensors (the engine's)
   std::vector<std::string> kept_reason_;  // per output tensor; empty = a MonoSoup candidate
   // Scratch reused from tensor to tensor (largest first, so they grow once).
   std::vector<std::byte> raw_, out_;

@@ -25,10 +25,6 @@ struct SoupOptions {
   DType accumulate = DType::F64;   // F64 or F32 (docs/soups.md: why F64 is the default)
   std::uint64_t shard_size = 5'000'000'000ull;
   bool overwrite = false;
-  // Output row ranges of at most this many bytes (at least one row), so
-  // memory is bounded whatever the tensor size (at most 8 MiB, less under
-  // a small --memory-budget).
-  std::uint64_t chunk_bytes = 8ull << 20;
   std::string label = "soup";  // method name in logs and provenance
 };
 
@@ -41,7 +37,7 @@ class SoupMethod final : public Method {
  public:
   explicit SoupMethod(SoupOptions options);
   std::string name() const override { return options_.label; }
-  MethodPlan plan() override;
+  MethodPlan plan(const PlanContext& context) override;
   void prepare(const MethodPlan& plan) override;
   nlohmann::json compute(std::size_t index, CheckpointWriter& writer) override;
   AuxSource aux_contents(std::size_t index) override;
@@ -58,6 +54,7 @@ class SoupMethod final : public Method {
   std::vector<std::unique_ptr<CheckpointReader>> readers_;
   std::unique_ptr<CheckpointReader> aux_reader_;
   OutputSpec spec_;
+  std::uint64_t chunk_bytes_ = 0;  // output row ranges (at least one row), so memory is bounded
   // Scratch reused from tensor to tensor: the accumulator and output of one
   // row range, and one ingredient's raw bytes of a cache-sized block.
   std::vector<double> acc64_;

@@ -17,6 +17,10 @@ struct CopyBuffers {
 void stream_copy(const CheckpointReader& reader, const TensorInfo& have, const TensorInfo& want, std::size_t index,
                  CheckpointWriter& writer, std::uint64_t chunk_bytes, CopyBuffers& buffers);
 
+// The peak bytes stream_copy holds for it: one row range of input (at
+// least a row), and one of output when it casts.
+double stream_copy_peak_bytes(const TensorInfo& have, const TensorInfo& want, std::uint64_t chunk_bytes);
+
 // The same for output tensor `index` of the writer's spec, taken from the
 // reader's tensor of the same name (which planning found there).
 void stream_copy_same_name(const CheckpointReader& reader, std::size_t index, CheckpointWriter& writer,

@@ -27,33 +27,41 @@ struct TransplantOptions {
   std::optional<fs::path> report;
   std::uint64_t shard_size = 5'000'000'000ull;
   bool overwrite = false;
-  int ranks = 1;
-  std::uint64_t chunk_bytes = 64ull << 20;  // copies and row reads go by ranges of at most this
-  std::uint64_t memory_budget = ~0ull;      // bytes one rank may use (a fit over it is refused)
 };
+
+// One rebuilt matrix: which donor matrix supplies the OMP dictionary and
+// targets, which base matrix the shared rows and the rebuild.
+struct TransplantRebuild {
+  std::string donor_tensor, base_tensor;
+};
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(TransplantRebuild, donor_tensor, base_tensor)
+
+// What every rank needs of the coordinator's plan.
+struct TransplantState {
+  std::map<std::size_t, TransplantRebuild> rebuilds;  // by output tensor index
+  // Per output row of a rebuilt matrix: base row to copy (>= 0), kApproximate or kZero.
+  std::vector<std::int64_t> row_source;
+  std::vector<std::int64_t> atoms;  // donor token ids of the dictionary (exact matches), ascending
+};
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(TransplantState, rebuilds, row_source, atoms)
 
 class TransplantMethod final : public Method {
  public:
   explicit TransplantMethod(TransplantOptions options) : options_(std::move(options)) {}
   std::string name() const override { return "transplant"; }
-  MethodPlan plan() override;
+  MethodPlan plan(const PlanContext& context) override;
   void prepare(const MethodPlan& plan) override;
   nlohmann::json compute(std::size_t index, CheckpointWriter& writer) override;
   nlohmann::json compute_grid(std::size_t index, const Communicator& group, CheckpointWriter& writer) override;
   AuxSource aux_contents(std::size_t index) override;
   void finish(const std::vector<nlohmann::json>& records, double seconds) override;
 
-  // One rebuilt matrix: which donor matrix supplies the OMP dictionary and
-  // targets, which base matrix the shared rows and the rebuild.
-  struct Rebuild {
-    std::string donor_tensor, base_tensor;
-  };
-
  private:
   TransplantOptions options_;
   std::unique_ptr<CheckpointReader> base_, donor_;
   OutputSpec spec_;
-  std::map<std::size_t, Rebuild> rebuilds_;  // by output tensor index
+  std::map<std::size_t, TransplantRebuild> rebuilds_;  // by output tensor index
+  std::uint64_t chunk_bytes_ = 0;                      // copies and row reads go by ranges of at most this
   // Per output row of a rebuilt matrix: base row to copy (>= 0), kApproximate or kZero.
   std::vector<std::int64_t> row_source_;
   std::vector<std::int64_t> atoms_;  // donor token ids of the dictionary (exact matches), ascending

@@ -1,7 +1,9 @@
-#include "soupkit/io/checksum.hpp"
+#include "soupkit/engine/checksum.hpp"
 
+#include <algorithm>
 #include <bit>
 #include <cstring>
+#include <vector>
 
 namespace soupkit {
 namespace {
@@ -50,6 +52,41 @@ std::uint64_t checksum_rows(std::uint64_t first_row, std::uint64_t rows, std::ui
                             std::span<const std::byte> data) {
   std::uint64_t sum = 0;
   for (std::uint64_t r = 0; r < rows; ++r) sum += hash_row(first_row + r, data.subspan(r * row_bytes, row_bytes));
+  return sum;
+}
+
+WrittenChecksums::WrittenChecksums(CheckpointWriter& writer) : writer_(writer) {
+  writer_.observe_rows([this](std::size_t index, std::uint64_t first_row, std::uint64_t rows,
+                              std::span<const std::byte> data) {
+    sums_[index] += checksum_rows(first_row, rows, row_bytes(writer_.spec().tensors.at(index)), data);
+  });
+}
+
+WrittenChecksums::~WrittenChecksums() { writer_.observe_rows(nullptr); }
+
+std::uint64_t WrittenChecksums::take(std::size_t index) {
+  const auto it = sums_.find(index);
+  if (it == sums_.end()) return 0;
+  const std::uint64_t sum = it->second;
+  sums_.erase(it);
+  return sum;
+}
+
+std::uint64_t checksum_written(CheckpointWriter& writer, std::size_t index) {
+  // Blocks of rows of about 64 MiB, so verifying a large tensor stays cheap in memory.
+  constexpr std::uint64_t kBlockBytes = 64ull << 20;
+  const TensorInfo& t = writer.spec().tensors.at(index);
+  const std::uint64_t rows = row_count(t), rb = row_bytes(t);
+  if (rb == 0) return 0;
+  const std::uint64_t step = std::max<std::uint64_t>(1, kBlockBytes / rb);
+  std::vector<std::byte> buffer;
+  std::uint64_t sum = 0;
+  for (std::uint64_t first = 0; first < rows; first += step) {
+    const std::uint64_t count = std::min(step, rows - first);
+    buffer.resize(count * rb);
+    writer.read_written_rows(index, first, count, buffer);
+    sum += checksum_rows(first, count, rb, buffer);
+  }
   return sum;
 }
 

@@ -1,0 +1,44 @@
+// What the engine knows of memory: this process's resident set, and the
+// node's available memory for the default --memory-budget.
+#include "soupkit/engine/engine.hpp"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <fstream>
+
+namespace soupkit {
+
+std::uint64_t peak_rss_bytes() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<std::uint64_t>(usage.ru_maxrss) * 1024;
+}
+
+std::uint64_t current_rss_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  std::uint64_t pages = 0, resident = 0;
+  statm >> pages >> resident;
+  return resident * static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+std::uint64_t default_memory_budget(const Communicator& comm) {
+  std::uint64_t available = 0;
+  std::ifstream meminfo("/proc/meminfo");
+  for (std::string key; meminfo >> key;) {
+    std::uint64_t kib = 0;
+    std::string unit;
+    meminfo >> kib >> unit;
+    if (key == "MemAvailable:") available = kib * 1024;
+  }
+  if (available == 0) available = static_cast<std::uint64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
+  MPI_Comm node = MPI_COMM_NULL;
+  MPI_Comm_split_type(comm.get(), MPI_COMM_TYPE_SHARED, comm.rank(), MPI_INFO_NULL, &node);
+  const Communicator node_comm = Communicator::adopt(node);
+  // Every rank of a node sees the same figure; take the smallest across all
+  // nodes so the plan (made on rank 0) is safe everywhere.
+  const double share = 0.8 * static_cast<double>(available) / node_comm.size();
+  return static_cast<std::uint64_t>(-comm.max(-share));
+}
+
+}  // namespace soupkit
