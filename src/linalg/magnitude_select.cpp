@@ -46,6 +46,14 @@ void stream_pass(const BlockSource& source, std::int64_t count, int pass, Each&&
                    count);
 }
 
+// A pass must find as many candidates as the pass before counted for them.
+void check_candidates(int pass, std::int64_t found, std::int64_t expected) {
+  SOUPKIT_ERROR_IF(found != expected,
+                   "magnitude selection: pass {} found {} candidates, the pass before {} (the data changed between "
+                   "passes)",
+                   pass, found, expected);
+}
+
 // The smallest and largest candidate magnitudes and how often each occurs.
 struct Extremes {
   std::uint64_t min = std::numeric_limits<std::uint64_t>::max(), max = 0;
@@ -80,19 +88,13 @@ MagnitudeSelection found(MagnitudeSelection s, std::uint64_t threshold_bits, std
 MagnitudeSelection collect_and_select(const BlockSource& source, MagnitudeSelection s, const Search& search) {
   std::vector<std::uint64_t> values;
   values.reserve(static_cast<std::size_t>(search.candidates));
+  std::int64_t seen = 0;
   stream_pass(source, s.count, ++s.passes, [&](std::uint64_t bits) {
     if (!search.is_candidate(bits)) return;
-    // Bounded by the count the previous pass found: memory stays within the cap.
-    SOUPKIT_ERROR_IF(values.size() == values.capacity(),
-                     "magnitude selection: pass {} found more candidates than the {} of the pass before (the data "
-                     "changed between passes)",
-                     s.passes, search.candidates);
-    values.push_back(bits);
+    // No more than the previous pass counted: memory stays within the cap.
+    if (seen++ < search.candidates) values.push_back(bits);
   });
-  SOUPKIT_ERROR_IF(static_cast<std::int64_t>(values.size()) != search.candidates,
-                   "magnitude selection: pass {} found {} candidates, the pass before {} (the data changed between "
-                   "passes)",
-                   s.passes, values.size(), search.candidates);
+  check_candidates(s.passes, seen, search.candidates);
   const auto kth = values.begin() + (search.rank - 1);
   std::nth_element(values.begin(), kth, values.end(), std::greater<>());
   const std::uint64_t threshold = *kth;
@@ -150,10 +152,7 @@ MagnitudeSelection select_top_magnitudes(const BlockSource& source, std::int64_t
       extremes.add(bits);
       ++candidates;
     });
-    SOUPKIT_ERROR_IF(candidates != search.candidates,
-                     "magnitude selection: pass {} found {} candidates, the pass before {} (the data changed between "
-                     "passes)",
-                     s.passes, candidates, search.candidates);
+    check_candidates(s.passes, candidates, search.candidates);
 
     if (search.rank <= extremes.max_count) return found(s, extremes.max, search.rank);
     const std::int64_t above_min = search.candidates - extremes.min_count;

@@ -242,6 +242,9 @@ TEST(MagnitudeSelect, PassCounts) {
   // 65536-bucket histogram, then the k-th element's bucket is collected.
   const std::vector<double> big = normal_data(1'000'000, 7);
   EXPECT_EQ(expect_exact(big, 300'000, std::size_t{1} << 20, "typical").passes, 2);
+  // Even when the whole tensor would fit: collecting a million values costs
+  // more than the histogram pass that avoids it.
+  EXPECT_EQ(expect_exact(big, 300'000, kRoomy, "roomy").passes, 2);
   // Under the smallest cap the same data needs more refinement, within the bound.
   const MagnitudeSelection tight = expect_exact(big, 300'000, kMinSelectionBytes, "tight");
   EXPECT_GT(tight.passes, 2);
@@ -303,16 +306,31 @@ TEST(MagnitudeSelect, RefusesSourcesThatDisagreeWithThemselves) {
             std::string::npos);
   EXPECT_NE(message_of([&] { select_top_magnitudes(blocks_of(x, {333}), 9999, 5, kRoomy); }).find("Error: magnitude"),
             std::string::npos);
-  // Data that changes between passes (each call perturbs it).
-  std::vector<double> drifting = x;
-  int calls = 0;
-  const BlockSource drift = [&](const BlockConsumer& consume) {
-    if (calls++ > 0)
-      for (auto& v : drifting) v *= 1.5;
-    consume(drifting);
+  // Data that changes between passes (each call perturbs it), caught by a
+  // histogram pass (the smallest cap) and by a collecting one (after one
+  // histogram of 200000 elements under 1 MiB).
+  struct Case {
+    std::size_t n, cap;
+    bool second_pass_collects;
   };
-  const std::string m = message_of([&] { select_top_magnitudes(drift, 10000, 5000, kMinSelectionBytes); });
-  EXPECT_NE(m.find("the data changed between passes"), std::string::npos) << m;
+  for (const Case& c : {Case{10000, kMinSelectionBytes, false}, Case{200000, std::size_t{1} << 20, true}}) {
+    const std::size_t n = c.n, cap = c.cap;
+    std::vector<double> drifting = normal_data(n, 12);
+    int calls = 0;
+    const BlockSource drift = [&](const BlockConsumer& consume) {
+      if (calls++ > 0)
+        for (auto& v : drifting) v *= 1.5;
+      consume(drifting);
+    };
+    const auto count = static_cast<std::int64_t>(n);
+    const std::string m = message_of([&] { select_top_magnitudes(drift, count, count / 2, cap); });
+    EXPECT_NE(m.find("pass 2 found"), std::string::npos) << m;
+    EXPECT_NE(m.find("the data changed between passes"), std::string::npos) << m;
+    const std::vector<double> steady = normal_data(n, 12);
+    // Unperturbed, the same selection ends with the second pass exactly when that pass collects.
+    EXPECT_EQ(select_top_magnitudes(blocks_of(steady, {n}), count, count / 2, cap).passes == 2,
+              c.second_pass_collects);
+  }
   // Arguments out of range.
   EXPECT_THROW(select_top_magnitudes(blocks_of(x, {7}), 10000, 10001, kRoomy), Error);
   EXPECT_THROW(select_top_magnitudes(blocks_of(x, {7}), 10000, -1, kRoomy), Error);
