@@ -56,6 +56,12 @@ std::string CheckpointReader::read_aux(const std::string& name) const {
   return contents;
 }
 
+const TensorInfo& CheckpointReader::planned(std::string_view name) const {
+  const TensorInfo* t = find(name);
+  SOUPKIT_ERROR_IF(!t, "{}: tensor '{}' disappeared since planning", path_.string(), printable(name));
+  return *t;
+}
+
 const TensorInfo* CheckpointReader::find(std::string_view name) const {
   const auto it = by_name_.find(std::string(name));
   return it == by_name_.end() ? nullptr : &tensors_[it->second];

@@ -202,7 +202,7 @@ void MonosoupMethod::prepare(const MethodPlan& plan) {
 
 nlohmann::json MonosoupMethod::compute(std::size_t index, CheckpointWriter& writer) {
   const TensorInfo& out_info = spec_.tensors.at(index);
-  const TensorInfo& w1 = *finetuned_->find(out_info.name);
+  const TensorInfo& w1 = finetuned_->planned(out_info.name);
   nlohmann::json record = {{"name", w1.name}, {"shape", w1.shape}};
   out_.resize(out_info.nbytes());
   auto keep = [&](const std::string& reason) {
@@ -220,7 +220,7 @@ nlohmann::json MonosoupMethod::compute(std::size_t index, CheckpointWriter& writ
     return record;
   }
 
-  const TensorInfo& w0 = *base_->find(w1.name);
+  const TensorInfo& w0 = base_->planned(w1.name);
   std::vector<double>& delta = delta_;
   std::vector<double>& base = base_values_;
   read_as_f64(*finetuned_, w1, raw_, delta);
@@ -254,8 +254,8 @@ nlohmann::json MonosoupMethod::compute(std::size_t index, CheckpointWriter& writ
 
 MonosoupMethod::Inputs MonosoupMethod::inputs(std::size_t index) const {
   const TensorInfo& out = spec_.tensors.at(index);
-  const TensorInfo& w1 = *finetuned_->find(out.name);
-  const TensorInfo& w0 = *base_->find(out.name);
+  const TensorInfo& w1 = finetuned_->planned(out.name);
+  const TensorInfo& w0 = base_->planned(out.name);
   const auto m = static_cast<std::int64_t>(w1.shape[0]);
   return {w0, w1, out, m, static_cast<std::int64_t>(w1.numel()) / m};
 }

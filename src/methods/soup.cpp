@@ -211,9 +211,7 @@ void SoupMethod::prepare(const MethodPlan& plan) {
 std::vector<const TensorInfo*> SoupMethod::inputs_of(const TensorInfo& out) const {
   std::vector<const TensorInfo*> in;
   for (std::size_t i = 0; i < readers_.size(); ++i) {
-    const TensorInfo* t = readers_[i]->find(out.name);
-    SOUPKIT_ERROR_IF(!t, "{}: tensor '{}' disappeared since planning", options_.ingredients[i].string(), out.name);
-    in.push_back(t);
+    in.push_back(&readers_[i]->planned(out.name));
   }
   return in;
 }

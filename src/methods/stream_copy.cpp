@@ -44,9 +44,7 @@ void stream_copy(const CheckpointReader& reader, const TensorInfo& have, const T
 void stream_copy_same_name(const CheckpointReader& reader, std::size_t index, CheckpointWriter& writer,
                            std::uint64_t chunk_bytes, CopyBuffers& buffers) {
   const TensorInfo& want = writer.spec().tensors.at(index);
-  const TensorInfo* have = reader.find(want.name);
-  SOUPKIT_ERROR_IF(!have, "{}: tensor '{}' disappeared since planning", reader.path().string(), want.name);
-  stream_copy(reader, *have, want, index, writer, chunk_bytes, buffers);
+  stream_copy(reader, reader.planned(want.name), want, index, writer, chunk_bytes, buffers);
 }
 
 }  // namespace soupkit

@@ -349,8 +349,8 @@ nlohmann::json TransplantMethod::compute(std::size_t index, CheckpointWriter& wr
 nlohmann::json TransplantMethod::compute_grid(std::size_t index, const Communicator& group, CheckpointWriter& writer) {
   const TransplantRebuild& rb = rebuilds_.at(index);
   const TensorInfo& out = spec_.tensors.at(index);
-  const TensorInfo& dt = *donor_->find(rb.donor_tensor);
-  const TensorInfo& bt = *base_->find(rb.base_tensor);
+  const TensorInfo& dt = donor_->planned(rb.donor_tensor);
+  const TensorInfo& bt = base_->planned(rb.base_tensor);
   const auto starts = rank_starts(row_source_, group.size());
   const std::int64_t lo = starts[static_cast<std::size_t>(group.rank())], hi = starts[static_cast<std::size_t>(group.rank()) + 1];
   std::vector<std::int64_t> targets;  // donor ids = output rows this rank fits

@@ -57,6 +57,9 @@ class CheckpointReader {
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
   // nullptr if absent.
   const TensorInfo* find(std::string_view name) const;
+  // A tensor planning found here: Error naming the file if it is absent
+  // (the checkpoint changed since, or a plan and its readers disagree).
+  const TensorInfo& planned(std::string_view name) const;
   std::size_t index_of(const TensorInfo& t) const { return static_cast<std::size_t>(&t - tensors_.data()); }
   const StringMap& metadata() const { return metadata_; }
 
