@@ -279,9 +279,7 @@ std::uint64_t default_memory_budget(const Communicator& comm) {
     if (key == "MemAvailable:") available = kib * 1024;
   }
   if (available == 0) available = static_cast<std::uint64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
-  MPI_Comm node = MPI_COMM_NULL;
-  MPI_Comm_split_type(comm.get(), MPI_COMM_TYPE_SHARED, comm.rank(), MPI_INFO_NULL, &node);
-  const Communicator node_comm = Communicator::adopt(node);
+  const Communicator node_comm = comm.split_shared();
   // Every rank of a node sees the same figure; take the smallest across all
   // nodes so the plan (made on rank 0) is safe everywhere.
   const double share = 0.8 * static_cast<double>(available) / node_comm.size();
@@ -391,12 +389,6 @@ void check_fits_output_format(const MethodPlan& plan, const fs::path& out) {
                            ".safetensors or a model directory instead)",
                            from, printable(t.name), t.shape.size(), H5S_MAX_RANK);
   }
-}
-
-std::uint64_t sum_over(const Communicator& comm, std::uint64_t value) {
-  std::uint64_t total = 0;
-  MPI_Allreduce(&value, &total, 1, MPI_UINT64_T, MPI_SUM, comm.get());
-  return total;
 }
 
 }  // namespace
@@ -519,7 +511,7 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
         const auto t0 = Clock::now();
         nlohmann::json record = method.compute_grid(i, group, *writer);
         if (record.is_object()) record["seconds"] = seconds_since(t0);
-        const std::uint64_t checksum = sum_over(group, writer->take_checksum(i));
+        const std::uint64_t checksum = group.sum(writer->take_checksum(i));
         if (group.is_root()) channel.tensor_done(i, checksum, std::move(record));
       } catch (const std::exception& e) {
         error = fmt::format("rank {}: tensor '{}' (on a {}-rank grid): {}", comm.rank(), printable(tensors[i].name),
