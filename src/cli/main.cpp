@@ -7,7 +7,6 @@
 #include "soupkit/util/message_text.hpp"
 
 #include <malloc.h>
-#include <mpi.h>
 
 #include <cstdio>
 #include <new>
@@ -59,8 +58,7 @@ int main(int argc, char** argv) {
   // GPT-2-sized MonoSoup run; docs/benchmarks.md). Peak memory is unchanged.
   mallopt(M_MMAP_MAX, 0);
   mallopt(M_TRIM_THRESHOLD, -1);
-  int provided = 0;
-  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+  const soupkit::MpiSession mpi(argc, argv);
   soupkit::h5::silence_library_errors();
   int status = 1;
   {
@@ -74,6 +72,11 @@ int main(int argc, char** argv) {
     };
     try {
       status = dispatch(world, argc, argv);
+    } catch (const soupkit::MpiError& e) {
+      // Not agreed over the ranks (agreeing turns it into a plain Error):
+      // the others may be waiting for this rank in a collective.
+      std::fprintf(stderr, "soupkit: error: rank %d: %s\n", world.rank(), e.what());
+      world.abort_job(1);
     } catch (const soupkit::Error& e) {
       report(e.what());
     } catch (const std::bad_alloc&) {
@@ -84,6 +87,5 @@ int main(int argc, char** argv) {
                          command_name(argc, argv), soupkit::excerpt(e.what(), 3 * soupkit::kMaxQuotedChars)));
     }
   }
-  MPI_Finalize();
   return status;
 }

@@ -7,6 +7,7 @@
 #include "plan_table.hpp"
 #include "soupkit/util/json_input.hpp"
 #include "progress.hpp"
+#include "work_channel.hpp"
 #include "soupkit/util/error.hpp"
 #include "soupkit/util/log.hpp"
 
@@ -17,7 +18,6 @@
 #include <algorithm>
 #include <csignal>
 #include <cstdlib>
-#include <functional>
 #include <set>
 #include <chrono>
 #include <fstream>
@@ -30,135 +30,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// Messages between workers and the coordinator while tensors are computed,
-// on a communicator of their own (so nothing left over can reach another
-// run), as small JSON texts: each finished tensor with its checksum and
-// record (for progress, the journal and the report), a failure, and "this
-// rank is done". When any rank fails, the coordinator tells every rank to
-// stop after its current tensor, so a failure stops the job promptly.
-constexpr int kWorkerTag = 7001;
-constexpr int kStopTag = 7002;
-
-class WorkChannel {
- public:
-  // Called on the coordinator for every finished tensor (its own too).
-  using OnDone = std::function<void(std::size_t index, std::uint64_t checksum, nlohmann::json record)>;
-
-  WorkChannel(const Communicator& comm, OnDone on_done) : comm_(comm.split(0, comm.rank())), on_done_(std::move(on_done)) {}
-
-  ~WorkChannel() {
-    if (!requests_.empty()) MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE);
-  }
-
-  // The coordinator's own failure while handling a finished tensor (say,
-  // the journal's disk is full): everyone is told to stop, and the engine
-  // reports it as this rank's error. Empty if none.
-  const std::string& error() const { return error_; }
-
-  // Any rank: tensor `index` is done.
-  void tensor_done(std::size_t index, std::uint64_t checksum, nlohmann::json record) {
-    if (comm_.is_root()) {
-      done(index, checksum, std::move(record));
-      poll();
-    } else {
-      send(0, kWorkerTag, {{"done", index}, {"checksum", checksum}, {"record", std::move(record)}});
-    }
-  }
-
-  // Any rank: this rank failed (and will stop).
-  void failed() {
-    if (comm_.is_root())
-      stop_everyone();
-    else
-      send(0, kWorkerTag, {{"failed", true}});
-  }
-
-  // Should this rank stop before its next tensor?
-  bool stop_requested() {
-    if (comm_.is_root()) {
-      poll();
-      return stopping_;
-    }
-    if (!stopping_) {
-      int flag = 0;
-      MPI_Iprobe(0, kStopTag, comm_.get(), &flag, MPI_STATUS_IGNORE);
-      if (flag) {
-        receive(0, kStopTag);
-        stopping_ = true;
-      }
-    }
-    return stopping_;
-  }
-
-  // Any rank, once: no more tensors from this rank. On the coordinator,
-  // waits for every other rank to say the same.
-  void rank_finished() {
-    if (!comm_.is_root()) {
-      send(0, kWorkerTag, {{"finished", true}});
-      return;
-    }
-    while (finished_ranks_ < comm_.size() - 1) handle_one(true);
-  }
-
- private:
-  void send(int to, int tag, const nlohmann::json& message) {
-    messages_.push_back(std::make_unique<std::string>(message.dump()));
-    requests_.emplace_back();
-    MPI_Isend(messages_.back()->data(), static_cast<int>(messages_.back()->size()), MPI_CHAR, to, tag, comm_.get(),
-              &requests_.back());
-  }
-  nlohmann::json receive(int from, int tag) {
-    MPI_Status status;
-    MPI_Probe(from, tag, comm_.get(), &status);
-    int count = 0;
-    MPI_Get_count(&status, MPI_CHAR, &count);
-    std::string text(static_cast<std::size_t>(count), '\0');
-    MPI_Recv(text.data(), count, MPI_CHAR, status.MPI_SOURCE, tag, comm_.get(), MPI_STATUS_IGNORE);
-    return nlohmann::json::parse(text);
-  }
-  void stop_everyone() {
-    if (stopping_) return;
-    stopping_ = true;
-    for (int r = 1; r < comm_.size(); ++r) send(r, kStopTag, {{"stop", true}});
-  }
-  void poll() {
-    while (handle_one(false)) {
-    }
-  }
-  bool handle_one(bool block) {
-    if (!block) {
-      int flag = 0;
-      MPI_Iprobe(MPI_ANY_SOURCE, kWorkerTag, comm_.get(), &flag, MPI_STATUS_IGNORE);
-      if (!flag) return false;
-    }
-    nlohmann::json message = receive(MPI_ANY_SOURCE, kWorkerTag);
-    if (message.contains("finished"))
-      ++finished_ranks_;
-    else if (message.contains("failed"))
-      stop_everyone();
-    else
-      done(message["done"].get<std::size_t>(), message["checksum"].get<std::uint64_t>(), std::move(message["record"]));
-    return true;
-  }
-  // Never throws: the coordinator must keep answering the other ranks.
-  void done(std::size_t index, std::uint64_t checksum, nlohmann::json record) {
-    if (!error_.empty()) return;
-    try {
-      on_done_(index, checksum, std::move(record));
-    } catch (const std::exception& e) {
-      error_ = e.what();
-      stop_everyone();
-    }
-  }
-
-  Communicator comm_;
-  OnDone on_done_;
-  std::vector<std::unique_ptr<std::string>> messages_;
-  std::vector<MPI_Request> requests_;
-  int finished_ranks_ = 0;
-  bool stopping_ = false;
-  std::string error_;
-};
 
 // The identity of a job's output for its journal: everything that decides
 // the output's bytes (tensors, dtypes, shapes, metadata, method parameters
@@ -262,12 +133,6 @@ void check_fits_output_format(const MethodPlan& plan, const fs::path& out) {
                            ".safetensors or a model directory instead)",
                            from, printable(t.name), t.shape.size(), H5S_MAX_RANK);
   }
-}
-
-std::uint64_t sum_over(const Communicator& comm, std::uint64_t value) {
-  std::uint64_t total = 0;
-  MPI_Allreduce(&value, &total, 1, MPI_UINT64_T, MPI_SUM, comm.get());
-  return total;
 }
 
 // 1. The coordinator plans, validates and places every task; nobody does
@@ -380,7 +245,7 @@ std::string compute_on_grid(Method& method, std::size_t index, const Communicato
                        group.size(), e.what());
   }
   if (record.is_object()) record["seconds"] = seconds_since(t0);
-  const std::uint64_t checksum = sum_over(group, checksums.take(index));
+  const std::uint64_t checksum = group.sum(checksums.take(index));
   if (group.is_root()) channel.tensor_done(index, checksum, std::move(record));
   return {};
 }

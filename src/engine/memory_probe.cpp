@@ -32,9 +32,7 @@ std::uint64_t default_memory_budget(const Communicator& comm) {
     if (key == "MemAvailable:") available = kib * 1024;
   }
   if (available == 0) available = static_cast<std::uint64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
-  MPI_Comm node = MPI_COMM_NULL;
-  MPI_Comm_split_type(comm.get(), MPI_COMM_TYPE_SHARED, comm.rank(), MPI_INFO_NULL, &node);
-  const Communicator node_comm = Communicator::adopt(node);
+  const Communicator node_comm = comm.split_shared();
   // Every rank of a node sees the same figure; take the smallest across all
   // nodes so the plan (made on rank 0) is safe everywhere.
   const double share = 0.8 * static_cast<double>(available) / node_comm.size();

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <span>
 
 namespace soupkit::linalg {
 namespace {
@@ -14,7 +15,9 @@ namespace {
 constexpr int kBlock = 64;
 }  // namespace
 
-DistributedGramSvd pdgram_svd(const BlacsGrid& grid, const MatrixLayout& xl, const double* x) {
+DistributedGramSvd pdgram_svd(const ProcessGrid& grid, const MatrixLayout& xl, const double* x) {
+  // ScaLAPACK's info and the workspace sizes may differ between ranks:
+  // each check below is agreed over the grid, so no rank throws alone.
   DistributedGramSvd out;
   out.m = xl.m;
   out.n = xl.n;
@@ -36,12 +39,14 @@ DistributedGramSvd pdgram_svd(const BlacsGrid& grid, const MatrixLayout& xl, con
   double work_query = 0;
   pdsyevd_("V", "L", &r, gram.data(), &one_i, &one_i, gl.desc.data(), w.data(), out.z.data(), &one_i, &one_i,
            gl.desc.data(), &work_query, &lwork, &iwork_query, &liwork, &info);
-  SOUPKIT_ERROR_IF(info != 0, "pdsyevd workspace query failed (info {})", info);
-  // pdsyevd's query undercounts what its callees check for on some grids
-  // (PDORMTR in pdsyevd, PDLASRT in pdstedc: Reference-ScaLAPACK issue 74);
-  // take the largest of the query, the documented minimum and those callees'
-  // needs, plus slack.
-  {
+  std::vector<double> work;
+  std::vector<int> iwork;
+  collectively(grid.comm(), [&] {
+    SOUPKIT_ERROR_IF(info != 0, "pdsyevd workspace query failed (info {})", info);
+    // pdsyevd's query undercounts what its callees check for on some grids
+    // (PDORMTR in pdsyevd, PDLASRT in pdstedc: Reference-ScaLAPACK issue 74);
+    // take the largest of the query, the documented minimum and those callees'
+    // needs, plus slack.
     const int zero = 0, my_row = grid.my_row(), my_col = grid.my_col(), rows = grid.rows(), cols = grid.cols();
     const int nb = kBlock;
     const double np = numroc_(&r, &nb, &my_row, &zero, &rows), nq = numroc_(&r, &nb, &my_col, &zero, &cols);
@@ -49,23 +54,24 @@ DistributedGramSvd pdgram_svd(const BlacsGrid& grid, const MatrixLayout& xl, con
     const double documented = std::max(1 + 6.0 * r + 2 * np * nq, trilwmin) + 2.0 * r;
     const double callees = std::max(static_cast<double>(r), np * (nb + nq)) + 2.0 * nb * (np + nq + nb);
     lwork = workspace_size(std::max({work_query, documented, callees}) + 2.0 * nb * (np + nq + nb));
-  }
-  liwork = std::max(iwork_query, 1);
-  std::vector<double> work(static_cast<std::size_t>(lwork));
-  std::vector<int> iwork(static_cast<std::size_t>(liwork));
+    liwork = std::max(iwork_query, 1);
+    work.resize(static_cast<std::size_t>(lwork));
+    iwork.resize(static_cast<std::size_t>(liwork));
+  });
   pdsyevd_("V", "L", &r, gram.data(), &one_i, &one_i, gl.desc.data(), w.data(), out.z.data(), &one_i, &one_i,
            gl.desc.data(), work.data(), &lwork, iwork.data(), &liwork, &info);
-  SOUPKIT_ERROR_IF(info != 0, "pdsyevd failed (info {}) on a {} x {} Gram matrix", info, r, r);
+  agree_on_failure(grid.comm(),
+                   info != 0 ? fmt::format("pdsyevd failed (info {}) on a {} x {} Gram matrix", info, r, r) : "");
   // Only process (0, 0) is guaranteed to hold all eigenvalues (observed:
   // the others' W differs on a P x 1 grid). Every rank must take the same
   // decisions from them, so share process (0, 0)'s.
-  MPI_Bcast(w.data(), r, MPI_DOUBLE, 0, grid.comm());
+  grid.comm().broadcast_bytes(std::as_writable_bytes(std::span(w)));
   out.singular.resize(static_cast<std::size_t>(r));
   for (int j = 0; j < r; ++j) out.singular[j] = std::sqrt(std::max(w[r - 1 - j], 0.0));
   return out;
 }
 
-void pdspectral_reweight(const BlacsGrid& grid, const MatrixLayout& xl, double* x, const DistributedGramSvd& svd,
+void pdspectral_reweight(const ProcessGrid& grid, const MatrixLayout& xl, double* x, const DistributedGramSvd& svd,
                          std::int64_t k, double lambda_high, double lambda_low) {
   const std::int64_t r = svd.r();
   SOUPKIT_ERROR_IF(k < 0 || k > r, "internal: k = {} outside [0, {}]", k, r);

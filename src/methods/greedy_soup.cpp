@@ -39,13 +39,8 @@ fs::path work_directory(fs::path out) {
 // Waits for rank 0 without spinning: the evaluator (which may launch its
 // own parallel job) gets the CPUs while the other ranks sleep.
 void idle_barrier(const Communicator& comm) {
-  MPI_Request request;
-  MPI_Ibarrier(comm.get(), &request);
-  for (int done = 0;;) {
-    MPI_Test(&request, &done, MPI_STATUS_IGNORE);
-    if (done) return;
-    usleep(20000);
-  }
+  PendingBarrier barrier = comm.start_barrier();
+  while (!barrier.test()) usleep(20000);
 }
 
 // Runs `score` on rank 0 only; every rank gets its result or its error.

@@ -267,7 +267,7 @@ MonosoupMethod::Inputs MonosoupMethod::inputs(std::size_t index) const {
 nlohmann::json MonosoupMethod::compute_grid(std::size_t index, const Communicator& group, CheckpointWriter& writer) {
   const auto [w0, w1, out_info, m, n] = inputs(index);
   nlohmann::json record = {{"name", w1.name}, {"shape", w1.shape}, {"grid", {group.size(), 1}}};
-  linalg::BlacsGrid grid(group.get(), group.size(), 1);
+  const linalg::ProcessGrid grid(group, group.size(), 1);
   const linalg::MatrixLayout xl = linalg::make_layout(grid, m, n, kGridBlock, kGridBlock);
   struct RowBlock {
     std::int64_t local_row, global_row, rows;

@@ -147,15 +147,6 @@ void check_finite_rows(const CheckpointReader& r, const TensorInfo& t, const std
   }
 }
 
-// Broadcasts `data` from the group's rank 0, in pieces MPI's int counts can hold.
-void broadcast_bytes(const Communicator& group, std::span<std::byte> data) {
-  constexpr std::size_t kPiece = std::size_t{1} << 30;
-  for (std::size_t at = 0; at < data.size(); at += kPiece) {
-    const int count = static_cast<int>(std::min(kPiece, data.size() - at));
-    MPI_Bcast(data.data() + at, count, MPI_BYTE, 0, group.get());
-  }
-}
-
 // The first output row of each rank: rows are split into contiguous ranges
 // holding equal shares of the rows to approximate (the expensive ones).
 std::vector<std::int64_t> rank_starts(const std::vector<std::int64_t>& source, int ranks) {
@@ -376,8 +367,8 @@ nlohmann::json TransplantMethod::compute_grid(std::size_t index, const Communica
       check_finite_rows(*base_, bt, base_ids, base_raw);
     }
   });
-  broadcast_bytes(group, std::as_writable_bytes(std::span(dictionary)));
-  broadcast_bytes(group, base_raw);
+  group.broadcast_bytes(std::as_writable_bytes(std::span(dictionary)));
+  group.broadcast_bytes(base_raw);
   collectively(group, [&] {
     x = rows_as_f32(*donor_, dt, targets, read_selected_rows(*donor_, dt, targets, chunk_bytes_));
   });

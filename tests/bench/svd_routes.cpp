@@ -4,15 +4,14 @@
 //   mpirun -n 2 ... adds the ScaLAPACK routes on a 2 x 1 grid.
 // Accuracy is against float64 dgesdd: max singular value error relative to
 // s_1, and the relative Frobenius error of the MonoSoup-reweighted update.
-#include "soupkit/linalg/blacs_grid.hpp"
 #include "soupkit/linalg/gram_svd.hpp"
 #include "soupkit/linalg/lapack.hpp"
 #include "soupkit/linalg/pgram_svd.hpp"
+#include "soupkit/linalg/process_grid.hpp"
 #include "soupkit/linalg/scalapack.hpp"
 #include "soupkit/methods/monosoup_coefficients.hpp"
 
 #include <fmt/format.h>
-#include <mpi.h>
 
 #include <chrono>
 #include <cmath>
@@ -169,29 +168,25 @@ Result route_gram_f64(const std::vector<double>& x, int m, int n, double* t) {
 }
 
 // ScaLAPACK on a P x 1 grid of all ranks: the Gram route, or psgesvd (U only).
-Result route_scalapack_gram(const std::vector<double>& x, int m, int n, double* t, MPI_Comm comm) {
-  int size = 0;
-  MPI_Comm_size(comm, &size);
-  BlacsGrid grid(comm, size, 1);
+Result route_scalapack_gram(const std::vector<double>& x, int m, int n, double* t, const Communicator& comm) {
+  const ProcessGrid grid(comm, comm.size(), 1);
   const auto xl = make_layout(grid, m, n, 64, 64);
   std::vector<double> local(std::max<std::size_t>(xl.local_size(), 1));
   for (int lr = 0; lr < xl.local_rows; ++lr)
     for (int j = 0; j < n; ++j) local[lr + static_cast<std::size_t>(j) * xl.lld()] = x[global_index(lr, 64, grid.my_row(), grid.rows()) * n + j];
   DistributedGramSvd svd;
-  MPI_Barrier(comm);
+  comm.barrier();
   *t = seconds_of([&] {
     svd = pdgram_svd(grid, xl, local.data());
     const auto c = monosoup_coefficients(svd.singular, MonosoupMode::EffectiveRank, 0.8);
     pdspectral_reweight(grid, xl, local.data(), svd, c.k, c.lambda_high, c.lambda_low);
-    MPI_Barrier(comm);
+    comm.barrier();
   });
   return {svd.singular, {}};
 }
 
-Result route_psgesvd(const std::vector<double>& x, int m, int n, double* t, MPI_Comm comm) {
-  int size = 0;
-  MPI_Comm_size(comm, &size);
-  BlacsGrid grid(comm, size, 1);
+Result route_psgesvd(const std::vector<double>& x, int m, int n, double* t, const Communicator& comm) {
+  const ProcessGrid grid(comm, comm.size(), 1);
   const auto xl = make_layout(grid, m, n, 64, 64);
   const int r = std::min(m, n);
   const auto ul = make_layout(grid, m, r, 64, 64);
@@ -204,10 +199,10 @@ Result route_psgesvd(const std::vector<double>& x, int m, int n, double* t, MPI_
   psgesvd_("V", "N", &m, &n, local.data(), &one, &one, xl.desc.data(), s.data(), u.data(), &one, &one, ul.desc.data(), &vt, &one, &one, ul.desc.data(), &q, &lwork, &info);
   lwork = workspace_size(q);
   std::vector<float> work(lwork);
-  MPI_Barrier(comm);
+  comm.barrier();
   *t = seconds_of([&] {
     psgesvd_("V", "N", &m, &n, local.data(), &one, &one, xl.desc.data(), s.data(), u.data(), &one, &one, ul.desc.data(), &vt, &one, &one, ul.desc.data(), work.data(), &lwork, &info);
-    MPI_Barrier(comm);
+    comm.barrier();
   });
   return {std::vector<double>(s.begin(), s.end()), {}};
 }
@@ -231,10 +226,9 @@ double result_error(const Result& r, const Result& ref) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
-  int rank = 0, size = 1;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  const MpiSession mpi(argc, argv);
+  const Communicator world;
+  const int rank = world.rank(), size = world.size();
   std::vector<std::pair<int, int>> shapes;
   for (int i = 1; i < argc; ++i) {
     int m = 0, n = 0;
@@ -265,12 +259,11 @@ int main(int argc, char** argv) {
       report("float64 Gram + dsytrd + dstemr + float32 projection (soupkit)", r4, ref, t);
     }
     {
-      auto r5 = route_psgesvd(x, m, n, &t, MPI_COMM_WORLD);
+      auto r5 = route_psgesvd(x, m, n, &t, world);
       if (rank == 0) report(fmt::format("ScaLAPACK psgesvd U only, {}x1 grid", size).c_str(), r5, ref, t);
-      auto r6 = route_scalapack_gram(x, m, n, &t, MPI_COMM_WORLD);
+      auto r6 = route_scalapack_gram(x, m, n, &t, world);
       if (rank == 0) report(fmt::format("ScaLAPACK pdsyrk + pdsyevd + pdgemm, {}x1 grid (soupkit)", size).c_str(), r6, ref, t);
     }
   }
-  MPI_Finalize();
   return 0;
 }

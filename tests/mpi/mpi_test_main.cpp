@@ -3,8 +3,9 @@
 // assertion (ASSERT_*) on one rank aborts the whole job, because that rank
 // would skip collectives the others are waiting in; the final result is the
 // reduction of every rank's pass/fail.
+#include "soupkit/parallel/communicator.hpp"
+
 #include <gtest/gtest.h>
-#include <mpi.h>
 
 #include <cstdio>
 
@@ -12,37 +13,34 @@ namespace {
 
 class RankFailurePrinter : public testing::EmptyTestEventListener {
  public:
-  explicit RankFailurePrinter(int rank) : rank_(rank) {}
+  explicit RankFailurePrinter(const soupkit::Communicator& world) : world_(world) {}
   void OnTestPartResult(const testing::TestPartResult& result) override {
     if (!result.failed()) return;
-    if (rank_ != 0)
-      std::fprintf(stderr, "[rank %d] %s:%d: failure\n%s\n", rank_, result.file_name() ? result.file_name() : "?",
-                   result.line_number(), result.message());
+    if (world_.rank() != 0)
+      std::fprintf(stderr, "[rank %d] %s:%d: failure\n%s\n", world_.rank(),
+                   result.file_name() ? result.file_name() : "?", result.line_number(), result.message());
     if (result.fatally_failed()) {
-      std::fprintf(stderr, "[rank %d] fatal assertion failed: aborting all ranks\n", rank_);
+      std::fprintf(stderr, "[rank %d] fatal assertion failed: aborting all ranks\n", world_.rank());
       std::fflush(stderr);
-      MPI_Abort(MPI_COMM_WORLD, 1);
+      world_.abort_job(1);
     }
   }
 
  private:
-  int rank_;
+  const soupkit::Communicator& world_;
 };
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
+  const soupkit::MpiSession mpi(argc, argv);
   testing::InitGoogleTest(&argc, argv);
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  const soupkit::Communicator world;
   auto& listeners = testing::UnitTest::GetInstance()->listeners();
-  if (rank != 0) delete listeners.Release(listeners.default_result_printer());
-  listeners.Append(new RankFailurePrinter(rank));
-  const int local = RUN_ALL_TESTS();
-  int global = 0;
-  MPI_Allreduce(&local, &global, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  if (rank == 0 && global != 0 && local == 0) std::fprintf(stderr, "tests failed on another rank (see above)\n");
-  MPI_Finalize();
-  return global;
+  if (!world.is_root()) delete listeners.Release(listeners.default_result_printer());
+  listeners.Append(new RankFailurePrinter(world));
+  const bool passed = RUN_ALL_TESTS() == 0;
+  const bool all_passed = world.all(passed);
+  if (world.is_root() && !all_passed && passed) std::fprintf(stderr, "tests failed on another rank (see above)\n");
+  return all_passed ? 0 : 1;
 }

@@ -1,8 +1,9 @@
-// The distributed Gram-eigen SVD and reweighting on a P x 1 BLACS grid
+// The distributed Gram-eigen SVD and reweighting on a P x 1 process grid
 // agree with the single-rank LAPACK kernels on the same matrices.
 #include "soupkit/parallel/communicator.hpp"
 #include "soupkit/linalg/gram_svd.hpp"
 #include "soupkit/linalg/pgram_svd.hpp"
+#include "soupkit/util/error.hpp"
 
 #include <gtest/gtest.h>
 
@@ -30,9 +31,8 @@ class DistributedGramSvd : public testing::TestWithParam<Case> {};
 
 TEST_P(DistributedGramSvd, MatchesTheLocalKernels) {
   const auto [m, n, k] = GetParam();
-  Communicator comm;
-  const Communicator group = comm.split(0, comm.rank());
-  BlacsGrid grid(group.get(), group.size(), 1);
+  const Communicator world;
+  const ProcessGrid grid(world, world.size(), 1);
   constexpr int kBlock = 16;
   const MatrixLayout xl = make_layout(grid, m, n, kBlock, kBlock);
   std::vector<double> x(std::max<std::size_t>(xl.local_size(), 1));
@@ -58,9 +58,32 @@ TEST_P(DistributedGramSvd, MatchesTheLocalKernels) {
       err += std::pow(x[lr + j * xl.lld()] - want, 2);
       norm += want * want;
     }
-  err = group.sum(err);
-  norm = group.sum(norm);
+  err = grid.comm().sum(err);
+  norm = grid.comm().sum(norm);
   EXPECT_LE(std::sqrt(err / norm), 1e-6);  // the local kernel projects in float32
+}
+
+// Refusals are raised on every rank alike (a rank throwing alone would
+// leave the others in the next collective).
+TEST(ProcessGrid, RefusesAShapeThatIsNotItsRanks) {
+  const Communicator world;
+  EXPECT_THROW(ProcessGrid(world, world.size() + 1, 1), Error);
+  EXPECT_THROW(ProcessGrid(world, 0, world.size()), Error);
+  const ProcessGrid grid(world, 1, world.size());  // the other orientation is fine
+  EXPECT_EQ(grid.rows(), 1);
+  EXPECT_EQ(grid.cols(), world.size());
+  EXPECT_EQ(grid.my_col(), world.rank());
+}
+
+TEST(ProcessGrid, RefusesALayoutBeyondScalapacksIntegers) {
+  const Communicator world;
+  const ProcessGrid grid(world, world.size(), 1);
+  try {
+    make_layout(grid, std::int64_t{1} << 31, 4, 16, 16);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("does not fit LAPACK's 32-bit integers"), std::string::npos) << e.what();
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, DistributedGramSvd,

@@ -1,9 +1,10 @@
 #pragma once
 // A BLACS process grid over the ranks of one communicator (which may be a
-// sub-communicator of the job), and block-cyclic matrix descriptors on it.
+// sub-communicator of the job), and block-cyclic matrix layouts on it.
 // Move-only: the grid is released exactly once. Never calls Cblacs_exit
-// (it would finalize MPI under us).
-#include <mpi.h>
+// (it would finalize MPI under us). Used through ProcessGrid
+// (process_grid.hpp), which agrees on its construction over the ranks.
+#include "soupkit/parallel/communicator.hpp"
 
 #include <array>
 #include <cstdint>
@@ -14,7 +15,7 @@ class BlacsGrid {
  public:
   // Every rank of `comm` must construct the grid (collective). rows x cols
   // must equal the communicator's size.
-  BlacsGrid(MPI_Comm comm, int rows, int cols);
+  BlacsGrid(const Communicator& comm, int rows, int cols);
   BlacsGrid(BlacsGrid&& other) noexcept;
   BlacsGrid& operator=(BlacsGrid&&) = delete;
   BlacsGrid(const BlacsGrid&) = delete;
@@ -22,14 +23,17 @@ class BlacsGrid {
   ~BlacsGrid();
 
   int context() const { return context_; }
-  MPI_Comm comm() const { return comm_; }
   int rows() const { return rows_; }
   int cols() const { return cols_; }
   int my_row() const { return my_row_; }
   int my_col() const { return my_col_; }
 
  private:
-  MPI_Comm comm_ = MPI_COMM_NULL;
+  void release() noexcept;
+
+  // BLACS's own copy of the ranks: BLACS and ScaLAPACK never check MPI's
+  // return codes, so an MPI error there aborts the job instead.
+  Communicator blacs_comm_;
   int handle_ = -1;
   int context_ = -1;
   int rows_ = 0, cols_ = 0, my_row_ = -1, my_col_ = -1;
@@ -43,9 +47,6 @@ struct MatrixLayout {
   std::size_t local_size() const { return static_cast<std::size_t>(local_rows) * static_cast<std::size_t>(local_cols); }
   int lld() const { return local_rows > 1 ? local_rows : 1; }
 };
-
-// Throws Error if a dimension does not fit ScaLAPACK's 32-bit integers.
-MatrixLayout make_layout(const BlacsGrid& grid, std::int64_t m, std::int64_t n, int mb, int nb);
 
 // Global index of local index `local` along a dimension of block size nb
 // distributed over `procs` processes, for process `proc` (source process 0).

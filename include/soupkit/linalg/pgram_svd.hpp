@@ -2,8 +2,9 @@
 // Distributed counterpart of gram_svd.hpp on a BLACS grid: the Gram matrix
 // by PBLAS pdsyrk, its eigen-decomposition by ScaLAPACK pdsyevd (float64),
 // and the spectral reweighting by pdgemm. Every rank of the grid calls each
-// function with its local piece of the same global matrix.
-#include "soupkit/linalg/blacs_grid.hpp"
+// function with its local piece of the same global matrix; a failure is
+// raised on every rank.
+#include "soupkit/linalg/process_grid.hpp"
 
 #include <vector>
 
@@ -19,10 +20,10 @@ struct DistributedGramSvd {
 };
 
 // x: local piece (column-major, x_layout.lld()) of the global m x n matrix.
-DistributedGramSvd pdgram_svd(const BlacsGrid& grid, const MatrixLayout& x_layout, const double* x);
+DistributedGramSvd pdgram_svd(const ProcessGrid& grid, const MatrixLayout& x_layout, const double* x);
 
 // x <- lambda_low x + (lambda_high - lambda_low) P_k x, distributed.
-void pdspectral_reweight(const BlacsGrid& grid, const MatrixLayout& x_layout, double* x, const DistributedGramSvd& svd,
+void pdspectral_reweight(const ProcessGrid& grid, const MatrixLayout& x_layout, double* x, const DistributedGramSvd& svd,
                          std::int64_t k, double lambda_high, double lambda_low);
 
 }  // namespace soupkit::linalg

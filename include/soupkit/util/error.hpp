@@ -32,6 +32,12 @@ class Hdf5Error : public SystemError {
   using SystemError::SystemError;
 };
 
+// Thrown when an MPI call fails (SOUPKIT_MPI_CALL), naming the call.
+class MpiError : public SystemError {
+ public:
+  using SystemError::SystemError;
+};
+
 }  // namespace soupkit
 
 // Throws `type` with a fmt-formatted message when `cond` holds.
