@@ -14,6 +14,23 @@ namespace {
 
 using Strings = std::vector<std::string>;
 
+// The message parse_job refuses `yaml` with ("" and a failure if it does not).
+std::string job_error(const std::string& yaml) {
+  try {
+    parse_job(yaml, "bad.yaml");
+    ADD_FAILURE() << "no error for: " << yaml;
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+void expect_error(const std::string& yaml, const std::string& fragment) {
+  const std::string what = job_error(yaml);
+  EXPECT_NE(what.find("bad.yaml"), std::string::npos) << what;
+  EXPECT_NE(what.find(fragment), std::string::npos) << what;
+}
+
 TEST(JobFile, MonosoupExample) {
   const auto job = read_job_file(SOUPKIT_SOURCE_DIR "/jobs/monosoup.yaml");
   EXPECT_EQ(job.command, "monosoup");
@@ -49,9 +66,41 @@ TEST(JobFile, EveryExampleTranslates) {
 
 TEST(JobFile, FlagsAndLists) {
   const auto job = parse_job(
-      "merge_method: monosoup\nbase_model: a\nmodels: [b]\nparameters: {strict: true, overwrite: false, x_y: [1, 2]}\n",
+      "merge_method: monosoup\nbase_model: a\nmodels: [b]\nparameters: {strict: true, overwrite: false}\n",
       "j.yaml");
-  EXPECT_EQ(job.args(), (Strings{"--base", "a", "--finetuned", "b", "--strict", "--x-y", "1,2"}));
+  EXPECT_EQ(job.args(), (Strings{"--base", "a", "--finetuned", "b", "--strict"}));
+  const auto soup = parse_job("merge_method: model_soup\nmodels: [a, b]\nparameters: {weights: [1, 2]}\n", "j.yaml");
+  EXPECT_EQ(soup.args(), (Strings{"uniform", "a", "b", "--weights", "1,2"}));
+}
+
+// Every key and parameter of a job is either used or refused by name:
+// nothing is dropped, not even a `false` flag.
+TEST(JobFile, NothingIsSilentlyDropped) {
+  const std::string monosoup = "merge_method: monosoup\nbase_model: a\nmodels: [b]\n";
+  expect_error(monosoup + "parameters: {x_y: [1, 2]}\n", "parameters.x_y: soupkit monosoup has no option --x-y");
+  expect_error(monosoup + "parameters: {normalize: false}\n", "parameters.normalize: soupkit monosoup has no option");
+  expect_error("merge_method: linear\nmodels: [a, b]\nparameters: {normalize: false}\n",
+               "parameters.normalize: soupkit soup has no option --normalize");
+  expect_error(monosoup + "parameters: {strict: 3}\n", "parameters.strict: --strict is a flag: true or false");
+  expect_error(monosoup + "parameters: {help: true}\n", "parameters.help: soupkit monosoup has no option --help");
+  expect_error(monosoup + "out_path: o\nparameters: {out: p}\n", "parameters.out: --out is already set");
+  expect_error(monosoup + "tokenizer_source: c\n", "tokenizer_source: merge_method monosoup does not take it (line 4)");
+  expect_error("merge_method: monosoup\nbase_model: a\nmodels:\n  - model: b\n    parameters: {weight: 1}\n",
+               "models[0].parameters.weight: merge_method monosoup takes no per-model 'weight' (line 5)");
+  expect_error("merge_method: convert\nbase_model: a\nmodels: [b]\n", "base_model: merge_method convert does not take it");
+  expect_error("merge_method: transplant\nbase_model: a\ntokenizer_source: d\nmodels: [b]\n",
+               "models: merge_method transplant does not take it (line 4)");
+  expect_error("merge_method: transplant\nbase_model: a\ntokenizer_source: d\nout_dtype: bf16\n",
+               "out_dtype: merge_method transplant does not take it");
+  expect_error("merge_method: linear\nmodels:\n  - model: a\n    weight: 1\n", "models[0].weight: unknown key (line 4)");
+}
+
+TEST(JobFile, UnknownMergeMethodListsTheKnownOnes) {
+  const std::string what = job_error("merge_method: ties\nmodels: [a]\n");
+  EXPECT_NE(what.find("bad.yaml: merge_method 'ties' is not one soupkit runs"), std::string::npos) << what;
+  for (const char* known : {"convert", "greedy_soup", "linear", "model_soup", "monosoup",
+                            "tokenizer_transplant", "transplant", "uniform_soup"})
+    EXPECT_NE(what.find(known), std::string::npos) << known << " not in: " << what;
 }
 
 TEST(JobFile, YamlBooleansAndOverrides) {
@@ -67,16 +116,6 @@ TEST(JobFile, YamlBooleansAndOverrides) {
                      "--out=x.h5"}));
 }
 
-void expect_error(const std::string& yaml, const std::string& fragment) {
-  try {
-    parse_job(yaml, "bad.yaml");
-    ADD_FAILURE() << "no error for: " << yaml;
-  } catch (const InputError& e) {
-    EXPECT_NE(std::string(e.what()).find("bad.yaml"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
-  }
-}
-
 TEST(JobFile, BadJobsNameTheProblem) {
   expect_error("merge_method: [", "not valid YAML");
   expect_error("- a\n- b\n", "YAML mapping");
@@ -86,11 +125,11 @@ TEST(JobFile, BadJobsNameTheProblem) {
   expect_error("merge_method: monosoup\nbase_model: a\nmodels: [b]\nslices: []\n", "unknown key 'slices'");
   expect_error("merge_method: linear\nmodels:\n  - model: a\n    parameters: {weight: 1}\n  - model: b\n",
                "every model needs a weight");
-  expect_error("merge_method: linear\nmodels:\n  - model: a\n    parameters: {density: 1}\n", "'weight'");
+  expect_error("merge_method: linear\nmodels:\n  - model: a\n    parameters: {density: 1}\n", "per-model 'density'");
   expect_error("merge_method: model_soup\nmodels: [a]\nout_dtype: int8\n", "not a dtype");
   expect_error("merge_method: model_soup\nmodels: [a]\ndtype: bfloat16\n", "float32 or float64");
   expect_error("merge_method: transplant\nbase_model: a\n", "tokenizer_source");
-  expect_error("merge_method: monosoup\nbase_model: a\nmodels: [b]\ntokenizer_source: c\n", "transplant only");
+  expect_error("merge_method: monosoup\nbase_model: a\nmodels: [b]\ntokenizer_source: c\n", "does not take it");
 }
 
 // Hostile job files (issue 10): refused before yaml-cpp recurses or
