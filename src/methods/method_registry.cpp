@@ -13,6 +13,7 @@ namespace soupkit {
 // (An explicit list: a static library keeps no object file that nothing
 // references, so self-registering methods would silently vanish.)
 #define SOUPKIT_MERGE_METHODS(X) \
+  X(task_arithmetic)             \
   /* (end of the list) */
 
 #define SOUPKIT_DECLARE_SPEC(name) MergeMethodSpec name##_spec();

@@ -28,7 +28,7 @@ TEST(Commands, HelpListsEveryRegisteredCommand) {
     EXPECT_NE(help.find(c.summary), std::string::npos) << c.summary;
   }
   // The hand-written help once left `soup` out; the family's methods come from their specs.
-  for (const char* expected : {"monosoup", "soup", "transplant", "convert", "inspect", "example", "run"})
+  for (const char* expected : {"monosoup", "soup", "task-arithmetic", "transplant", "convert", "inspect", "example", "run"})
     EXPECT_TRUE(names.count(expected)) << expected;
   for (const auto& spec : merge_method_specs()) EXPECT_TRUE(names.count(spec.name)) << spec.name;
   EXPECT_EQ(names.size(), commands().size()) << "two commands of one name";
@@ -40,6 +40,7 @@ TEST(Commands, LookupByNameAndMergeMethod) {
   EXPECT_EQ(find_merge_method("linear")->name, "soup");
   EXPECT_EQ(find_merge_method("greedy_soup")->name, "soup");
   EXPECT_EQ(find_merge_method("tokenizer_transplant")->name, "transplant");
+  EXPECT_EQ(find_merge_method("task_arithmetic")->name, "task-arithmetic");
   EXPECT_EQ(find_merge_method("ties"), nullptr);
   const auto names = merge_method_names();
   EXPECT_TRUE(std::is_sorted(names.begin(), names.end()));
@@ -68,6 +69,13 @@ TEST(Commands, HelpPrintsNumbersWithoutFloatNoise) {
   monosoup << find_command("monosoup")->options();
   EXPECT_NE(monosoup.str().find("(=0.8)"), std::string::npos) << monosoup.str();
   EXPECT_NE(monosoup.str().find("(=1e-06)"), std::string::npos) << monosoup.str();
+  std::ostringstream task;
+  task << find_command("task-arithmetic")->options();
+  // (boost wraps long lines: compare with runs of white space as one space)
+  const std::string flat = std::regex_replace(task.str(), std::regex("\\s+"), " ");
+  EXPECT_NE(flat.find("(default 1 each)"), std::string::npos) << flat;
+  EXPECT_NE(flat.find("(default false)"), std::string::npos) << flat;
+  EXPECT_NE(flat.find("(default 1)"), std::string::npos) << flat;
 }
 
 }  // namespace
@@ -96,6 +104,22 @@ TEST(MethodRegistry, ValuesAreReadByKind) {
   EXPECT_EQ(v.size("k"), 3u);
   EXPECT_THROW(v.number("normalize"), Error);  // another kind
   EXPECT_THROW(v.flag("missing"), Error);
+}
+
+TEST(MethodRegistry, TaskArithmeticIsRegisteredAsMergekitDefinesIt) {
+  const auto& specs = merge_method_specs();
+  const auto it = std::find_if(specs.begin(), specs.end(), [](const auto& s) { return s.name == "task-arithmetic"; });
+  ASSERT_NE(it, specs.end());
+  EXPECT_EQ(it->merge_methods, std::vector<std::string>{"task_arithmetic"});
+  EXPECT_TRUE(it->needs_base);
+  std::map<std::string, const MethodParameter*> by_name;
+  for (const auto& p : it->parameters) by_name[p.name] = &p;
+  ASSERT_EQ(by_name.size(), 3u);
+  EXPECT_TRUE(by_name.at("weight")->per_model);
+  EXPECT_EQ(std::get<double>(by_name.at("weight")->default_value), 1.0);
+  EXPECT_EQ(by_name.at("weight")->list_option, "weights");
+  EXPECT_EQ(std::get<double>(by_name.at("lambda")->default_value), 1.0);
+  EXPECT_EQ(std::get<bool>(by_name.at("normalize")->default_value), false);  // mergekit's default for task_arithmetic
 }
 
 }  // namespace

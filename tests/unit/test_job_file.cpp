@@ -73,6 +73,24 @@ TEST(JobFile, FlagsAndLists) {
   EXPECT_EQ(soup.args(), (Strings{"uniform", "a", "b", "--weights", "1,2"}));
 }
 
+TEST(JobFile, TaskArithmeticFromTheSpec) {
+  EXPECT_EQ(read_job_file(SOUPKIT_SOURCE_DIR "/jobs/task-arithmetic.yaml").args(),
+            (Strings{"demo/finetuned", "--base", "demo/base", "--weights", "1.0", "--out", "demo/task-arithmetic",
+                     "--lambda", "0.5", "--normalize", "false"}));
+  // A model without a weight gets the default (1); a false boolean is passed on, not dropped.
+  const auto job = parse_job(
+      "merge_method: task_arithmetic\nbase_model: b\nout_path: o\nout_dtype: bfloat16\nmodels:\n"
+      "  - {model: m1, parameters: {weight: 0.5}}\n  - m2\n  - {model: m3, parameters: {weight: -2}}\n"
+      "parameters: {lambda: 0.7, normalize: no}\n",
+      "j.yaml");
+  EXPECT_EQ(job.command, "task-arithmetic");
+  EXPECT_EQ(job.args(), (Strings{"m1", "m2", "m3", "--base", "b", "--weights", "0.5,1,-2", "--out", "o", "--out-dtype",
+                                 "BF16", "--lambda", "0.7", "--normalize", "no"}));
+  // No per-model parameter given: no list at all (the command's defaults apply).
+  EXPECT_EQ(parse_job("merge_method: task_arithmetic\nbase_model: b\nmodels: [m]\n", "j.yaml").args(),
+            (Strings{"m", "--base", "b"}));
+}
+
 // Every key and parameter of a job is either used or refused by name:
 // nothing is dropped, not even a `false` flag.
 TEST(JobFile, NothingIsSilentlyDropped) {
@@ -81,6 +99,8 @@ TEST(JobFile, NothingIsSilentlyDropped) {
   expect_error(monosoup + "parameters: {normalize: false}\n", "parameters.normalize: soupkit monosoup has no option");
   expect_error("merge_method: linear\nmodels: [a, b]\nparameters: {normalize: false}\n",
                "parameters.normalize: soupkit soup has no option --normalize");
+  expect_error("merge_method: task_arithmetic\nbase_model: a\nmodels: [b]\nparameters: {rescale: false}\n",
+               "parameters.rescale: soupkit task-arithmetic has no option --rescale");
   expect_error(monosoup + "parameters: {strict: 3}\n", "parameters.strict: --strict is a flag: true or false");
   expect_error(monosoup + "parameters: {help: true}\n", "parameters.help: soupkit monosoup has no option --help");
   expect_error(monosoup + "out_path: o\nparameters: {out: p}\n", "parameters.out: --out is already set");
@@ -93,12 +113,18 @@ TEST(JobFile, NothingIsSilentlyDropped) {
   expect_error("merge_method: transplant\nbase_model: a\ntokenizer_source: d\nout_dtype: bf16\n",
                "out_dtype: merge_method transplant does not take it");
   expect_error("merge_method: linear\nmodels:\n  - model: a\n    weight: 1\n", "models[0].weight: unknown key (line 4)");
+  expect_error("merge_method: task_arithmetic\nbase_model: a\nmodels:\n  - model: b\n    parameters: {density: 1}\n",
+               "models[0].parameters.density: merge_method task_arithmetic takes no per-model 'density'");
+  expect_error("merge_method: task_arithmetic\nbase_model: a\nmodels:\n  - model: b\n    parameters: {weight: '1,2'}\n",
+               "models[0].parameters.weight: one value per model, not a list");
+  expect_error("merge_method: task_arithmetic\nmodels: [b]\n", "merge_method task_arithmetic needs base_model");
+  expect_error("merge_method: task_arithmetic\nbase_model: a\n", "merge_method task_arithmetic needs models");
 }
 
 TEST(JobFile, UnknownMergeMethodListsTheKnownOnes) {
   const std::string what = job_error("merge_method: ties\nmodels: [a]\n");
   EXPECT_NE(what.find("bad.yaml: merge_method 'ties' is not one soupkit runs"), std::string::npos) << what;
-  for (const char* known : {"convert", "greedy_soup", "linear", "model_soup", "monosoup",
+  for (const char* known : {"convert", "greedy_soup", "linear", "model_soup", "monosoup", "task_arithmetic",
                             "tokenizer_transplant", "transplant", "uniform_soup"})
     EXPECT_NE(what.find(known), std::string::npos) << known << " not in: " << what;
 }
@@ -170,7 +196,8 @@ TEST(JobFile, DepthBoundNeverUnderCounts) {
   // A closing bracket inside quotes closes nothing, in either quote style.
   EXPECT_GT(yaml_depth_bound("a: ']]]]'\nb: \"]]]]\"\nc: [[[[x]]]]\n"), yaml_depth_bound("c: [x]\n"));
   // Real job files stay far below the limit.
-  for (const char* job : {"monosoup", "wise-ft", "uniform-soup", "greedy-soup", "transplant", "convert"}) {
+  for (const char* job : {"monosoup", "wise-ft", "uniform-soup", "greedy-soup", "transplant", "convert",
+                          "task-arithmetic"}) {
     const std::string path = fmt::format("{}/jobs/{}.yaml", SOUPKIT_SOURCE_DIR, job);
     EXPECT_LE(yaml_depth_bound(read_text_file(path)), kMaxYamlDepth / 2) << path;
   }
