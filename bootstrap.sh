@@ -24,7 +24,7 @@ packages=(
 # (cached under ~/.cache/soupkit-fixtures); any npm will do.
 command -v npm >/dev/null || packages+=(npm)
 # The fuzz targets: Debian's clang and its libFuzzer/sanitizer runtimes.
-if [ "$mode" = test ]; then packages+=(clang-14 libclang-rt-14-dev); fi
+if [ "$mode" = test ]; then packages+=(clang-16 libclang-rt-16-dev); fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -66,7 +66,7 @@ if [ "$mode" = test ]; then
   run_tests build-asan "the ASan/UBSan build" -R 'unit|bad_input|hostile'
 
   # libFuzzer targets, each fuzzing for a bounded time from its seed corpus.
-  CC=clang-14 CXX=clang++-14 cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS=-O1 \
+  CC=clang-16 CXX=clang++-16 cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS=-O1 \
     -DCMAKE_C_FLAGS=-O1 -DSOUPKIT_FUZZ=ON >/dev/null
   cmake --build build-fuzz -j "$(nproc)" --target soupkit_fuzzers
   run_tests build-fuzz "the fuzz targets"

@@ -53,15 +53,22 @@ void print_table(const nlohmann::json& j) {
   std::fflush(stdout);
 }
 
-}  // namespace
+constexpr const char* kUsage = "soupkit inspect PATH [--json]";
 
-int cmd_inspect(const Communicator& comm, const Args& args) {
-  po::options_description desc("inspect options");
-  desc.add_options()("path", po::value<std::string>()->required(), "checkpoint to inspect")("json", "print JSON");
+po::options_description named_options() {
+  po::options_description desc;
+  desc.add_options()("json", "print JSON");
   add_common_options(desc);
+  return desc;
+}
+
+int run(const Communicator& comm, const Args& args) {
+  po::options_description desc("inspect options");
+  desc.add_options()("path", po::value<std::string>()->required(), "checkpoint to inspect");
+  desc.add(named_options());
   po::positional_options_description pos;
   pos.add("path", 1);
-  const auto vm = parse("inspect", args, desc, pos, comm.rank(), "soupkit inspect PATH [--json]");
+  const auto vm = parse("inspect", args, desc, pos, comm.rank(), kUsage);
   if (!vm) return 0;
   // Headers only, on one rank: nothing here is worth distributing.
   on_root(comm, [&] {
@@ -75,6 +82,16 @@ int cmd_inspect(const Communicator& comm, const Args& args) {
     }
   });
   return 0;
+}
+
+}  // namespace
+
+Command inspect_command() {
+  return {.name = "inspect",
+          .summary = "list a checkpoint's tensors",
+          .usage = kUsage,
+          .run = run,
+          .options = named_options};
 }
 
 }  // namespace soupkit::cli

@@ -1,17 +1,23 @@
 #include "commands.hpp"
+#include "job_file.hpp"
 #include "options.hpp"
 #include "soupkit/methods/monosoup.hpp"
 
 namespace soupkit::cli {
+namespace {
 
-int cmd_monosoup(const Communicator& comm, const Args& args) {
+constexpr const char* kUsage =
+    "soupkit monosoup --base W0 --finetuned W1 --out OUT [--mode effective-rank|variance] "
+    "[--variance-threshold R] [--min-rel-update T] [--report report.json] [--strict]";
+
+po::options_description named_options() {
   po::options_description desc("monosoup options");
   desc.add_options()("base", po::value<std::string>()->required(), "pretrained checkpoint W0")(
       "finetuned", po::value<std::string>()->required(), "fine-tuned checkpoint W1")(
       "out", po::value<std::string>()->required(), "output: .safetensors, .h5, or a directory")(
       "mode", po::value<std::string>()->default_value("effective-rank"), "effective-rank or variance")(
-      "variance-threshold", po::value<double>()->default_value(0.8), "energy fraction R for --mode variance")(
-      "min-rel-update", po::value<double>()->default_value(1e-6), "keep W1 where ||W1-W0||/||W0|| is below this")(
+      "variance-threshold", number_value(0.8), "energy fraction R for --mode variance")(
+      "min-rel-update", number_value(1e-6), "keep W1 where ||W1-W0||/||W0|| is below this")(
       "report", po::value<std::string>(), "write a JSON report of every tensor here")(
       "strict", "missing tensors and shape/dtype mismatches are errors, not warnings")(
       "out-dtype", po::value<std::string>(), "write floating-point tensors as F64, F32, F16 or BF16 (default: as W1)")(
@@ -21,9 +27,11 @@ int cmd_monosoup(const Communicator& comm, const Args& args) {
       "matrices whose smaller side is at least this use ScaLAPACK on a grid of all ranks (0: automatic)");
   add_engine_options(desc);
   add_common_options(desc);
-  const auto vm = parse("monosoup", args, desc, {}, comm.rank(),
-                        "soupkit monosoup --base W0 --finetuned W1 --out OUT [--mode effective-rank|variance] "
-                        "[--variance-threshold R] [--min-rel-update T] [--report report.json] [--strict]");
+  return desc;
+}
+
+int run(const Communicator& comm, const Args& args) {
+  const auto vm = parse("monosoup", args, named_options(), {}, comm.rank(), kUsage);
   if (!vm) return 0;
   MonosoupOptions options;
   options.base = (*vm)["base"].as<std::string>();
@@ -49,6 +57,29 @@ int cmd_monosoup(const Communicator& comm, const Args& args) {
   MonosoupMethod method(options);
   run_method(comm, method, options.output, engine.run);
   return 0;
+}
+
+// base_model: W0, models: [W1] -> --base W0 --finetuned W1.
+void translate(JobInput& job, JobCommand& out) {
+  const auto& base = job.base_model();
+  const auto& models = job.models();
+  job.need(base && !base->text.empty() && models.size() == 1,
+           "base_model and exactly one entry in models (the fine-tuned model)");
+  out.option("base", base->text);
+  out.option("finetuned", models[0].path);
+  job.add_output_options(out);
+}
+
+}  // namespace
+
+Command monosoup_command() {
+  return {.name = "monosoup",
+          .summary = "MonoSoup: reweight a fine-tuned model's update by its singular spectrum",
+          .usage = kUsage,
+          .run = run,
+          .options = named_options,
+          .merge_methods = {"monosoup"},
+          .translate = translate};
 }
 
 }  // namespace soupkit::cli

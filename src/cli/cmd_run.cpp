@@ -5,20 +5,36 @@
 
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <cstdio>
 
 namespace soupkit::cli {
+namespace {
+
+constexpr const char* kUsage = "soupkit run JOB.yaml [OPTION...]";
+
+// The help names every merge_method a job may give, by the command it runs.
+std::string help_text() {
+  std::size_t width = 0;
+  for (const auto& m : merge_method_names()) width = std::max(width, m.size());
+  std::string text = fmt::format(
+      "usage: {}\n\n"
+      "Runs the merge a job file describes (keys as in mergekit: merge_method, base_model, models,\n"
+      "parameters, dtype, out_dtype, tokenizer_source; plus out_path). Options after the job file\n"
+      "are passed to the command, after the job's own. See docs/operations.md and jobs/.\n\n"
+      "  {:<{}}  the command it runs (whose options are what `parameters` may set)\n",
+      kUsage, "merge_method", width);
+  for (const auto& c : commands())
+    for (const auto& m : c.merge_methods) text += fmt::format("  {:<{}}  soupkit {}\n", m, width, c.name);
+  return text;
+}
 
 // `soupkit run JOB [OPTION...]`: runs the command a job file describes;
 // options after the job file are added to (and override) the job's own,
 // e.g. --dry-run or --resume from an sbatch script.
-int cmd_run(const Communicator& comm, const Args& args) {
+int run(const Communicator& comm, const Args& args) {
   if (!args.empty() && (args[0] == "--help" || args[0] == "-h")) {
-    if (comm.is_root())
-      std::puts("usage: soupkit run JOB.yaml [OPTION...]\n\n"
-                "Runs the merge a job file describes (keys as in mergekit: merge_method, base_model, models,\n"
-                "parameters, dtype, out_dtype, tokenizer_source; plus out_path). Options after the job file\n"
-                "are passed to the command, after the job's own. See docs/operations.md and jobs/.");
+    if (comm.is_root()) std::fputs(help_text().c_str(), stdout);
     return 0;
   }
   // "soupkit run -- -job.yaml": `--` ends run's own options, so a job
@@ -29,15 +45,24 @@ int cmd_run(const Communicator& comm, const Args& args) {
   const std::string& job_file = rest[0];
   const JobCommand job = read_job_file(job_file);
   const auto command_line = job.args({rest.begin() + 1, rest.end()});
-  const CommandFunction* command = find_command(job.command);
-  SOUPKIT_INPUT_ERROR_IF(!command, "{}: this build of soupkit has no '{}' command", job_file, job.command);
+  const Command* command = find_command(job.command);
+  SOUPKIT_ERROR_IF(!command, "internal: {}: no '{}' command for this job", job_file, job.command);
   log::debug("{}: soupkit {} {}", job_file, job.command, fmt::join(command_line, " "));
   try {
-    return (*command)(comm, command_line);
+    return command->run(comm, command_line);
   } catch (const InputError& e) {
     // Option problems come from the job's keys: name the job file.
     throw InputError(fmt::format("{}: {}", job_file, e.what()));
   }
+}
+
+}  // namespace
+
+Command run_command() {
+  return {.name = "run",
+          .summary = "run the merge a job file describes (mergekit-style keys; see jobs/ and 'soupkit run --help')",
+          .usage = kUsage,
+          .run = run};
 }
 
 }  // namespace soupkit::cli

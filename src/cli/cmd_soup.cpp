@@ -1,11 +1,12 @@
 #include "commands.hpp"
+#include "job_file.hpp"
 #include "options.hpp"
 #include "soupkit/methods/evaluator.hpp"
 #include "soupkit/methods/greedy_soup.hpp"
 #include "soupkit/methods/soup.hpp"
+#include "soupkit/util/message_text.hpp"
 
 #include <algorithm>
-#include <charconv>
 
 namespace soupkit::cli {
 namespace {
@@ -15,37 +16,15 @@ constexpr const char* kUsage =
     "       soupkit soup greedy --out OUT --eval-cmd 'CMD {model}' [--scores scores.json] [--log greedy.json "
     "[--resume]] MODEL...";
 
-// "0.5,0.25,1" -> numbers; InputError naming the bad item.
-std::vector<double> parse_weights(const std::string& text) {
-  std::vector<double> weights;
-  std::size_t start = 0;
-  while (true) {
-    const auto end = std::min(text.find(',', start), text.size());
-    const std::string item = text.substr(start, end - start);
-    double value = 0;
-    const auto [ptr, ec] = std::from_chars(item.data(), item.data() + item.size(), value);
-    SOUPKIT_INPUT_ERROR_IF(item.empty() || ec != std::errc() || ptr != item.data() + item.size(),
-                           "--weights: '{}' is not a number (expected a comma-separated list such as 0.5,0.3,0.2)", item);
-    weights.push_back(value);
-    if (end == text.size()) return weights;
-    start = end + 1;
-  }
-}
-
-
 // Options of one mode given to the other are mistakes, not silently ignored.
 void refuse(const po::variables_map& vm, const std::string& mode, std::initializer_list<const char*> names) {
   for (const char* name : names)
     SOUPKIT_INPUT_ERROR_IF(vm.count(name), "soup {}: --{} is not an option of this mode", mode, name);
 }
 
-}  // namespace
-
-int cmd_soup(const Communicator& comm, const Args& args) {
-  po::options_description desc("soup options");
-  desc.add_options()("mode", po::value<std::string>()->required(), "uniform (also weighted) or greedy")(
-      "ingredients", po::value<std::vector<std::string>>()->required(), "ingredient checkpoints")(
-      "out", po::value<std::string>()->required(), "output: .safetensors, .h5, or a directory")(
+po::options_description named_options() {
+  po::options_description desc;
+  desc.add_options()("out", po::value<std::string>()->required(), "output: .safetensors, .h5, or a directory")(
       "weights", po::value<std::string>(), "uniform: comma-separated weights, one per ingredient (normalised by their sum)")(
       "out-dtype", po::value<std::string>(), "write floating-point tensors as F64, F32, F16 or BF16 (default: as the first ingredient)")(
       "accumulate", po::value<std::string>()->default_value("F64"), "accumulator precision, F64 or F32")(
@@ -59,6 +38,14 @@ int cmd_soup(const Communicator& comm, const Args& args) {
       "keep-candidates", "greedy: keep the candidate directories in OUT.greedy-work/");
   add_engine_options(desc);
   add_common_options(desc);
+  return desc;
+}
+
+int run(const Communicator& comm, const Args& args) {
+  po::options_description desc("soup options");
+  desc.add_options()("mode", po::value<std::string>()->required(), "uniform (also weighted) or greedy")(
+      "ingredients", po::value<std::vector<std::string>>()->required(), "ingredient checkpoints");
+  desc.add(named_options());
   po::positional_options_description pos;
   pos.add("mode", 1).add("ingredients", -1);
   const auto vm = parse("soup", args, desc, pos, comm.rank(), kUsage);
@@ -80,7 +67,7 @@ int cmd_soup(const Communicator& comm, const Args& args) {
 
   if (mode == "uniform") {
     refuse(*vm, mode, {"eval-cmd", "scores", "log", "keep-candidates"});
-    soup.weights = normalise_weights(vm->count("weights") ? parse_weights((*vm)["weights"].as<std::string>())
+    soup.weights = normalise_weights(vm->count("weights") ? number_list("weights", (*vm)["weights"].as<std::string>())
                                                           : std::vector<double>{},
                                      soup.ingredients.size());
     SoupMethod method(soup);
@@ -110,6 +97,41 @@ int cmd_soup(const Communicator& comm, const Args& args) {
   greedy.keep_candidates = vm->count("keep-candidates") > 0;
   run_greedy_soup(comm, greedy);
   return 0;
+}
+
+// mergekit's linear (the weighted average) is a weighted soup, its weights
+// normalised by their sum: models[].parameters.weight -> --weights.
+void translate(JobInput& job, JobCommand& out) {
+  out.positional.push_back(job.merge_method() == "greedy_soup" ? "greedy" : "uniform");
+  const auto& models = job.models();
+  job.need(!models.empty(), "models (the ingredients)");
+  if (const auto& base = job.base_model())
+    job.refuse(*base, "a soup averages its models only; list every ingredient under models");
+  std::vector<const JobValue*> weights;
+  for (std::size_t i = 0; i < models.size(); ++i) weights.push_back(job.model_parameter(i, "weight"));
+  const bool weighted = std::any_of(weights.begin(), weights.end(), [](const JobValue* w) { return w != nullptr; });
+  std::string list;
+  for (std::size_t i = 0; i < models.size(); ++i) {
+    SOUPKIT_INPUT_ERROR_IF(weighted && !weights[i], "{}: {}: every model needs a weight once one has it", job.source(),
+                           excerpt(models[i].path));
+    if (weighted) list += (i ? "," : "") + weights[i]->text;
+    out.positional.push_back(models[i].path);
+  }
+  if (weighted) out.option("weights", list);
+  job.add_output_options(out);
+  if (const auto& dtype = job.dtype()) out.option("accumulate", dtype->text);
+}
+
+}  // namespace
+
+Command soup_command() {
+  return {.name = "soup",
+          .summary = "model soups: the (weighted) mean of models, or a greedy soup kept by an evaluator's scores",
+          .usage = kUsage,
+          .run = run,
+          .options = named_options,
+          .merge_methods = {"linear", "model_soup", "uniform_soup", "greedy_soup"},
+          .translate = translate};
 }
 
 }  // namespace soupkit::cli

@@ -1,12 +1,18 @@
 #include "commands.hpp"
+#include "job_file.hpp"
 #include "options.hpp"
 #include "soupkit/methods/transplant.hpp"
 
 #include <algorithm>
 
 namespace soupkit::cli {
+namespace {
 
-int cmd_transplant(const Communicator& comm, const Args& args) {
+constexpr const char* kUsage =
+    "soupkit transplant --base BASE_DIR --donor DONOR_DIR --out OUT_DIR [--k 64] "
+    "[--pad-to-multiple-of N] [--report report.json]";
+
+po::options_description named_options() {
   po::options_description desc("transplant options");
   desc.add_options()("base", po::value<std::string>()->required(), "model that gets the new tokenizer (a model directory)")(
       "donor", po::value<std::string>()->required(), "model whose tokenizer it gets (a model directory)")(
@@ -24,9 +30,11 @@ int cmd_transplant(const Communicator& comm, const Args& args) {
       "overwrite", "replace an existing output");
   add_engine_options(desc);
   add_common_options(desc);
-  const auto vm = parse("transplant", args, desc, {}, comm.rank(),
-                        "soupkit transplant --base BASE_DIR --donor DONOR_DIR --out OUT_DIR [--k 64] "
-                        "[--pad-to-multiple-of N] [--report report.json]");
+  return desc;
+}
+
+int run(const Communicator& comm, const Args& args) {
+  const auto vm = parse("transplant", args, named_options(), {}, comm.rank(), kUsage);
   if (!vm) return 0;
   TransplantOptions options;
   options.base = (*vm)["base"].as<std::string>();
@@ -49,6 +57,29 @@ int cmd_transplant(const Communicator& comm, const Args& args) {
   TransplantMethod method(options);
   run_method(comm, method, options.output, engine.run);
   return 0;
+}
+
+// base_model: BASE, tokenizer_source: DONOR (mergekit's key for where the
+// tokenizer comes from) -> --base BASE --donor DONOR. No models, no out_dtype.
+void translate(JobInput& job, JobCommand& out) {
+  const auto& base = job.base_model();
+  const auto& donor = job.tokenizer_source();
+  job.need(base && !base->text.empty() && donor, "base_model and tokenizer_source (the donor model directory)");
+  out.option("base", base->text);
+  out.option("donor", donor->text);
+  if (const auto& path = job.out_path()) out.option("out", path->text);
+}
+
+}  // namespace
+
+Command transplant_command() {
+  return {.name = "transplant",
+          .summary = "give BASE the DONOR's tokenizer (new embedding rows by OMP)",
+          .usage = kUsage,
+          .run = run,
+          .options = named_options,
+          .merge_methods = {"transplant", "tokenizer_transplant"},
+          .translate = translate};
 }
 
 }  // namespace soupkit::cli

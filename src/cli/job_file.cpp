@@ -1,5 +1,6 @@
 #include "job_file.hpp"
 
+#include "commands.hpp"
 #include "yaml_input.hpp"
 
 #include "soupkit/util/error.hpp"
@@ -15,22 +16,6 @@
 
 namespace soupkit::cli {
 namespace {
-
-// merge_method -> soupkit command (and its leading positional words).
-// mergekit's "linear" is the weighted average, which is a (weighted) soup.
-const std::map<std::string, std::vector<std::string>>& methods() {
-  static const std::map<std::string, std::vector<std::string>> m = {
-      {"monosoup", {"monosoup"}},
-      {"linear", {"soup", "uniform"}},
-      {"model_soup", {"soup", "uniform"}},
-      {"uniform_soup", {"soup", "uniform"}},
-      {"greedy_soup", {"soup", "greedy"}},
-      {"transplant", {"transplant"}},
-      {"tokenizer_transplant", {"transplant"}},
-      {"convert", {"convert"}},
-  };
-  return m;
-}
 
 const std::set<std::string> kTopLevelKeys = {"merge_method", "base_model", "models",    "parameters",
                                              "dtype",        "out_dtype",  "out_path",  "tokenizer_source"};
@@ -58,12 +43,19 @@ std::string scalar(const YAML::Node& node, const std::string& source, const std:
   return node.Scalar();
 }
 
-// parameters: {snake_or_kebab_key: value} -> --kebab-key value. true is a
-// bare flag, false leaves it out, a list becomes a comma-separated value.
-void add_parameters(const YAML::Node& params, const std::string& source, JobCommand& out) {
+JobValue value_of(const YAML::Node& node, const std::string& source, const std::string& key) {
+  return {scalar(node, source, key), key, line_of(node)};
+}
+
+// parameters: {snake_or_kebab_key: value} -> --kebab-key value, each
+// checked by name against the command's options: a flag takes true (a bare
+// --flag) or false (left out, once its name is checked), an option with a
+// value takes a single value or a list (comma-separated).
+void add_parameters(const YAML::Node& params, const Command& command, const std::string& source, JobCommand& out) {
   if (!params) return;
   SOUPKIT_INPUT_ERROR_IF(!params.IsMap(), "{}: parameters: expected a mapping of option names to values (line {})",
                          source, params.Mark().line + 1);
+  const auto options = command.options();
   std::set<std::string> seen;
   for (const auto& kv : params) {
     const std::string name = key_name(kv.first, source, "parameters");
@@ -78,57 +70,60 @@ void add_parameters(const YAML::Node& params, const std::string& source, JobComm
     std::replace(key.begin(), key.end(), '_', '-');
     // Distinct YAML keys may still name one option ("out_dtype", "out-dtype").
     SOUPKIT_INPUT_ERROR_IF(!seen.insert(key).second, "{}: {}: given twice ({})", source, where, line_of(kv.first));
+    const auto* option = key == "help" ? nullptr : options.find_nothrow(key, false);
+    SOUPKIT_INPUT_ERROR_IF(!option, "{}: {}: soupkit {} has no option --{} ({}; see 'soupkit {} --help')", source,
+                           where, command.name, excerpt(key), line_of(kv.first), command.name);
+    SOUPKIT_INPUT_ERROR_IF(out.has_option(key), "{}: {}: --{} is already set by the job's other keys ({})", source,
+                           where, key, line_of(kv.first));
     const YAML::Node& value = kv.second;
-    if (value.IsSequence()) {
+    if (option->semantic()->max_tokens() == 0) {
+      // YAML's booleans (true, True, yes, on, ...): a bare flag, or nothing.
+      bool flag = false;
+      SOUPKIT_INPUT_ERROR_IF(!value.IsScalar() || !YAML::convert<bool>::decode(value, flag),
+                             "{}: {}: --{} is a flag: true or false ({})", source, where, key, line_of(value));
+      if (flag) out.option(key);
+    } else if (value.IsSequence()) {
       std::string joined;
       for (const auto& item : value) {
         if (!joined.empty()) joined += ',';
         joined += scalar(item, source, where);
       }
       out.option(key, joined);
-      continue;
-    }
-    const std::string text = scalar(value, source, where);
-    // YAML's booleans (true, True, yes, on, ...): a bare flag, or nothing.
-    bool flag = false;
-    if (YAML::convert<bool>::decode(value, flag)) {
-      if (flag) out.option(key);
     } else {
-      out.option(key, text);
+      out.option(key, scalar(value, source, where));
     }
   }
 }
 
-struct Model {
-  std::string path;
-  std::optional<std::string> weight;
-};
-
-std::vector<Model> read_models(const YAML::Node& models, const std::string& source) {
-  std::vector<Model> out;
-  if (!models) return out;
+std::vector<JobModel> read_models(const YAML::Node& models, const std::string& source) {
   SOUPKIT_INPUT_ERROR_IF(!models.IsSequence(), "{}: models: expected a list (line {})", source, models.Mark().line + 1);
+  std::vector<JobModel> out;
   for (std::size_t i = 0; i < models.size(); ++i) {
     const YAML::Node& m = models[i];
     const std::string where = fmt::format("models[{}]", i);
     if (m.IsScalar()) {
-      out.push_back({m.Scalar(), std::nullopt});
+      out.push_back({m.Scalar(), where, {}});
       continue;
     }
     SOUPKIT_INPUT_ERROR_IF(!m.IsMap() || !m["model"], "{}: {}: expected 'model: PATH' (line {})", source, where,
                            m.Mark().line + 1);
-    Model model{scalar(m["model"], source, where + ".model"), std::nullopt};
+    for (const auto& kv : m) {
+      const std::string name = key_name(kv.first, source, where);
+      SOUPKIT_INPUT_ERROR_IF(name != "model" && name != "parameters",
+                             "{}: {}.{}: unknown key ({}); a model entry has model and parameters", source, where,
+                             excerpt(name), line_of(kv.first));
+    }
+    JobModel model{scalar(m["model"], source, where + ".model"), where, {}};
     if (const auto p = m["parameters"]) {
       SOUPKIT_INPUT_ERROR_IF(!p.IsMap(), "{}: {}.parameters: expected 'weight: W' (line {})", source, where,
                              p.Mark().line + 1);
       for (const auto& kv : p) {
         const std::string name = key_name(kv.first, source, where + ".parameters");
-        SOUPKIT_INPUT_ERROR_IF(name != "weight", "{}: {}.parameters.{}: soupkit takes only a per-model 'weight'",
-                               source, where, excerpt(name));
+        const std::string key = where + ".parameters." + excerpt(name);
+        model.parameters.emplace_back(name, value_of(kv.second, source, key));
       }
-      if (p["weight"]) model.weight = scalar(p["weight"], source, where + ".parameters.weight");
     }
-    out.push_back(model);
+    out.push_back(std::move(model));
   }
   return out;
 }
@@ -156,6 +151,82 @@ std::vector<std::string> JobCommand::args(const std::vector<std::string>& overri
   return all;
 }
 
+bool JobCommand::has_option(std::string_view name) const {
+  return std::any_of(options.begin(), options.end(), [&](const auto& o) { return o.first == name; });
+}
+
+JobInput JobInput::read(const YAML::Node& job, const std::string& source, const std::string& merge_method) {
+  JobInput in;
+  in.source_ = source;
+  in.merge_method_ = merge_method;
+  auto value = [&](const char* key) -> std::optional<JobValue> {
+    if (!job[key]) return std::nullopt;
+    return value_of(job[key], source, key);
+  };
+  in.base_model_ = value("base_model");
+  in.tokenizer_source_ = value("tokenizer_source");
+  in.out_path_ = value("out_path");
+  // Refused here to name the job file and key; the engine would say only "the output path is empty".
+  SOUPKIT_INPUT_ERROR_IF(in.out_path_ && in.out_path_->text.empty(), "{}: out_path: the output path is empty ({})",
+                         source, in.out_path_->line);
+  in.out_dtype_ = value("out_dtype");
+  if (in.out_dtype_) in.out_dtype_->text = dtype_option(source, "out_dtype", in.out_dtype_->text);
+  in.dtype_ = value("dtype");
+  if (in.dtype_) {
+    // mergekit's compute dtype. soupkit computes spectra in float64 and
+    // averages in float64 (float32 on request), never below float32.
+    in.dtype_->text = dtype_option(source, "dtype", in.dtype_->text);
+    SOUPKIT_INPUT_ERROR_IF(in.dtype_->text != "F32" && in.dtype_->text != "F64",
+                           "{}: dtype: soupkit computes in float32 or float64, not {}; use out_dtype for the output",
+                           source, in.dtype_->text);
+  }
+  if (job["models"]) {
+    in.models_ = read_models(job["models"], source);
+    in.models_line_ = line_of(job["models"]);
+  }
+  return in;
+}
+
+const std::vector<JobModel>& JobInput::models() {
+  static const std::vector<JobModel> none;
+  read_.insert("models");
+  return models_ ? *models_ : none;
+}
+
+const JobValue* JobInput::model_parameter(std::size_t i, std::string_view name) {
+  for (const auto& [given, value] : models_.value().at(i).parameters) {
+    if (given != name) continue;
+    read_.insert(value.key);
+    return &value;
+  }
+  return nullptr;
+}
+
+void JobInput::need(bool ok, std::string_view what) const {
+  SOUPKIT_INPUT_ERROR_IF(!ok, "{}: merge_method {} needs {}", source_, merge_method_, what);
+}
+
+void JobInput::refuse(const JobValue& value, std::string_view problem) const {
+  throw InputError(fmt::format("{}: {}: {} ({})", source_, value.key, problem, value.line));
+}
+
+void JobInput::add_output_options(JobCommand& out) {
+  if (const auto& path = out_path()) out.option("out", path->text);
+  if (const auto& dtype = out_dtype()) out.option("out-dtype", dtype->text);
+}
+
+void JobInput::check_all_read() const {
+  for (const auto* value : {&base_model_, &tokenizer_source_, &out_path_, &out_dtype_})
+    if (*value && !read_.count((*value)->key)) refuse(**value, fmt::format("merge_method {} does not take it", merge_method_));
+  if (!models_) return;
+  SOUPKIT_INPUT_ERROR_IF(!read_.count("models"), "{}: models: merge_method {} does not take it ({})", source_,
+                         merge_method_, models_line_);
+  for (const auto& model : *models_)
+    for (const auto& [name, value] : model.parameters)
+      if (!read_.count(value.key))
+        refuse(value, fmt::format("merge_method {} takes no per-model '{}'", merge_method_, excerpt(name)));
+}
+
 namespace {
 
 JobCommand translate_job(const YAML::Node& job, const std::string& source) {
@@ -168,81 +239,14 @@ JobCommand translate_job(const YAML::Node& job, const std::string& source) {
   }
   SOUPKIT_INPUT_ERROR_IF(!job["merge_method"], "{}: merge_method is missing", source);
   const std::string method = scalar(job["merge_method"], source, "merge_method");
-  const auto it = methods().find(method);
-  if (it == methods().end()) {
-    std::vector<std::string> known;
-    for (const auto& [name, command] : methods()) known.push_back(name);
-    throw InputError(fmt::format("{}: merge_method '{}' is not one soupkit runs ({})", source, excerpt(method),
-                                 fmt::join(known, ", ")));
-  }
-  JobCommand out{it->second.front(), {it->second.begin() + 1, it->second.end()}, {}};
-  auto& args = out.positional;
-  const auto models = read_models(job["models"], source);
-  const std::string base = job["base_model"] ? scalar(job["base_model"], source, "base_model") : "";
-  auto need = [&](bool ok, const std::string& what) {
-    SOUPKIT_INPUT_ERROR_IF(!ok, "{}: merge_method {} needs {}", source, method, what);
-  };
-  auto no_weights = [&] {
-    for (const auto& m : models)
-      SOUPKIT_INPUT_ERROR_IF(m.weight.has_value(), "{}: {}: per-model weights apply only to soups", source,
-                             excerpt(m.path));
-  };
-  if (out.command == "monosoup") {
-    need(!base.empty() && models.size() == 1, "base_model and exactly one entry in models (the fine-tuned model)");
-    no_weights();
-    out.option("base", base);
-    out.option("finetuned", models[0].path);
-  } else if (out.command == "soup") {
-    need(!models.empty(), "models (the ingredients)");
-    SOUPKIT_INPUT_ERROR_IF(!base.empty(), "{}: base_model: a soup averages its models only; list every ingredient "
-                                          "under models", source);
-    const bool weighted = std::any_of(models.begin(), models.end(), [](const Model& m) { return m.weight.has_value(); });
-    std::string weights;
-    for (const auto& m : models) {
-      SOUPKIT_INPUT_ERROR_IF(weighted && !m.weight, "{}: {}: every model needs a weight once one has it", source,
-                             excerpt(m.path));
-      if (weighted && !weights.empty()) weights += ',';
-      if (weighted) weights += *m.weight;
-      args.push_back(m.path);
-    }
-    if (weighted) out.option("weights", weights);
-  } else if (out.command == "transplant") {
-    need(!base.empty() && job["tokenizer_source"], "base_model and tokenizer_source (the donor model directory)");
-    no_weights();
-    SOUPKIT_INPUT_ERROR_IF(!models.empty(), "{}: models: a transplant takes base_model and tokenizer_source only", source);
-    out.option("base", base);
-    out.option("donor", scalar(job["tokenizer_source"], source, "tokenizer_source"));
-  } else {  // convert
-    need(models.size() == 1 && base.empty(), "exactly one entry in models (the checkpoint to convert)");
-    no_weights();
-    args.push_back(models[0].path);
-  }
-  SOUPKIT_INPUT_ERROR_IF(job["tokenizer_source"] && out.command != "transplant",
-                         "{}: tokenizer_source applies to merge_method transplant only", source);
-  if (job["out_path"]) {
-    const std::string out_path = scalar(job["out_path"], source, "out_path");
-    // Refused here to name the job file and key; the engine would say only "the output path is empty".
-    SOUPKIT_INPUT_ERROR_IF(out_path.empty(), "{}: out_path: the output path is empty ({})", source,
-                           line_of(job["out_path"]));
-    if (out.command == "convert")
-      args.push_back(out_path);
-    else
-      out.option("out", out_path);
-  }
-  if (job["out_dtype"]) {
-    const std::string dtype = dtype_option(source, "out_dtype", scalar(job["out_dtype"], source, "out_dtype"));
-    out.option(out.command == "convert" ? "dtype" : "out-dtype", dtype);
-  }
-  if (job["dtype"]) {
-    // mergekit's compute dtype. soupkit computes spectra in float64 and
-    // averages in float64 (float32 on request), never below float32.
-    const std::string dtype = dtype_option(source, "dtype", scalar(job["dtype"], source, "dtype"));
-    SOUPKIT_INPUT_ERROR_IF(dtype != "F32" && dtype != "F64",
-                           "{}: dtype: soupkit computes in float32 or float64, not {}; use out_dtype for the output",
-                           source, dtype);
-    if (out.command == "soup") out.option("accumulate", dtype);
-  }
-  add_parameters(job["parameters"], source, out);
+  const Command* command = find_merge_method(method);
+  SOUPKIT_INPUT_ERROR_IF(!command, "{}: merge_method '{}' is not one soupkit runs (it runs: {})", source,
+                         excerpt(method), fmt::join(merge_method_names(), ", "));
+  JobInput in = JobInput::read(job, source, method);
+  JobCommand out{command->name, {}, {}};
+  command->translate(in, out);
+  add_parameters(job["parameters"], *command, source, out);
+  in.check_all_read();
   return out;
 }
 

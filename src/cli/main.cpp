@@ -13,23 +13,6 @@
 
 namespace {
 
-constexpr const char* kUsage = R"(usage: soupkit <command> [options]
-
-commands:
-  monosoup --base W0 --finetuned W1 --out OUT
-                      MonoSoup: reweight a fine-tuned model's update by its singular spectrum
-  transplant --base BASE --donor DONOR --out OUT
-                      give BASE the DONOR's tokenizer (new embedding rows by OMP)
-  convert IN OUT      convert a checkpoint between safetensors, model directories and HDF5
-  inspect PATH        list a checkpoint's tensors
-  example DIR         write the built-in example model pair (DIR/base, DIR/finetuned)
-  run JOB.yaml        run the merge a job file describes (mergekit-style keys; see jobs/)
-
-Checkpoints: a .safetensors file, a Hugging Face model directory (model.safetensors or
-sharded with model.safetensors.index.json), or a soupkit .h5 file.
-Run 'soupkit <command> --help' for a command's options. Run under mpirun/srun to use many ranks.
-)";
-
 // "soupkit convert", for messages that have nothing better to name.
 std::string command_name(int argc, char** argv) {
   return argc < 2 ? std::string("soupkit") : "soupkit " + soupkit::excerpt(argv[1]);
@@ -37,16 +20,24 @@ std::string command_name(int argc, char** argv) {
 
 int dispatch(const soupkit::Communicator& comm, int argc, char** argv) {
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
-    if (comm.is_root()) std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    if (comm.is_root()) std::fputs(soupkit::cli::usage_text().c_str(), argc < 2 ? stderr : stdout);
     return argc < 2 ? 1 : 0;
   }
   if (std::string(argv[1]) == "--version") {
     if (comm.is_root()) std::printf("soupkit %s\n", SOUPKIT_VERSION);
     return 0;
   }
-  const auto* command = soupkit::cli::find_command(argv[1]);
-  if (!command) throw soupkit::InputError(fmt::format("unknown command '{}' (see 'soupkit --help')", argv[1]));
-  return (*command)(comm, soupkit::cli::Args(argv + 2, argv + argc));
+  const std::string name = argv[1];
+  const auto* command = soupkit::cli::find_command(name);
+  if (!command) {
+    // A merge_method name is a job file's word for a command: say which.
+    const auto* runs = soupkit::cli::find_merge_method(name);
+    throw soupkit::InputError(
+        runs ? fmt::format("unknown command '{}': it is a job file's merge_method; the command is 'soupkit {}'",
+                           soupkit::excerpt(name), runs->name)
+             : fmt::format("unknown command '{}' (see 'soupkit --help')", soupkit::excerpt(name)));
+  }
+  return command->run(comm, soupkit::cli::Args(argv + 2, argv + argc));
 }
 
 }  // namespace

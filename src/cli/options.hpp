@@ -6,7 +6,10 @@
 #include "soupkit/io/tensor.hpp"
 
 #include <boost/program_options.hpp>
+#include <fmt/format.h>
 
+#include <algorithm>
+#include <charconv>
 #include <iostream>
 #include <optional>
 #include <sstream>
@@ -44,6 +47,43 @@ inline std::optional<po::variables_map> parse(const std::string& command, const 
   }
   log::configure(rank, vm.count("quiet") ? log::Level::Error : log::parse_level(vm["log-level"].as<std::string>()));
   return vm;
+}
+
+// A number option's value with its default, which --help prints in its
+// shortest form (0.8, not boost's 0.80000000000000004).
+inline po::typed_value<double>* number_value(double default_value) {
+  return po::value<double>()->default_value(default_value, fmt::format("{}", default_value));
+}
+
+// "0.5" -> 0.5: the whole text must be a number (inf and nan included).
+inline std::optional<double> parse_number(const std::string& text) {
+  double value = 0;
+  const auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || ec != std::errc() || ptr != text.data() + text.size()) return std::nullopt;
+  return value;
+}
+
+// "a,b,c" -> {"a", "b", "c"} (an empty item stays, for its parser to refuse).
+inline std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> items;
+  for (std::size_t start = 0;;) {
+    const auto end = std::min(text.find(',', start), text.size());
+    items.push_back(text.substr(start, end - start));
+    if (end == text.size()) return items;
+    start = end + 1;
+  }
+}
+
+// --NAME "0.5,0.25,1" -> numbers; InputError naming the option and the bad item.
+inline std::vector<double> number_list(const std::string& name, const std::string& text) {
+  std::vector<double> numbers;
+  for (const auto& item : split_list(text)) {
+    const auto value = parse_number(item);
+    SOUPKIT_INPUT_ERROR_IF(!value, "--{}: '{}' is not a number (expected a comma-separated list such as 0.5,0.3,0.2)",
+                           name, item);
+    numbers.push_back(*value);
+  }
+  return numbers;
 }
 
 inline std::uint64_t size_option(const po::variables_map& vm, const char* name) {

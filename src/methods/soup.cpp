@@ -1,6 +1,7 @@
 #include "soupkit/methods/soup.hpp"
 
 #include "soupkit/io/cast.hpp"
+#include "soupkit/linalg/weighted_sum.hpp"
 #include "soupkit/util/error.hpp"
 #include "soupkit/util/log.hpp"
 
@@ -22,59 +23,6 @@ constexpr std::uint64_t kBlockBytes = 512 << 10;
 // Output row ranges above this gain nothing (docs/soups.md); under a small
 // budget the engine's chunk size is smaller.
 constexpr std::uint64_t kMaxRangeBytes = 8ull << 20;
-
-// Widens one stored element to the accumulator's type.
-template <class Acc, DType D>
-inline Acc widen(const std::byte* p) {
-  if constexpr (D == DType::F64) {
-    double v;
-    std::memcpy(&v, p, 8);
-    return static_cast<Acc>(v);
-  } else if constexpr (D == DType::F32) {
-    float v;
-    std::memcpy(&v, p, 4);
-    return v;
-  } else {
-    std::uint16_t b;
-    std::memcpy(&b, p, 2);
-    return D == DType::BF16 ? bf16_to_f32(b) : f16_to_f32(b);
-  }
-}
-
-// acc[j] = w * x[j] for the first ingredient, acc[j] += w * x[j] after:
-// the same operations in the same order on every rank, so the result does
-// not depend on how tensors are distributed.
-// Compiled for AVX-512, AVX2 and baseline x86-64, chosen at run time: the
-// sum is memory-bound, but with 2-wide SSE2 vectors the widening and
-// multiply-add cost as much as the reading (docs/benchmarks.md). Every
-// version does the same IEEE operations per element (this file is compiled
-// with -ffp-contract=off: no fused multiply-add), so results do not depend
-// on the machine's vector units.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define SOUPKIT_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define SOUPKIT_VECTOR_CLONES
-#endif
-
-template <class Acc, DType D>
-SOUPKIT_VECTOR_CLONES void accumulate_typed(Acc* acc, Acc w, const std::byte* src, std::size_t n, bool first) {
-  constexpr std::size_t size = D == DType::F64 ? 8 : D == DType::F32 ? 4 : 2;
-  if (first)
-    for (std::size_t j = 0; j < n; ++j) acc[j] = w * widen<Acc, D>(src + size * j);
-  else
-    for (std::size_t j = 0; j < n; ++j) acc[j] += w * widen<Acc, D>(src + size * j);
-}
-
-template <class Acc>
-void accumulate(DType type, Acc* acc, Acc w, const std::byte* src, std::size_t n, bool first) {
-  switch (type) {
-    case DType::F64: return accumulate_typed<Acc, DType::F64>(acc, w, src, n, first);
-    case DType::F32: return accumulate_typed<Acc, DType::F32>(acc, w, src, n, first);
-    case DType::BF16: return accumulate_typed<Acc, DType::BF16>(acc, w, src, n, first);
-    case DType::F16: return accumulate_typed<Acc, DType::F16>(acc, w, src, n, first);
-    default: throw Error(fmt::format("internal: cannot average {} tensors", dtype_name(type)));
-  }
-}
 
 void store(DType type, const double* acc, std::size_t n, std::byte* dst) { store_from_f64(type, acc, n, dst); }
 void store(DType type, const float* acc, std::size_t n, std::byte* dst) { store_from_f32(type, acc, n, dst); }
@@ -255,11 +203,13 @@ void SoupMethod::average_rows(const std::vector<const TensorInfo*>& in, const Te
     for (std::size_t i = 0; i < in.size(); ++i) {
       raw_.resize(n * row_bytes(*in[i]));
       readers_[i]->read_rows(*in[i], first + b, n, raw_);
+      // In ingredient order, so the sum does not depend on the rank count.
+      const auto term = i == 0 ? linalg::Term::First : linalg::Term::Next;
       if (f64)
-        accumulate<double>(in[i]->dtype, acc64_.data(), options_.weights[i], raw_.data(), elements, i == 0);
+        linalg::weighted_sum(in[i]->dtype, acc64_.data(), options_.weights[i], raw_.data(), elements, term);
       else
-        accumulate<float>(in[i]->dtype, acc32_.data(), static_cast<float>(options_.weights[i]), raw_.data(), elements,
-                          i == 0);
+        linalg::weighted_sum(in[i]->dtype, acc32_.data(), static_cast<float>(options_.weights[i]), raw_.data(),
+                             elements, term);
     }
     std::byte* dst = out_.data() + b * row_bytes(out);
     if (f64)

@@ -176,3 +176,12 @@ class TempDirTestCase(unittest.TestCase):
 
     def path(self, *parts):
         return os.path.join(self.tmp, *parts)
+
+    def assert_same_tensors(self, got_path, expected):
+        """The checkpoint at got_path holds exactly `expected` (name -> (dtype, raw)), bit for bit."""
+        got, _ = read_checkpoint(got_path)
+        self.assertEqual(sorted(got), sorted(expected))
+        for name, (dtype, raw) in expected.items():
+            self.assertEqual(got[name][0], dtype, name)
+            self.assertEqual(got[name][1].shape, np.shape(raw), name)
+            np.testing.assert_array_equal(got[name][1], raw, err_msg=name)

@@ -68,6 +68,13 @@ class BadInputBase(TempDirTestCase):
         with ThreadPoolExecutor(max_workers=6) as pool:
             return list(pool.map(one, enumerate(jobs)))
 
+    def run_ok(self, jobs):
+        """run_many, each job expected to succeed."""
+        procs = self.run_many(jobs)
+        for proc in procs:
+            self.assertEqual(proc.returncode, 0, "%s\n%s\n%s" % (" ".join(proc.args), proc.stdout, proc.stderr))
+        return procs
+
     def out_path(self, kind, tag=""):
         base = self.path("out%s" % tag)
         return base + ".h5" if kind == "h5" else base + "-dir"

@@ -89,20 +89,6 @@ class UniformSoup(BadInputBase):
             write_model_dir(paths[-1], models[-1], extra_files=config(i))
         return models, paths
 
-    def assert_same_tensors(self, got_path, expected):
-        got, _ = read_checkpoint(got_path)
-        self.assertEqual(sorted(got), sorted(expected))
-        for name, (dtype, raw) in expected.items():
-            self.assertEqual(got[name][0], dtype, name)
-            self.assertEqual(got[name][1].shape, np.shape(raw), name)
-            np.testing.assert_array_equal(got[name][1], raw, err_msg=name)
-
-    def run_ok(self, jobs):
-        procs = self.run_many(jobs)
-        for proc in procs:
-            self.assertEqual(proc.returncode, 0, "%s\n%s\n%s" % (" ".join(proc.args), proc.stdout, proc.stderr))
-        return procs
-
     def test_uniform_two_ingredients_any_rank_count(self):
         models, paths = self.ingredients(2)
         outs = {r: self.path("out-%s" % r) for r in (None, 2, 3)}

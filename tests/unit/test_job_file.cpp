@@ -14,6 +14,23 @@ namespace {
 
 using Strings = std::vector<std::string>;
 
+// The message parse_job refuses `yaml` with ("" and a failure if it does not).
+std::string job_error(const std::string& yaml) {
+  try {
+    parse_job(yaml, "bad.yaml");
+    ADD_FAILURE() << "no error for: " << yaml;
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+void expect_error(const std::string& yaml, const std::string& fragment) {
+  const std::string what = job_error(yaml);
+  EXPECT_NE(what.find("bad.yaml"), std::string::npos) << what;
+  EXPECT_NE(what.find(fragment), std::string::npos) << what;
+}
+
 TEST(JobFile, MonosoupExample) {
   const auto job = read_job_file(SOUPKIT_SOURCE_DIR "/jobs/monosoup.yaml");
   EXPECT_EQ(job.command, "monosoup");
@@ -49,9 +66,67 @@ TEST(JobFile, EveryExampleTranslates) {
 
 TEST(JobFile, FlagsAndLists) {
   const auto job = parse_job(
-      "merge_method: monosoup\nbase_model: a\nmodels: [b]\nparameters: {strict: true, overwrite: false, x_y: [1, 2]}\n",
+      "merge_method: monosoup\nbase_model: a\nmodels: [b]\nparameters: {strict: true, overwrite: false}\n",
       "j.yaml");
-  EXPECT_EQ(job.args(), (Strings{"--base", "a", "--finetuned", "b", "--strict", "--x-y", "1,2"}));
+  EXPECT_EQ(job.args(), (Strings{"--base", "a", "--finetuned", "b", "--strict"}));
+  const auto soup = parse_job("merge_method: model_soup\nmodels: [a, b]\nparameters: {weights: [1, 2]}\n", "j.yaml");
+  EXPECT_EQ(soup.args(), (Strings{"uniform", "a", "b", "--weights", "1,2"}));
+}
+
+TEST(JobFile, TaskArithmeticFromTheSpec) {
+  EXPECT_EQ(read_job_file(SOUPKIT_SOURCE_DIR "/jobs/task-arithmetic.yaml").args(),
+            (Strings{"demo/finetuned", "--base", "demo/base", "--weights", "1.0", "--out", "demo/task-arithmetic",
+                     "--lambda", "0.5", "--normalize", "false"}));
+  // A model without a weight gets the default (1); a false boolean is passed on, not dropped.
+  const auto job = parse_job(
+      "merge_method: task_arithmetic\nbase_model: b\nout_path: o\nout_dtype: bfloat16\nmodels:\n"
+      "  - {model: m1, parameters: {weight: 0.5}}\n  - m2\n  - {model: m3, parameters: {weight: -2}}\n"
+      "parameters: {lambda: 0.7, normalize: no}\n",
+      "j.yaml");
+  EXPECT_EQ(job.command, "task-arithmetic");
+  EXPECT_EQ(job.args(), (Strings{"m1", "m2", "m3", "--base", "b", "--weights", "0.5,1,-2", "--out", "o", "--out-dtype",
+                                 "BF16", "--lambda", "0.7", "--normalize", "no"}));
+  // No per-model parameter given: no list at all (the command's defaults apply).
+  EXPECT_EQ(parse_job("merge_method: task_arithmetic\nbase_model: b\nmodels: [m]\n", "j.yaml").args(),
+            (Strings{"m", "--base", "b"}));
+}
+
+// Every key and parameter of a job is either used or refused by name:
+// nothing is dropped, not even a `false` flag.
+TEST(JobFile, NothingIsSilentlyDropped) {
+  const std::string monosoup = "merge_method: monosoup\nbase_model: a\nmodels: [b]\n";
+  expect_error(monosoup + "parameters: {x_y: [1, 2]}\n", "parameters.x_y: soupkit monosoup has no option --x-y");
+  expect_error(monosoup + "parameters: {normalize: false}\n", "parameters.normalize: soupkit monosoup has no option");
+  expect_error("merge_method: linear\nmodels: [a, b]\nparameters: {normalize: false}\n",
+               "parameters.normalize: soupkit soup has no option --normalize");
+  expect_error("merge_method: task_arithmetic\nbase_model: a\nmodels: [b]\nparameters: {rescale: false}\n",
+               "parameters.rescale: soupkit task-arithmetic has no option --rescale");
+  expect_error(monosoup + "parameters: {strict: 3}\n", "parameters.strict: --strict is a flag: true or false");
+  expect_error(monosoup + "parameters: {help: true}\n", "parameters.help: soupkit monosoup has no option --help");
+  expect_error(monosoup + "out_path: o\nparameters: {out: p}\n", "parameters.out: --out is already set");
+  expect_error(monosoup + "tokenizer_source: c\n", "tokenizer_source: merge_method monosoup does not take it (line 4)");
+  expect_error("merge_method: monosoup\nbase_model: a\nmodels:\n  - model: b\n    parameters: {weight: 1}\n",
+               "models[0].parameters.weight: merge_method monosoup takes no per-model 'weight' (line 5)");
+  expect_error("merge_method: convert\nbase_model: a\nmodels: [b]\n", "base_model: merge_method convert does not take it");
+  expect_error("merge_method: transplant\nbase_model: a\ntokenizer_source: d\nmodels: [b]\n",
+               "models: merge_method transplant does not take it (line 4)");
+  expect_error("merge_method: transplant\nbase_model: a\ntokenizer_source: d\nout_dtype: bf16\n",
+               "out_dtype: merge_method transplant does not take it");
+  expect_error("merge_method: linear\nmodels:\n  - model: a\n    weight: 1\n", "models[0].weight: unknown key (line 4)");
+  expect_error("merge_method: task_arithmetic\nbase_model: a\nmodels:\n  - model: b\n    parameters: {density: 1}\n",
+               "models[0].parameters.density: merge_method task_arithmetic takes no per-model 'density'");
+  expect_error("merge_method: task_arithmetic\nbase_model: a\nmodels:\n  - model: b\n    parameters: {weight: '1,2'}\n",
+               "models[0].parameters.weight: one value per model, not a list");
+  expect_error("merge_method: task_arithmetic\nmodels: [b]\n", "merge_method task_arithmetic needs base_model");
+  expect_error("merge_method: task_arithmetic\nbase_model: a\n", "merge_method task_arithmetic needs models");
+}
+
+TEST(JobFile, UnknownMergeMethodListsTheKnownOnes) {
+  const std::string what = job_error("merge_method: ties\nmodels: [a]\n");
+  EXPECT_NE(what.find("bad.yaml: merge_method 'ties' is not one soupkit runs"), std::string::npos) << what;
+  for (const char* known : {"convert", "greedy_soup", "linear", "model_soup", "monosoup", "task_arithmetic",
+                            "tokenizer_transplant", "transplant", "uniform_soup"})
+    EXPECT_NE(what.find(known), std::string::npos) << known << " not in: " << what;
 }
 
 TEST(JobFile, YamlBooleansAndOverrides) {
@@ -67,16 +142,6 @@ TEST(JobFile, YamlBooleansAndOverrides) {
                      "--out=x.h5"}));
 }
 
-void expect_error(const std::string& yaml, const std::string& fragment) {
-  try {
-    parse_job(yaml, "bad.yaml");
-    ADD_FAILURE() << "no error for: " << yaml;
-  } catch (const InputError& e) {
-    EXPECT_NE(std::string(e.what()).find("bad.yaml"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
-  }
-}
-
 TEST(JobFile, BadJobsNameTheProblem) {
   expect_error("merge_method: [", "not valid YAML");
   expect_error("- a\n- b\n", "YAML mapping");
@@ -86,11 +151,11 @@ TEST(JobFile, BadJobsNameTheProblem) {
   expect_error("merge_method: monosoup\nbase_model: a\nmodels: [b]\nslices: []\n", "unknown key 'slices'");
   expect_error("merge_method: linear\nmodels:\n  - model: a\n    parameters: {weight: 1}\n  - model: b\n",
                "every model needs a weight");
-  expect_error("merge_method: linear\nmodels:\n  - model: a\n    parameters: {density: 1}\n", "'weight'");
+  expect_error("merge_method: linear\nmodels:\n  - model: a\n    parameters: {density: 1}\n", "per-model 'density'");
   expect_error("merge_method: model_soup\nmodels: [a]\nout_dtype: int8\n", "not a dtype");
   expect_error("merge_method: model_soup\nmodels: [a]\ndtype: bfloat16\n", "float32 or float64");
   expect_error("merge_method: transplant\nbase_model: a\n", "tokenizer_source");
-  expect_error("merge_method: monosoup\nbase_model: a\nmodels: [b]\ntokenizer_source: c\n", "transplant only");
+  expect_error("merge_method: monosoup\nbase_model: a\nmodels: [b]\ntokenizer_source: c\n", "does not take it");
 }
 
 // Hostile job files (issue 10): refused before yaml-cpp recurses or
@@ -131,7 +196,8 @@ TEST(JobFile, DepthBoundNeverUnderCounts) {
   // A closing bracket inside quotes closes nothing, in either quote style.
   EXPECT_GT(yaml_depth_bound("a: ']]]]'\nb: \"]]]]\"\nc: [[[[x]]]]\n"), yaml_depth_bound("c: [x]\n"));
   // Real job files stay far below the limit.
-  for (const char* job : {"monosoup", "wise-ft", "uniform-soup", "greedy-soup", "transplant", "convert"}) {
+  for (const char* job : {"monosoup", "wise-ft", "uniform-soup", "greedy-soup", "transplant", "convert",
+                          "task-arithmetic"}) {
     const std::string path = fmt::format("{}/jobs/{}.yaml", SOUPKIT_SOURCE_DIR, job);
     EXPECT_LE(yaml_depth_bound(read_text_file(path)), kMaxYamlDepth / 2) << path;
   }

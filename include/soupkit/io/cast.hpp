@@ -24,7 +24,7 @@ inline std::uint16_t f32_to_bf16(float value) {
 
 // Software IEEE half conversions (round to nearest even, NaN payloads kept
 // and quietened, as GCC's _Float16 does): the fallback for compilers without
-// _Float16 on this target (clang 14 on x86-64 builds the fuzz targets), and
+// _Float16 on this target (clang before 15 on x86-64), and
 // checked bit for bit against _Float16 by the unit tests.
 float f16_to_f32_soft(std::uint16_t bits);
 std::uint16_t f64_to_f16_soft(double value);
