@@ -20,12 +20,13 @@ import sys
 
 import numpy as np
 
-from soupkit_testlib import (NP_DTYPES, as_float64, f64_to_bf16_bits, read_checkpoint, run_with_peak_rss,
-                             write_model_dir)
+from soupkit_testlib import (NP_DTYPES, as_float64, f64_to_bf16_bits, read_checkpoint, run_soupkit,
+                             run_with_peak_rss, write_model_dir)
 from test_bad_input import BadInputBase
 from ties_oracle import ties as oracle_ties
 
 FLOATS = ("F64", "F32", "F16", "BF16")
+JOBS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "jobs")
 
 
 def store(values, dtype):
@@ -161,6 +162,14 @@ class Ties(TiesBase):
         self.run_ok([(["run", job], 2)])
         self.assert_same_tensors(out, reference(self.base, self.models, [0.5, 1.0, 2.0], [0.4, 0.7, 1.0], 0.9,
                                                 out_dtype="F16"))
+
+
+    def test_the_example_job(self):
+        run_soupkit(["example", "demo"], cwd=self.tmp)
+        run_soupkit(["run", os.path.join(JOBS, "ties.yaml")], ranks=2, cwd=self.tmp)
+        base, _ = read_checkpoint(self.path("demo", "base"))
+        finetuned, _ = read_checkpoint(self.path("demo", "finetuned"))
+        self.assert_same_tensors(self.path("demo", "ties"), reference(base, [finetuned], [1.0], [1.0]))
 
 
 class TiesMemory(TiesBase):
