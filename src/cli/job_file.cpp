@@ -207,7 +207,8 @@ void JobInput::need(bool ok, std::string_view what) const {
 }
 
 void JobInput::refuse(const JobValue& value, std::string_view problem) const {
-  throw InputError(fmt::format("{}: {}: {} ({})", source_, value.key, problem, value.line));
+  const std::string where = value.line.empty() ? "" : " (" + value.line + ")";
+  throw InputError(fmt::format("{}: {}: {}{}", source_, value.key, problem, where));
 }
 
 void JobInput::add_output_options(JobCommand& out) {
@@ -217,7 +218,8 @@ void JobInput::add_output_options(JobCommand& out) {
 
 void JobInput::check_all_read() const {
   for (const auto* value : {&base_model_, &tokenizer_source_, &out_path_, &out_dtype_})
-    if (*value && !read_.count((*value)->key)) refuse(**value, fmt::format("merge_method {} does not take it", merge_method_));
+    if (*value && !read_.count((*value)->key))
+      refuse(**value, fmt::format("merge_method {} does not take it", merge_method_));
   if (!models_) return;
   SOUPKIT_INPUT_ERROR_IF(!read_.count("models"), "{}: models: merge_method {} does not take it ({})", source_,
                          merge_method_, models_line_);

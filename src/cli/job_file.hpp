@@ -80,7 +80,7 @@ class JobInput {
 
   // InputError "<source>: merge_method <m> needs <what>" unless `ok`.
   void need(bool ok, std::string_view what) const;
-  // InputError "<source>: <key>: <problem> (<line>)".
+  // InputError "<source>: <key>: <problem> (<line>)" (no line when YAML gave none).
   [[noreturn]] void refuse(const JobValue& value, std::string_view problem) const;
   // --out OUT and --out-dtype D from out_path and out_dtype, as most commands take them.
   void add_output_options(JobCommand& out);
