@@ -41,7 +41,7 @@ TEST(Commands, LookupByNameAndMergeMethod) {
   EXPECT_EQ(find_merge_method("greedy_soup")->name, "soup");
   EXPECT_EQ(find_merge_method("tokenizer_transplant")->name, "transplant");
   EXPECT_EQ(find_merge_method("task_arithmetic")->name, "task-arithmetic");
-  EXPECT_EQ(find_merge_method("ties"), nullptr);
+  EXPECT_EQ(find_merge_method("dare_ties"), nullptr);
   const auto names = merge_method_names();
   EXPECT_TRUE(std::is_sorted(names.begin(), names.end()));
   std::size_t registered = 0;

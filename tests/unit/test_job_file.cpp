@@ -122,10 +122,10 @@ TEST(JobFile, NothingIsSilentlyDropped) {
 }
 
 TEST(JobFile, UnknownMergeMethodListsTheKnownOnes) {
-  const std::string what = job_error("merge_method: ties\nmodels: [a]\n");
-  EXPECT_NE(what.find("bad.yaml: merge_method 'ties' is not one soupkit runs"), std::string::npos) << what;
+  const std::string what = job_error("merge_method: dare_ties\nmodels: [a]\n");
+  EXPECT_NE(what.find("bad.yaml: merge_method 'dare_ties' is not one soupkit runs"), std::string::npos) << what;
   for (const char* known : {"convert", "greedy_soup", "linear", "model_soup", "monosoup", "task_arithmetic",
-                            "tokenizer_transplant", "transplant", "uniform_soup"})
+                            "ties", "tokenizer_transplant", "transplant", "uniform_soup"})
     EXPECT_NE(what.find(known), std::string::npos) << known << " not in: " << what;
 }
 
@@ -146,7 +146,7 @@ TEST(JobFile, BadJobsNameTheProblem) {
   expect_error("merge_method: [", "not valid YAML");
   expect_error("- a\n- b\n", "YAML mapping");
   expect_error("models: [a]\n", "merge_method is missing");
-  expect_error("merge_method: ties\nmodels: [a]\n", "merge_method 'ties'");
+  expect_error("merge_method: dare_ties\nmodels: [a]\n", "merge_method 'dare_ties'");
   expect_error("merge_method: monosoup\nbase_model: a\nmodels: [b, c]\n", "exactly one entry");
   expect_error("merge_method: monosoup\nbase_model: a\nmodels: [b]\nslices: []\n", "unknown key 'slices'");
   expect_error("merge_method: linear\nmodels:\n  - model: a\n    parameters: {weight: 1}\n  - model: b\n",
