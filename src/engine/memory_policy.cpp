@@ -32,11 +32,15 @@ void place_tasks(MethodPlan& plan, const PlanContext& context) {
     if (over && !task.wants_grid && has_grid) ++moved;
     if (task.planned_bytes() <= budget) continue;
     const std::string from = task.sources.empty() ? context.output.string() : task.sources.front();
+    // More ranks shrink a grid task's share; a task of one rank only needs more memory.
+    const std::string advice = !task.advice.empty() ? task.advice
+                               : task.on_grid()     ? "run on more ranks or raise --memory-budget"
+                                                    : "raise --memory-budget (one rank computes this tensor)";
     throw InputError(fmt::format("{}: tensor '{}' {} needs about {} per rank {}, over the memory budget of {}: {}",
                                  from, printable(tensors[i].name), shape_string(tensors[i].shape),
                                  human_bytes(static_cast<std::uint64_t>(task.planned_bytes())),
                                  task.on_grid() ? fmt::format("on a {}-rank grid", context.ranks) : "on one rank",
-                                 human_bytes(context.memory_budget), task.advice));
+                                 human_bytes(context.memory_budget), advice));
   }
   if (moved)
     log::info("{} tensor{} over the memory budget of {} per rank go{} to a {}-rank grid", moved, moved == 1 ? "" : "s",

@@ -76,6 +76,15 @@ TEST(PlaceTasks, RefusesWhatFitsNowhereNamingTensorAndAdvice) {
     FAIL() << "no refusal";
   } catch (const InputError& e) {
     EXPECT_NE(std::string(e.what()).find("on a 2-rank grid"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("run on more ranks"), std::string::npos) << e.what();
+  }
+  MethodPlan alone = plan_of({task(5000)});
+  try {
+    place_tasks(alone, make_plan_context(2, 2000, "out"));
+    FAIL() << "no refusal";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("raise --memory-budget (one rank computes this tensor)"), std::string::npos)
+        << e.what();
   }
 }
 

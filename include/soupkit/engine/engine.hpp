@@ -49,8 +49,9 @@ struct TaskPlan {
   // The method asks for the grid (its own speed rule, or a user option); the
   // engine also moves a task there when peak_bytes is over the budget.
   bool wants_grid = false;
-  // What the user can do when it does not fit, for the refusal's message.
-  std::string advice = "run on more ranks or raise --memory-budget";
+  // What the user can do when it does not fit, for the refusal's message
+  // (empty: the engine's, which depends on where the task was placed).
+  std::string advice;
   // Where its inputs are (CheckpointReader::location), for --dry-run.
   std::vector<std::string> sources;
 
