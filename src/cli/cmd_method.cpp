@@ -33,7 +33,8 @@ std::string upper(std::string text) {
 }
 
 std::string usage(const MergeMethodSpec& spec) {
-  std::string text = "soupkit " + spec.name + (spec.needs_base ? " --base BASE" : "") + " --out OUT";
+  const char* base = spec.base == BaseRole::Required ? " --base BASE" : spec.base == BaseRole::Optional ? " [--base BASE]" : "";
+  std::string text = "soupkit " + spec.name + base + " --out OUT";
   for (const auto& p : spec.parameters) {
     const std::string value = p.kind == ParameterKind::Bool ? "true|false" : upper(p.name);
     text += p.per_model ? fmt::format(" [--{} {}1,{}2,...]", option_name(p), value, value)
@@ -42,25 +43,38 @@ std::string usage(const MergeMethodSpec& spec) {
   return text + " MODEL...";
 }
 
+std::string default_text(const MethodParameter& p) {
+  return p.default_value ? "default " + parameter_text(*p.default_value) : "required";
+}
+
+// What a merge takes besides its inputs and parameters, on the command
+// line and after a job file alike.
+void add_run_options(const MergeMethodSpec& spec, po::options_description& desc) {
+  const char* as = spec.base == BaseRole::Required ? "as the base" : "as the base, else the first model";
+  desc.add_options()("out-dtype", po::value<std::string>(),
+                     fmt::format("write floating-point tensors as F64, F32, F16 or BF16 (default: {})", as).c_str())(
+      "shard-size", po::value<std::string>()->default_value("5GB"), "largest shard of a directory output")(
+      "overwrite", "replace an existing output");
+  if (spec.uses_random_seed)
+    desc.add_options()("random-seed", po::value<std::string>()->default_value("0"),
+                       "seed of the random drops (the same seed gives the same bytes on any rank count)");
+  add_engine_options(desc);
+  add_common_options(desc);
+}
+
 po::options_description named_options(const MergeMethodSpec& spec) {
   po::options_description desc;
-  if (spec.needs_base) desc.add_options()("base", po::value<std::string>()->required(), "base checkpoint");
+  if (spec.base == BaseRole::Required) desc.add_options()("base", po::value<std::string>()->required(), "base checkpoint");
+  if (spec.base == BaseRole::Optional) desc.add_options()("base", po::value<std::string>(), "base checkpoint (optional)");
   desc.add_options()("out", po::value<std::string>()->required(), "output: .safetensors, .h5, or a directory");
   for (const auto& p : spec.parameters) {
     const std::string kind = p.kind == ParameterKind::Bool ? ": true or false" : "";
-    const std::string help =
-        p.per_model ? fmt::format("{}{}; one per model, comma-separated (default {} each)", p.help, kind,
-                                  parameter_text(p.default_value))
-                    : fmt::format("{}{} (default {})", p.help, kind, parameter_text(p.default_value));
+    const std::string help = p.per_model ? fmt::format("{}{}; one per model, comma-separated ({} each)", p.help, kind,
+                                                       default_text(p))
+                                         : fmt::format("{}{} ({})", p.help, kind, default_text(p));
     desc.add_options()(option_name(p).c_str(), po::value<std::string>(), help.c_str());
   }
-  desc.add_options()("out-dtype", po::value<std::string>(),
-                     spec.needs_base ? "write floating-point tensors as F64, F32, F16 or BF16 (default: as the base)"
-                                     : "write floating-point tensors as F64, F32, F16 or BF16 (default: as the first model)")(
-      "shard-size", po::value<std::string>()->default_value("5GB"), "largest shard of a directory output")(
-      "overwrite", "replace an existing output");
-  add_engine_options(desc);
-  add_common_options(desc);
+  add_run_options(spec, desc);
   return desc;
 }
 
@@ -105,22 +119,48 @@ ParameterValue value_of(const MethodParameter& p, const std::string& text) {
   return *value;
 }
 
-// Every parameter's value (defaults filled in), per model and global.
-void read_parameters(const MergeMethodSpec& spec, const po::variables_map& vm, MergeInputs& in) {
-  in.per_model.resize(in.models.size());
+// The command line's parameters as settings (scalars): a global parameter
+// given, and each model's value of a per-model list; the rest resolve to
+// their defaults (a required one must be given).
+ParameterSources command_line_parameters(const MergeMethodSpec& spec, const po::variables_map& vm,
+                                         std::size_t listed) {
+  ParameterSources sources;
+  sources.per_model.resize(listed);
   for (const auto& p : spec.parameters) {
     const std::string option = option_name(p);
     const bool given = vm.count(option) > 0;
+    SOUPKIT_INPUT_ERROR_IF(!given && !p.default_value, "--{} is required ({}{})", option, p.help,
+                           p.per_model ? ": one per model, comma-separated" : "");
+    if (!given) continue;
     if (!p.per_model) {
-      in.global.set(p.name, given ? value_of(p, vm[option].as<std::string>()) : p.default_value);
+      sources.global.emplace(p.name, ParameterSetting::scalar(value_of(p, vm[option].as<std::string>())));
       continue;
     }
-    const auto items = given ? split_list(vm[option].as<std::string>()) : std::vector<std::string>{};
-    SOUPKIT_INPUT_ERROR_IF(given && items.size() != in.models.size(), "--{}: {} values for {} models", option,
-                           items.size(), in.models.size());
-    for (std::size_t i = 0; i < in.models.size(); ++i)
-      in.per_model[i].set(p.name, given ? value_of(p, items[i]) : p.default_value);
+    const auto items = split_list(vm[option].as<std::string>());
+    SOUPKIT_INPUT_ERROR_IF(items.size() != listed, "--{}: {} values for {} models", option, items.size(), listed);
+    for (std::size_t i = 0; i < listed; ++i)
+      sources.per_model[i].emplace(p.name, ParameterSetting::scalar(value_of(p, items[i])));
   }
+  return sources;
+}
+
+std::uint64_t seed_option(const po::variables_map& vm) {
+  const std::string text = vm["random-seed"].as<std::string>();
+  const auto value = parse_value(ParameterKind::Size, text);
+  SOUPKIT_INPUT_ERROR_IF(!value, "--random-seed: '{}' is not a whole number >= 0", excerpt(text));
+  return std::get<std::uint64_t>(*value);
+}
+
+// The options after the inputs (both paths): output dtype, shards, engine.
+int run_merge(const MergeMethodSpec& spec, const Communicator& comm, MergeInputs in, const po::variables_map& vm) {
+  if (const auto dtype = float_dtype_option(vm, "out-dtype")) in.out_dtype = dtype;
+  in.shard_size = size_option(vm, "shard-size");
+  in.overwrite = in.overwrite || vm.count("overwrite") > 0;
+  if (spec.uses_random_seed) in.random_seed = seed_option(vm);
+  const auto engine = engine_settings(vm, comm);
+  const auto method = spec.build(spec, in);
+  run_method(comm, *method, in.output, engine.run);
+  return 0;
 }
 
 int run(const MergeMethodSpec& spec, const Communicator& comm, const Args& args) {
@@ -132,45 +172,21 @@ int run(const MergeMethodSpec& spec, const Communicator& comm, const Args& args)
   const auto vm = parse(spec.name, args, desc, pos, comm.rank(), usage(spec));
   if (!vm) return 0;
   MergeInputs in;
-  if (spec.needs_base) in.base = (*vm)["base"].as<std::string>();
   for (const auto& p : (*vm)["models"].as<std::vector<std::string>>()) in.models.emplace_back(p);
-  read_parameters(spec, *vm, in);
+  in.parameters = command_line_parameters(spec, *vm, in.models.size());
+  for (std::size_t i = 0; i < in.models.size(); ++i)
+    in.parameters.model_names.push_back(fmt::format("model {} ({})", i + 1, in.models[i].string()));
+  if (vm->count("base")) add_base_model((*vm)["base"].as<std::string>(), "the base", in);
   in.output = output_option(*vm, "out");
-  in.out_dtype = float_dtype_option(*vm, "out-dtype");
-  in.shard_size = size_option(*vm, "shard-size");
-  in.overwrite = vm->count("overwrite") > 0;
-  const auto engine = engine_settings(*vm, comm);
-  const auto method = spec.build(in);
-  run_method(comm, *method, in.output, engine.run);
-  return 0;
+  return run_merge(spec, comm, std::move(in), *vm);
 }
 
-// base_model -> --base; models -> MODEL...; models[i].parameters.<name> of
-// a per-model parameter -> its list option (the default for a model that
-// does not give it); global parameters come through `parameters`, checked
-// against the options above.
-void translate(const MergeMethodSpec& spec, JobInput& job, JobCommand& out) {
-  if (spec.needs_base) {
-    const auto& base = job.base_model();
-    job.need(base && !base->text.empty(), "base_model");
-    out.option("base", base->text);
-  }
-  const auto& models = job.models();
-  job.need(!models.empty(), "models");
-  for (const auto& p : spec.parameters) {
-    if (!p.per_model) continue;
-    std::vector<std::string> values;
-    bool given = false;
-    for (std::size_t i = 0; i < models.size(); ++i) {
-      const JobValue* value = job.model_parameter(i, p.name);
-      if (value && value->text.find(',') != std::string::npos) job.refuse(*value, "one value per model, not a list");
-      given = given || value;
-      values.push_back(value ? value->text : parameter_text(p.default_value));
-    }
-    if (given) out.option(p.list_option, fmt::format("{}", fmt::join(values, ",")));
-  }
-  for (const auto& m : models) out.positional.push_back(m.path);
-  job.add_output_options(out);
+int run_job(const MergeMethodSpec& spec, const Communicator& comm, MergeInputs in, const Args& args) {
+  po::options_description desc(spec.name + " options after a job file");
+  add_run_options(spec, desc);
+  const auto vm = parse("run", args, desc, {}, comm.rank(), "soupkit run JOB.yaml [OUT] [OPTION...]");
+  if (!vm) return 0;
+  return run_merge(spec, comm, std::move(in), *vm);
 }
 
 }  // namespace
@@ -182,7 +198,10 @@ Command method_command(const MergeMethodSpec& spec) {
           .run = [&spec](const Communicator& comm, const Args& args) { return run(spec, comm, args); },
           .options = [&spec] { return named_options(spec); },
           .merge_methods = spec.merge_methods,
-          .translate = [&spec](JobInput& job, JobCommand& out) { translate(spec, job, out); }};
+          .run_merge = [&spec](const Communicator& comm, const MergeInputs& in, const Args& args) {
+            return run_job(spec, comm, in, args);
+          },
+          .merge_spec = &spec};
 }
 
 }  // namespace soupkit::cli

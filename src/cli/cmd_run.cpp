@@ -1,5 +1,6 @@
 #include "commands.hpp"
 #include "job_file.hpp"
+#include "soupkit/methods/method_registry.hpp"
 #include "soupkit/util/error.hpp"
 #include "soupkit/util/log.hpp"
 
@@ -11,7 +12,7 @@
 namespace soupkit::cli {
 namespace {
 
-constexpr const char* kUsage = "soupkit run JOB.yaml [OPTION...]";
+constexpr const char* kUsage = "soupkit run JOB.yaml [OUT] [OPTION...]";
 
 // The help names every merge_method a job may give, by the command it runs.
 std::string help_text() {
@@ -19,9 +20,11 @@ std::string help_text() {
   for (const auto& m : merge_method_names()) width = std::max(width, m.size());
   std::string text = fmt::format(
       "usage: {}\n\n"
-      "Runs the merge a job file describes (keys as in mergekit: merge_method, base_model, models,\n"
-      "parameters, dtype, out_dtype, tokenizer_source; plus out_path). Options after the job file\n"
-      "are passed to the command, after the job's own. See docs/operations.md and jobs/.\n\n"
+      "Runs the merge a job file describes: a mergekit configuration (merge_method, base_model,\n"
+      "models, parameters with gradients and filters, dtype, out_dtype, tokenizer_source) for the\n"
+      "merge methods below, with soupkit's out_path, or the output given after the job file as\n"
+      "mergekit-yaml takes it (OUT wins over out_path). Options after it are passed to the command,\n"
+      "after the job's own. See docs/operations.md, docs/mergekit.md and jobs/.\n\n"
       "  {:<{}}  the command it runs (whose options are what `parameters` may set)\n",
       kUsage, "merge_method", width);
   for (const auto& c : commands())
@@ -44,11 +47,23 @@ int run(const Communicator& comm, const Args& args) {
   SOUPKIT_INPUT_ERROR_IF(rest.empty(), "run: which job file? (soupkit run JOB.yaml)");
   const std::string& job_file = rest[0];
   const JobCommand job = read_job_file(job_file);
-  const auto command_line = job.args({rest.begin() + 1, rest.end()});
+  // `soupkit run JOB OUT`, as mergekit-yaml takes its output.
+  const bool positional_out = rest.size() > 1 && !rest[1].starts_with('-');
+  Args overrides(rest.begin() + (positional_out ? 2 : 1), rest.end());
   const Command* command = find_command(job.command);
   SOUPKIT_ERROR_IF(!command, "internal: {}: no '{}' command for this job", job_file, job.command);
-  log::debug("{}: soupkit {} {}", job_file, job.command, fmt::join(command_line, " "));
   try {
+    if (job.merge) {
+      MergeInputs in = *job.merge;
+      in.job_name = job_file;
+      if (positional_out) in.output = rest[1];
+      SOUPKIT_INPUT_ERROR_IF(in.output.empty(), "where should the merge go? give it after the job file (soupkit run "
+                             "{} OUT) or as out_path", job_file);
+      return command->run_merge(comm, in, overrides);
+    }
+    if (positional_out) overrides.insert(overrides.begin(), {"--out", rest[1]});
+    const auto command_line = job.args(overrides);
+    log::debug("{}: soupkit {} {}", job_file, job.command, fmt::join(command_line, " "));
     return command->run(comm, command_line);
   } catch (const InputError& e) {
     // Option problems come from the job's keys: name the job file.

@@ -99,8 +99,9 @@ int run(const Communicator& comm, const Args& args) {
   return 0;
 }
 
-// mergekit's linear (the weighted average) is a weighted soup, its weights
-// normalised by their sum: models[].parameters.weight -> --weights.
+// A soup job (model_soup, uniform_soup, greedy_soup): the weighted average
+// of its ingredients, models[].parameters.weight -> --weights. (mergekit's
+// `linear` is its own method, src/methods/linear.cpp.)
 void translate(JobInput& job, JobCommand& out) {
   out.positional.push_back(job.merge_method() == "greedy_soup" ? "greedy" : "uniform");
   const auto& models = job.models();
@@ -130,7 +131,7 @@ Command soup_command() {
           .usage = kUsage,
           .run = run,
           .options = named_options,
-          .merge_methods = {"linear", "model_soup", "uniform_soup", "greedy_soup"},
+          .merge_methods = {"model_soup", "uniform_soup", "greedy_soup"},
           .translate = translate};
 }
 

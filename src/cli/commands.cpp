@@ -17,8 +17,11 @@ void check_unique(const std::vector<Command>& all) {
   std::set<std::string> names, merge_methods;
   for (const auto& c : all) {
     SOUPKIT_ERROR_IF(!names.insert(c.name).second, "internal: two commands are called '{}'", c.name);
-    SOUPKIT_ERROR_IF(c.merge_methods.empty() != !c.translate || (c.translate && !c.options),
-                     "internal: command '{}' needs merge_method names, a job translation and its options together",
+    const bool readable = c.translate || c.run_merge;
+    SOUPKIT_ERROR_IF(c.merge_methods.empty() != !readable || (c.translate && !c.options) ||
+                         (c.translate && c.run_merge) || (!c.run_merge != !c.merge_spec),
+                     "internal: command '{}' needs merge_method names and one way to read a job (a translation "
+                     "with its options, or a merge spec) together",
                      c.name);
     for (const auto& m : c.merge_methods)
       SOUPKIT_ERROR_IF(!merge_methods.insert(m).second, "internal: merge_method '{}' names two commands", m);

@@ -14,6 +14,7 @@
 
 namespace soupkit {
 struct MergeMethodSpec;
+struct MergeInputs;
 }
 
 namespace soupkit::cli {
@@ -37,6 +38,11 @@ struct Command {
   // does not read is an error naming it (job_file.cpp).
   std::vector<std::string> merge_methods = {};
   std::function<void(JobInput& job, JobCommand& out)> translate = {};
+  // A merge method of the family instead reads the whole mergekit
+  // configuration (mergekit_config.hpp) into its inputs, and runs them with
+  // the options given after the job file.
+  std::function<int(const Communicator&, const MergeInputs&, const Args&)> run_merge = {};
+  const MergeMethodSpec* merge_spec = nullptr;
 };
 
 // Every command, in the order `soupkit --help` lists them.

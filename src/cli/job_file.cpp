@@ -1,6 +1,7 @@
 #include "job_file.hpp"
 
 #include "commands.hpp"
+#include "mergekit_config.hpp"
 #include "yaml_input.hpp"
 
 #include "soupkit/util/error.hpp"
@@ -231,9 +232,15 @@ void JobInput::check_all_read() const {
 
 namespace {
 
-JobCommand translate_job(const YAML::Node& job, const std::string& source) {
+JobCommand translate_job(const YAML::Node& job, const std::string& source, const std::string& text) {
   SOUPKIT_INPUT_ERROR_IF(!job.IsMap(), "{}: a job file is a YAML mapping (merge_method, models, ...)", source);
   // (Keys given twice were refused, at every level, by load_untrusted_yaml.)
+  if (job["merge_method"] && job["merge_method"].IsScalar())
+    if (const Command* command = find_merge_method(job["merge_method"].Scalar()); command && command->merge_spec) {
+      JobCommand out{command->name, {}, {}, {}};
+      out.merge = std::make_shared<const MergeInputs>(read_mergekit_config(job, source, *command->merge_spec, text));
+      return out;
+    }
   for (const auto& kv : job) {
     const auto key = key_name(kv.first, source, "top level");
     SOUPKIT_INPUT_ERROR_IF(!kTopLevelKeys.count(key), "{}: unknown key '{}' (line {}); a job has {}", source,
@@ -257,7 +264,7 @@ JobCommand translate_job(const YAML::Node& job, const std::string& source) {
 JobCommand parse_job(const std::string& yaml_text, const std::string& source) {
   const YAML::Node job = load_untrusted_yaml(yaml_text, source);
   try {
-    return translate_job(job, source);
+    return translate_job(job, source, yaml_text);
   } catch (const YAML::Exception& e) {
     // The checks above name the key; this is the last resort for a node
     // yaml-cpp refuses to read (its message alone would name nothing).

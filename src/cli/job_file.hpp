@@ -10,6 +10,7 @@
 // `parameters` entry that is not one of its options, is an error naming
 // it. See docs/operations.md.
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -21,6 +22,10 @@ namespace YAML {
 class Node;
 }
 
+namespace soupkit {
+struct MergeInputs;
+}
+
 namespace soupkit::cli {
 
 struct JobCommand {
@@ -28,6 +33,9 @@ struct JobCommand {
   std::vector<std::string> positional;  // e.g. soup's mode and ingredients
   // --name [value], in the job's order (a flag has no value).
   std::vector<std::pair<std::string, std::optional<std::string>>> options;
+  // A merge method of the family: the configuration read into its inputs
+  // (mergekit_config.hpp); positional and options are then empty.
+  std::shared_ptr<const MergeInputs> merge;
 
   void option(const std::string& name, std::optional<std::string> value = std::nullopt);
   bool has_option(std::string_view name) const;

@@ -13,6 +13,7 @@ namespace soupkit {
 // (An explicit list: a static library keeps no object file that nothing
 // references, so self-registering methods would silently vanish.)
 #define SOUPKIT_MERGE_METHODS(X) \
+  X(linear)                      \
   X(task_arithmetic)             \
   X(ties)                        \
   /* (end of the list) */
@@ -44,8 +45,8 @@ void check(const MergeMethodSpec& spec) {
   for (const auto& p : spec.parameters) {
     SOUPKIT_ERROR_IF(!snake_case(p.name) || !names.insert(p.name).second,
                      "internal: {}: parameter '{}' is not a new snake_case name", spec.name, p.name);
-    SOUPKIT_ERROR_IF(p.default_value.index() != kind_index(p.kind), "internal: {}: the default of '{}' is not of its kind",
-                     spec.name, p.name);
+    SOUPKIT_ERROR_IF(p.default_value && p.default_value->index() != kind_index(p.kind),
+                     "internal: {}: the default of '{}' is not of its kind", spec.name, p.name);
     SOUPKIT_ERROR_IF(p.per_model == p.list_option.empty(), "internal: {}: '{}' needs a list option if and only if it "
                      "is per model", spec.name, p.name);
   }
@@ -53,21 +54,23 @@ void check(const MergeMethodSpec& spec) {
 
 }  // namespace
 
-std::string parameter_text(const ParameterValue& value) {
-  return std::visit([](auto v) { return fmt::format("{}", v); }, value);
+bool same_model(const fs::path& a, const fs::path& b) {
+  if (a.lexically_normal() == b.lexically_normal()) return true;
+  std::error_code ec;
+  return fs::equivalent(a, b, ec);
 }
 
-template <class T>
-T ParameterValues::get(std::string_view name) const {
-  const auto it = values_.find(name);
-  SOUPKIT_ERROR_IF(it == values_.end() || !std::holds_alternative<T>(it->second),
-                   "internal: no parameter '{}' of this kind was given", name);
-  return std::get<T>(it->second);
+void add_base_model(const fs::path& base, std::string name, MergeInputs& in) {
+  for (std::size_t i = 0; i < in.models.size(); ++i)
+    if (same_model(in.models[i], base)) {
+      in.parameters.base_index = i;
+      return;
+    }
+  in.models.push_back(base);
+  in.parameters.per_model.emplace_back();
+  in.parameters.model_names.push_back(fmt::format("{} ({})", name, base.string()));
+  in.parameters.base_index = in.models.size() - 1;
 }
-
-double ParameterValues::number(std::string_view name) const { return get<double>(name); }
-bool ParameterValues::flag(std::string_view name) const { return get<bool>(name); }
-std::uint64_t ParameterValues::size(std::string_view name) const { return get<std::uint64_t>(name); }
 
 const std::vector<MergeMethodSpec>& merge_method_specs() {
 #define SOUPKIT_SPEC(name) name##_spec(),

@@ -13,7 +13,7 @@
 // dtype (the base's unless --out-dtype). Tensors stream in row blocks, so
 // memory does not depend on tensor size or model count (task_vector_merge.hpp).
 #include "soupkit/linalg/weighted_sum.hpp"
-#include "soupkit/methods/task_vector_merge.hpp"
+#include "soupkit/methods/tensor_merge.hpp"
 #include "soupkit/util/error.hpp"
 #include "soupkit/util/log.hpp"
 
@@ -29,44 +29,38 @@ constexpr double kZeroWeightSum = 1e-8;
 
 const std::byte* bytes_of(const std::vector<double>& v) { return reinterpret_cast<const std::byte*>(v.data()); }
 
-class TaskArithmeticMethod final : public TaskVectorMerge {
+class TaskArithmeticMethod final : public TensorMerge {
  public:
-  explicit TaskArithmeticMethod(const MergeInputs& in);
+  TaskArithmeticMethod(const MergeMethodSpec& spec, const MergeInputs& in)
+      : TensorMerge(spec, in), task_models_(non_base_models()) {
+    log::info("task_arithmetic: base {} and {} model{}", in.base_path().string(), task_models_.size(),
+              task_models_.size() == 1 ? "" : "s");
+  }
 
  private:
-  nlohmann::json parameters() const override {
-    return {{"weights", weights_}, {"lambda", lambda_}, {"normalize", normalize_}};
-  }
   std::uint64_t working_values_per_element() const override { return 3; }  // base, task vector, sum
+  void check_tensor(const Inputs& in, const TensorParameters& p) const override { (void)scale(in, p); }
   void merge_tensor(std::size_t index, const Inputs& in, const TensorInfo& out, CheckpointWriter& writer) override;
+  // s: lambda, over the sum of weights when normalising.
+  double scale(const Inputs& in, const TensorParameters& p) const;
 
-  std::vector<double> weights_;  // one per model
-  double lambda_ = 1;
-  bool normalize_ = false;
-  double scale_ = 1;  // s: lambda, over the sum of weights when normalising
+  std::vector<std::size_t> task_models_;     // the models but the base
   std::vector<double> base_, delta_, acc_;  // scratch reused from block to block
 };
 
-TaskArithmeticMethod::TaskArithmeticMethod(const MergeInputs& in) : TaskVectorMerge("task_arithmetic", in) {
-  lambda_ = in.global.number("lambda");
-  normalize_ = in.global.flag("normalize");
+double TaskArithmeticMethod::scale(const Inputs& in, const TensorParameters& p) const {
+  const double lambda = p.global.number("lambda");
+  if (!p.global.flag("normalize")) return lambda;
   double sum = 0;
-  for (std::size_t i = 0; i < in.models.size(); ++i) {
-    weights_.push_back(in.per_model.at(i).number("weight"));
-    sum += weights_.back();
-  }
-  SOUPKIT_INPUT_ERROR_IF(!std::isfinite(sum), "--weights: the weights {} sum to {}, not a finite number",
-                         fmt::join(weights_, ","), sum);
-  scale_ = lambda_;
-  if (normalize_ && std::abs(sum) < kZeroWeightSum)
-    log::warn("task_arithmetic: the weights {} sum to {}: not normalised (as mergekit, a sum this close to 0 counts as 1)",
-              fmt::join(weights_, ","), sum);
-  else if (normalize_)
-    scale_ = lambda_ / sum;
-  SOUPKIT_INPUT_ERROR_IF(!std::isfinite(scale_), "--lambda {} over the sum of weights {} is not a finite number",
-                         lambda_, sum);
-  log::info("task_arithmetic: base {} and {} model{}, lambda {}{}", in.base.string(), in.models.size(),
-            in.models.size() == 1 ? "" : "s", lambda_, normalize_ ? ", normalised by the sum of weights" : "");
+  for (const std::size_t m : task_models_) sum += p.per_model[m].number("weight");
+  SOUPKIT_INPUT_ERROR_IF(!std::isfinite(sum), "tensor '{}': the weights sum to {}, not a finite number", in[0]->name,
+                         sum);
+  // mergekit leaves a sum this close to 0 undivided.
+  if (std::abs(sum) < kZeroWeightSum) return lambda;
+  const double s = lambda / sum;
+  SOUPKIT_INPUT_ERROR_IF(!std::isfinite(s), "tensor '{}': lambda {} over the sum of weights {} is not a finite number",
+                         in[0]->name, lambda, sum);
+  return s;
 }
 
 // out = b + s sum_i w_i (x_i - b), block by block. Each step is one IEEE
@@ -74,23 +68,29 @@ TaskArithmeticMethod::TaskArithmeticMethod(const MergeInputs& in) : TaskVectorMe
 // multiply-add): x_i - b is x_i + (-1) b, exactly.
 void TaskArithmeticMethod::merge_tensor(std::size_t index, const Inputs& in, const TensorInfo& out,
                                         CheckpointWriter& writer) {
+  const TensorParameters& p = parameters(index);
+  const double s = scale(in, p);
+  const std::size_t base = *base_index();
   const std::uint64_t rows = row_count(out), step = block_rows(out, in);
   for (std::uint64_t first = 0; first < rows; first += step) {
     const std::uint64_t count = std::min(step, rows - first);
-    read_rows(0, in, first, count, base_);
-    acc_.resize(base_.size());
-    for (std::size_t k = 1; k < in.size(); ++k) {
-      read_rows(k, in, first, count, delta_);
+    read_rows(base, in, first, count, base_);
+    acc_.assign(base_.size(), 0.0);
+    for (std::size_t k = 0; k < task_models_.size(); ++k) {
+      const std::size_t m = task_models_[k];
+      read_rows(m, in, first, count, delta_);
       linalg::weighted_sum(DType::F64, delta_.data(), -1.0, bytes_of(base_), delta_.size(), linalg::Term::Next);
-      linalg::weighted_sum(DType::F64, acc_.data(), weights_[k - 1], bytes_of(delta_), delta_.size(),
-                           k == 1 ? linalg::Term::First : linalg::Term::Next);
+      linalg::weighted_sum(DType::F64, acc_.data(), p.per_model[m].number("weight"), bytes_of(delta_), delta_.size(),
+                           k == 0 ? linalg::Term::First : linalg::Term::Next);
     }
-    linalg::weighted_sum(DType::F64, base_.data(), scale_, bytes_of(acc_), base_.size(), linalg::Term::Next);
+    linalg::weighted_sum(DType::F64, base_.data(), s, bytes_of(acc_), base_.size(), linalg::Term::Next);
     write_rows(index, out, first, count, base_, writer);
   }
 }
 
-std::unique_ptr<Method> build(const MergeInputs& in) { return std::make_unique<TaskArithmeticMethod>(in); }
+std::unique_ptr<Method> build(const MergeMethodSpec& spec, const MergeInputs& in) {
+  return std::make_unique<TaskArithmeticMethod>(spec, in);
+}
 
 }  // namespace
 MergeMethodSpec task_arithmetic_spec() {
@@ -98,10 +98,10 @@ MergeMethodSpec task_arithmetic_spec() {
       .name = "task-arithmetic",
       .merge_methods = {"task_arithmetic"},
       .summary = "task arithmetic: add the models' weighted task vectors (W_i - W_base) to the base",
-      .needs_base = true,
+      .base = BaseRole::Required,
       .parameters =
           {
-              {.name = "weight", .kind = ParameterKind::Number, .default_value = 1.0,
+              {.name = "weight", .kind = ParameterKind::Number, .default_value = std::nullopt,
                .help = "weight w_i of each model's task vector (may be negative)", .per_model = true,
                .list_option = "weights"},
               {.name = "lambda", .kind = ParameterKind::Number, .default_value = 1.0,

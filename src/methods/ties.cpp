@@ -28,7 +28,7 @@
 // dtype of the sign masks, which changes no value.
 #include "soupkit/linalg/magnitude_select.hpp"
 #include "soupkit/linalg/weighted_sum.hpp"
-#include "soupkit/methods/task_vector_merge.hpp"
+#include "soupkit/methods/tensor_merge.hpp"
 #include "soupkit/util/error.hpp"
 #include "soupkit/util/log.hpp"
 
@@ -44,81 +44,70 @@ const std::byte* bytes_of(const std::vector<double>& v) { return reinterpret_cas
 
 double sign_of(double x) { return x > 0 ? 1.0 : x < 0 ? -1.0 : 0.0; }
 
-class TiesMethod final : public TaskVectorMerge {
+class TiesMethod final : public TensorMerge {
  public:
-  explicit TiesMethod(const MergeInputs& in);
+  TiesMethod(const MergeMethodSpec& spec, const MergeInputs& in);
 
  private:
-  nlohmann::json parameters() const override {
-    return {{"weights", weights_}, {"densities", densities_}, {"lambda", lambda_}, {"normalize", normalize_},
-            {"int8_mask", int8_mask_}};
-  }
   // Base, one task vector, each model's weighted trimmed delta, the mixed
   // delta, and (rounded up to a value) a block's keep mask.
   std::uint64_t working_values_per_element() const override { return model_count() + 4; }
   double passes_over_inputs() const override { return 4; }
-  void check_tensor(const Inputs& in) const override { (void)keep_counts(in); }
+  void check_tensor(const Inputs& in, const TensorParameters& p) const override { (void)keep_counts(in, p); }
   void merge_tensor(std::size_t index, const Inputs& in, const TensorInfo& out, CheckpointWriter& writer) override;
 
-  // k_i per model for this tensor (numel when density >= 1); InputError
-  // naming tensor and model when a density keeps nothing.
-  std::vector<std::int64_t> keep_counts(const Inputs& in) const;
-  // Model i's trim of this tensor: its task vector streamed as many times
+  // k_i per task model (non_base_models order) for this tensor (numel when
+  // density >= 1); InputError naming tensor and model when a density is
+  // negative or keeps nothing.
+  std::vector<std::int64_t> keep_counts(const Inputs& in, const TensorParameters& p) const;
+  // Model m's trim of this tensor: its task vector streamed as many times
   // as the selection needs.
-  linalg::MagnitudeSelection select(std::size_t i, const Inputs& in, const TensorInfo& out, std::int64_t keep);
-  // delta_ = model i's task vector over rows [first, first + count); base_ must hold the base's rows.
-  void read_task_vector(std::size_t i, const Inputs& in, std::uint64_t first, std::uint64_t count);
+  linalg::MagnitudeSelection select(std::size_t m, const Inputs& in, const TensorInfo& out, std::int64_t keep);
+  // delta_ = model m's task vector over rows [first, first + count); base_ must hold the base's rows.
+  void read_task_vector(std::size_t m, const Inputs& in, std::uint64_t first, std::uint64_t count);
 
-  std::vector<double> weights_, densities_;  // one per model
-  double lambda_ = 1;
-  bool normalize_ = true, int8_mask_ = false;
+  std::vector<std::size_t> task_models_;  // the models but the base
   // Scratch reused from block to block.
   std::vector<double> base_, delta_, mixed_;
   std::vector<std::vector<double>> weighted_;  // per model
   std::vector<std::uint8_t> keep_;
 };
 
-TiesMethod::TiesMethod(const MergeInputs& in) : TaskVectorMerge("ties", in) {
-  lambda_ = in.global.number("lambda");
-  normalize_ = in.global.flag("normalize");
-  int8_mask_ = in.global.flag("int8_mask");
-  for (std::size_t i = 0; i < in.models.size(); ++i) {
-    weights_.push_back(in.per_model.at(i).number("weight"));
-    densities_.push_back(in.per_model.at(i).number("density"));
-    SOUPKIT_INPUT_ERROR_IF(!(densities_.back() >= 0), "--densities: density {} of {} is not a number >= 0",
-                           densities_.back(), model_name(i));
-  }
-  log::info("ties: base {} and {} model{}, weights {}, densities {}, lambda {}{}", in.base.string(), in.models.size(),
-            in.models.size() == 1 ? "" : "s", fmt::join(weights_, ","), fmt::join(densities_, ","), lambda_,
-            normalize_ ? ", normalised by the agreeing weights" : "");
+TiesMethod::TiesMethod(const MergeMethodSpec& spec, const MergeInputs& in)
+    : TensorMerge(spec, in), task_models_(non_base_models()) {
+  log::info("ties: base {} and {} model{}", in.base_path().string(), task_models_.size(),
+            task_models_.size() == 1 ? "" : "s");
 }
 
-std::vector<std::int64_t> TiesMethod::keep_counts(const Inputs& in) const {
+std::vector<std::int64_t> TiesMethod::keep_counts(const Inputs& in, const TensorParameters& p) const {
   const auto numel = static_cast<std::int64_t>(in[0]->numel());
   std::vector<std::int64_t> keep;
-  for (std::size_t i = 0; i < model_count(); ++i) {
-    keep.push_back(linalg::keep_count_for_density(densities_[i], numel));
+  for (const std::size_t m : task_models_) {
+    const double density = p.per_model[m].number("density");
+    SOUPKIT_INPUT_ERROR_IF(!(density >= 0), "tensor '{}': density {} of {} is not a number >= 0", in[0]->name, density,
+                           model_name(m));
+    keep.push_back(linalg::keep_count_for_density(density, numel));
     SOUPKIT_INPUT_ERROR_IF(keep.back() == 0,
                            "tensor '{}': density {} of {} keeps no element of its {} (int(density x {}) = 0; mergekit "
-                           "stops here too): raise the density",
-                           in[0]->name, densities_[i], model_name(i), numel, numel);
+                           "stops here too): raise the density (a filter can set it for this tensor alone)",
+                           in[0]->name, density, model_name(m), numel, numel);
   }
   return keep;
 }
 
-void TiesMethod::read_task_vector(std::size_t i, const Inputs& in, std::uint64_t first, std::uint64_t count) {
-  read_rows(i + 1, in, first, count, delta_);
+void TiesMethod::read_task_vector(std::size_t m, const Inputs& in, std::uint64_t first, std::uint64_t count) {
+  read_rows(m, in, first, count, delta_);
   for (std::size_t j = 0; j < delta_.size(); ++j) delta_[j] -= base_[j];
 }
 
-linalg::MagnitudeSelection TiesMethod::select(std::size_t i, const Inputs& in, const TensorInfo& out,
+linalg::MagnitudeSelection TiesMethod::select(std::size_t m, const Inputs& in, const TensorInfo& out,
                                               std::int64_t keep) {
   const std::uint64_t rows = row_count(out), step = block_rows(out, in);
   const linalg::BlockSource task_vector = [&](const linalg::BlockConsumer& consume) {
     for (std::uint64_t first = 0; first < rows; first += step) {
       const std::uint64_t count = std::min(step, rows - first);
-      read_rows(0, in, first, count, base_);
-      read_task_vector(i, in, first, count);
+      read_rows(*base_index(), in, first, count, base_);
+      read_task_vector(m, in, first, count);
       consume(delta_);
     }
   };
@@ -127,33 +116,38 @@ linalg::MagnitudeSelection TiesMethod::select(std::size_t i, const Inputs& in, c
   try {
     return linalg::select_top_magnitudes(task_vector, numel, keep, cap);
   } catch (const InputError& e) {
-    throw InputError(fmt::format("{}: task vector of {} minus the base: {}", model_name(i), out.name, e.what()));
+    throw InputError(fmt::format("{}: task vector of {} minus the base: {}", model_name(m), out.name, e.what()));
   }
 }
 
 void TiesMethod::merge_tensor(std::size_t index, const Inputs& in, const TensorInfo& out, CheckpointWriter& writer) {
-  const std::size_t n = model_count();
-  const std::vector<std::int64_t> keep = keep_counts(in);
+  const std::size_t n = task_models_.size();
+  const TensorParameters& p = parameters(index);
+  const std::vector<std::int64_t> keep = keep_counts(in, p);
+  std::vector<double> weights;
+  for (const std::size_t m : task_models_) weights.push_back(p.per_model[m].number("weight"));
+  const double lambda = p.global.number("lambda");
+  const bool normalize = p.global.flag("normalize");
   const auto numel = static_cast<std::int64_t>(out.numel());
   std::vector<std::optional<linalg::MagnitudeTrim>> trims(n);
   for (std::size_t i = 0; i < n; ++i)
-    if (keep[i] < numel) trims[i].emplace(select(i, in, out, keep[i]));
+    if (keep[i] < numel) trims[i].emplace(select(task_models_[i], in, out, keep[i]));
   weighted_.resize(n);
   const std::uint64_t rows = row_count(out), step = block_rows(out, in);
   for (std::uint64_t first = 0; first < rows; first += step) {
     const std::uint64_t count = std::min(step, rows - first);
-    read_rows(0, in, first, count, base_);
+    read_rows(*base_index(), in, first, count, base_);
     const std::size_t m = base_.size();
     const auto at = static_cast<std::int64_t>(first * row_elements(out));
     for (std::size_t i = 0; i < n; ++i) {
-      read_task_vector(i, in, first, count);
+      read_task_vector(task_models_[i], in, first, count);
       if (trims[i]) {
         keep_.resize(m);
         trims[i]->keep_mask(delta_, at, keep_);
         for (std::size_t j = 0; j < m; ++j) delta_[j] *= keep_[j] ? 1.0 : 0.0;
       }
       weighted_[i].resize(m);
-      linalg::weighted_sum(DType::F64, weighted_[i].data(), weights_[i], bytes_of(delta_), m, linalg::Term::First);
+      linalg::weighted_sum(DType::F64, weighted_[i].data(), weights[i], bytes_of(delta_), m, linalg::Term::First);
     }
     mixed_.resize(m);
     for (std::size_t j = 0; j < m; ++j) {
@@ -163,21 +157,23 @@ void TiesMethod::merge_tensor(std::size_t index, const Inputs& in, const TensorI
       double mixed = 0, divisor = 0;
       for (std::size_t i = 0; i < n; ++i) {
         const double agree = sign_of(weighted_[i][j]) == elected ? 1.0 : 0.0;
-        const double part = weighted_[i][j] * agree, weight = weights_[i] * agree;  // exact products
+        const double part = weighted_[i][j] * agree, weight = weights[i] * agree;  // exact products
         mixed = i == 0 ? part : mixed + part;
         divisor = i == 0 ? weight : divisor + weight;
       }
       if (divisor == 0) divisor = 1;
-      mixed_[j] = normalize_ ? mixed / divisor : mixed;
+      mixed_[j] = normalize ? mixed / divisor : mixed;
     }
-    linalg::weighted_sum(DType::F64, base_.data(), lambda_, bytes_of(mixed_), m, linalg::Term::Next);
+    linalg::weighted_sum(DType::F64, base_.data(), lambda, bytes_of(mixed_), m, linalg::Term::Next);
     write_rows(index, out, first, count, base_, writer);
   }
   for (auto& trim : trims)
     if (trim) trim->finish();
 }
 
-std::unique_ptr<Method> build(const MergeInputs& in) { return std::make_unique<TiesMethod>(in); }
+std::unique_ptr<Method> build(const MergeMethodSpec& spec, const MergeInputs& in) {
+  return std::make_unique<TiesMethod>(spec, in);
+}
 
 }  // namespace
 
@@ -186,10 +182,10 @@ MergeMethodSpec ties_spec() {
       .name = "ties",
       .merge_methods = {"ties"},
       .summary = "TIES-Merging: trim each task vector to its largest magnitudes, elect signs, average the agreeing",
-      .needs_base = true,
+      .base = BaseRole::Required,
       .parameters =
           {
-              {.name = "weight", .kind = ParameterKind::Number, .default_value = 1.0,
+              {.name = "weight", .kind = ParameterKind::Number, .default_value = std::nullopt,
                .help = "weight w_i of each model's task vector (may be negative)", .per_model = true,
                .list_option = "weights"},
               {.name = "density", .kind = ParameterKind::Number, .default_value = 1.0,

@@ -37,19 +37,23 @@ TEST(Commands, HelpListsEveryRegisteredCommand) {
 TEST(Commands, LookupByNameAndMergeMethod) {
   EXPECT_EQ(find_command("soup")->name, "soup");
   EXPECT_EQ(find_command("nope"), nullptr);
-  EXPECT_EQ(find_merge_method("linear")->name, "soup");
+  EXPECT_EQ(find_merge_method("linear")->name, "linear");
+  EXPECT_EQ(find_merge_method("model_soup")->name, "soup");
   EXPECT_EQ(find_merge_method("greedy_soup")->name, "soup");
   EXPECT_EQ(find_merge_method("tokenizer_transplant")->name, "transplant");
   EXPECT_EQ(find_merge_method("task_arithmetic")->name, "task-arithmetic");
-  EXPECT_EQ(find_merge_method("dare_ties"), nullptr);
+  EXPECT_EQ(find_merge_method("frankenmerge"), nullptr);
   const auto names = merge_method_names();
   EXPECT_TRUE(std::is_sorted(names.begin(), names.end()));
   std::size_t registered = 0;
   for (const auto& c : commands()) {
     registered += c.merge_methods.size();
     for (const auto& m : c.merge_methods) EXPECT_EQ(find_merge_method(m), &c) << m;
-    // A command a job can reach has a translation and options to check `parameters` against.
-    EXPECT_EQ(!c.merge_methods.empty(), static_cast<bool>(c.translate)) << c.name;
+    // A command a job can reach has a translation and options to check
+    // `parameters` against, or (a merge method of the family) a spec that
+    // reads the whole mergekit configuration.
+    EXPECT_EQ(!c.merge_methods.empty(), c.translate || c.run_merge) << c.name;
+    EXPECT_EQ(static_cast<bool>(c.run_merge), c.merge_spec != nullptr) << c.name;
     if (c.translate) {
       EXPECT_TRUE(c.options) << c.name;
     }
@@ -73,7 +77,7 @@ TEST(Commands, HelpPrintsNumbersWithoutFloatNoise) {
   task << find_command("task-arithmetic")->options();
   // (boost wraps long lines: compare with runs of white space as one space)
   const std::string flat = std::regex_replace(task.str(), std::regex("\\s+"), " ");
-  EXPECT_NE(flat.find("(default 1 each)"), std::string::npos) << flat;
+  EXPECT_NE(flat.find("(required each)"), std::string::npos) << flat;
   EXPECT_NE(flat.find("(default false)"), std::string::npos) << flat;
   EXPECT_NE(flat.find("(default 1)"), std::string::npos) << flat;
 }
@@ -111,15 +115,15 @@ TEST(MethodRegistry, TaskArithmeticIsRegisteredAsMergekitDefinesIt) {
   const auto it = std::find_if(specs.begin(), specs.end(), [](const auto& s) { return s.name == "task-arithmetic"; });
   ASSERT_NE(it, specs.end());
   EXPECT_EQ(it->merge_methods, std::vector<std::string>{"task_arithmetic"});
-  EXPECT_TRUE(it->needs_base);
+  EXPECT_EQ(it->base, BaseRole::Required);
   std::map<std::string, const MethodParameter*> by_name;
   for (const auto& p : it->parameters) by_name[p.name] = &p;
   ASSERT_EQ(by_name.size(), 3u);
   EXPECT_TRUE(by_name.at("weight")->per_model);
-  EXPECT_EQ(std::get<double>(by_name.at("weight")->default_value), 1.0);
+  EXPECT_FALSE(by_name.at("weight")->default_value);  // required, as in mergekit
   EXPECT_EQ(by_name.at("weight")->list_option, "weights");
-  EXPECT_EQ(std::get<double>(by_name.at("lambda")->default_value), 1.0);
-  EXPECT_EQ(std::get<bool>(by_name.at("normalize")->default_value), false);  // mergekit's default for task_arithmetic
+  EXPECT_EQ(std::get<double>(*by_name.at("lambda")->default_value), 1.0);
+  EXPECT_EQ(std::get<bool>(*by_name.at("normalize")->default_value), false);  // mergekit's default for task_arithmetic
 }
 
 }  // namespace

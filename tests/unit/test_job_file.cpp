@@ -2,12 +2,15 @@
 // would type; every example in jobs/ translates; bad files name the problem.
 #include "cli/job_file.hpp"
 #include "cli/yaml_input.hpp"
+#include "soupkit/methods/method_registry.hpp"
 #include "soupkit/util/error.hpp"
 #include "soupkit/io/file.hpp"
 
 #include <gtest/gtest.h>
 
 #include <random>
+
+#include <unistd.h>
 
 namespace soupkit::cli {
 namespace {
@@ -39,11 +42,23 @@ TEST(JobFile, MonosoupExample) {
                                "demo/monosoup-report.json"}));
 }
 
-TEST(JobFile, WeightedSoupIsMergekitLinear) {
+// A model reference that exists is a local path, even one shaped like a
+// Hugging Face id (demo/base); this runs where the example's models are.
+TEST(JobFile, WiseFtIsMergekitLinear) {
+  const fs::path dir = fs::temp_directory_path() / ("soupkit-wise-ft-" + std::to_string(::getpid()));
+  fs::create_directories(dir / "demo" / "base");
+  fs::create_directories(dir / "demo" / "finetuned");
+  const fs::path before = fs::current_path();
+  fs::current_path(dir);
   const auto job = read_job_file(SOUPKIT_SOURCE_DIR "/jobs/wise-ft.yaml");
-  EXPECT_EQ(job.command, "soup");
-  EXPECT_EQ(job.args(), (Strings{"uniform", "demo/finetuned", "demo/base", "--weights", "0.5,0.5", "--out",
-                               "demo/wise-ft", "--out-dtype", "BF16"}));
+  fs::current_path(before);
+  fs::remove_all(dir);
+  EXPECT_EQ(job.command, "linear");
+  ASSERT_TRUE(job.merge);
+  EXPECT_EQ(job.merge->models, (std::vector<fs::path>{"demo/finetuned", "demo/base"}));
+  EXPECT_FALSE(job.merge->base());
+  EXPECT_EQ(job.merge->out_dtype, DType::BF16);
+  EXPECT_EQ(job.merge->output, "demo/wise-ft");
 }
 
 TEST(JobFile, EveryExampleTranslates) {
@@ -73,22 +88,60 @@ TEST(JobFile, FlagsAndLists) {
   EXPECT_EQ(soup.args(), (Strings{"uniform", "a", "b", "--weights", "1,2"}));
 }
 
-TEST(JobFile, TaskArithmeticFromTheSpec) {
-  EXPECT_EQ(read_job_file(SOUPKIT_SOURCE_DIR "/jobs/task-arithmetic.yaml").args(),
-            (Strings{"demo/finetuned", "--base", "demo/base", "--weights", "1.0", "--out", "demo/task-arithmetic",
-                     "--lambda", "0.5", "--normalize", "false"}));
-  // A model without a weight gets the default (1); a false boolean is passed on, not dropped.
+const MergeMethodSpec& spec_named(const std::string& name) {
+  for (const auto& spec : merge_method_specs())
+    if (spec.name == name) return spec;
+  throw Error("no spec " + name);
+}
+
+// A merge method of the family reads the whole mergekit configuration: the
+// base appended to the models as mergekit's normalize_config does, each
+// model's settings, the global ones (a per-model parameter there is every
+// model's fallback), and dtypes.
+TEST(JobFile, MergekitConfigOfTheFamily) {
   const auto job = parse_job(
-      "merge_method: task_arithmetic\nbase_model: b\nout_path: o\nout_dtype: bfloat16\nmodels:\n"
-      "  - {model: m1, parameters: {weight: 0.5}}\n  - m2\n  - {model: m3, parameters: {weight: -2}}\n"
-      "parameters: {lambda: 0.7, normalize: no}\n",
+      "merge_method: task_arithmetic\nbase_model: b\nout_path: o\ndtype: float16\nout_dtype: bfloat16\nmodels:\n"
+      "  - {model: m1, parameters: {weight: 0.5}}\n  - m2\n  - {model: m3, parameters: {weight: [0, 1]}}\n"
+      "parameters: {lambda: 0.7, normalize: no, weight: 2}\n",
       "j.yaml");
   EXPECT_EQ(job.command, "task-arithmetic");
-  EXPECT_EQ(job.args(), (Strings{"m1", "m2", "m3", "--base", "b", "--weights", "0.5,1,-2", "--out", "o", "--out-dtype",
-                                 "BF16", "--lambda", "0.7", "--normalize", "no"}));
-  // No per-model parameter given: no list at all (the command's defaults apply).
-  EXPECT_EQ(parse_job("merge_method: task_arithmetic\nbase_model: b\nmodels: [m]\n", "j.yaml").args(),
-            (Strings{"m", "--base", "b"}));
+  ASSERT_TRUE(job.merge);
+  const MergeInputs& in = *job.merge;
+  EXPECT_EQ(in.models, (std::vector<fs::path>{"m1", "m2", "m3", "b"}));
+  EXPECT_EQ(in.base(), std::optional<std::size_t>{3});
+  EXPECT_EQ(in.output, "o");
+  EXPECT_EQ(in.compute_dtype, DType::F16);
+  EXPECT_EQ(in.out_dtype, DType::BF16);
+  const auto p = resolve_parameters(spec_named("task-arithmetic").parameters, in.parameters, "h.0.w", 0.25);
+  EXPECT_EQ(p.per_model[0].number("weight"), 0.5);
+  EXPECT_EQ(p.per_model[1].number("weight"), 2.0);   // the global fallback
+  EXPECT_EQ(p.per_model[2].number("weight"), 0.25);  // the gradient at t = 0.25
+  EXPECT_EQ(p.per_model[3].number("weight"), 2.0);   // the base (unused by task arithmetic)
+  EXPECT_EQ(p.global.number("lambda"), 0.7);
+  EXPECT_FALSE(p.global.flag("normalize"));
+  // The base listed among the models is that model, not a second one.
+  const auto listed = parse_job("merge_method: ties\nbase_model: b\nmodels: [b, {model: m, parameters: {weight: 1}}]\n",
+                                "j.yaml");
+  EXPECT_EQ(listed.merge->models, (std::vector<fs::path>{"b", "m"}));
+  EXPECT_EQ(listed.merge->base(), std::optional<std::size_t>{0});
+}
+
+// mergekit's filters: the first condition that matches wins; a list with no
+// match falls back to the global setting, then to the default.
+TEST(JobFile, MergekitFiltersAndGradients) {
+  const auto job = parse_job(
+      "merge_method: ties\nbase_model: b\nmodels:\n"
+      "  - model: m\n    parameters:\n      weight: [{filter: mlp, value: 3}, {filter: mlp.up, value: 4}, {value: [1, 2, 4]}]\n"
+      "      density: [{filter: attn, value: 0.5}]\n"
+      "parameters: {density: 0.25}\n",
+      "j.yaml");
+  const auto& spec = spec_named("ties");
+  const auto at = [&](const char* tensor, double t) { return resolve_parameters(spec.parameters, job.merge->parameters, tensor, t); };
+  EXPECT_EQ(at("l.mlp.up.w", 0).per_model[0].number("weight"), 3.0);
+  EXPECT_EQ(at("l.attn.w", 0.75).per_model[0].number("weight"), 3.0);  // t (len - 1) = 1.5: halfway from 2 to 4
+  EXPECT_EQ(at("l.attn.w", 0).per_model[0].number("density"), 0.5);
+  EXPECT_EQ(at("l.mlp.w", 0).per_model[0].number("density"), 0.25);  // no filter matches: the global one
+  EXPECT_TRUE(at("l.mlp.w", 0).global.flag("normalize"));            // ties' default
 }
 
 // Every key and parameter of a job is either used or refused by name:
@@ -97,10 +150,8 @@ TEST(JobFile, NothingIsSilentlyDropped) {
   const std::string monosoup = "merge_method: monosoup\nbase_model: a\nmodels: [b]\n";
   expect_error(monosoup + "parameters: {x_y: [1, 2]}\n", "parameters.x_y: soupkit monosoup has no option --x-y");
   expect_error(monosoup + "parameters: {normalize: false}\n", "parameters.normalize: soupkit monosoup has no option");
-  expect_error("merge_method: linear\nmodels: [a, b]\nparameters: {normalize: false}\n",
-               "parameters.normalize: soupkit soup has no option --normalize");
-  expect_error("merge_method: task_arithmetic\nbase_model: a\nmodels: [b]\nparameters: {rescale: false}\n",
-               "parameters.rescale: soupkit task-arithmetic has no option --rescale");
+  expect_error("merge_method: task_arithmetic\nbase_model: a\nmodels: [b]\nparameters: {rescal: false}\n",
+               "parameters.rescal: merge_method task_arithmetic has no parameter 'rescal'");
   expect_error(monosoup + "parameters: {strict: 3}\n", "parameters.strict: --strict is a flag: true or false");
   expect_error(monosoup + "parameters: {help: true}\n", "parameters.help: soupkit monosoup has no option --help");
   expect_error(monosoup + "out_path: o\nparameters: {out: p}\n", "parameters.out: --out is already set");
@@ -112,18 +163,34 @@ TEST(JobFile, NothingIsSilentlyDropped) {
                "models: merge_method transplant does not take it (line 4)");
   expect_error("merge_method: transplant\nbase_model: a\ntokenizer_source: d\nout_dtype: bf16\n",
                "out_dtype: merge_method transplant does not take it");
-  expect_error("merge_method: linear\nmodels:\n  - model: a\n    weight: 1\n", "models[0].weight: unknown key (line 4)");
+  expect_error("merge_method: linear\nmodels:\n  - model: a\n    weight: 1\n", "models[0].weight: unknown key");
   expect_error("merge_method: task_arithmetic\nbase_model: a\nmodels:\n  - model: b\n    parameters: {density: 1}\n",
-               "models[0].parameters.density: merge_method task_arithmetic takes no per-model 'density'");
+               "models[0].parameters.density: merge_method task_arithmetic has no parameter 'density'");
+  expect_error("merge_method: task_arithmetic\nbase_model: a\nmodels:\n  - model: b\n    parameters: {lambda: 1}\n",
+               "models[0].parameters.lambda: 'lambda' is a global parameter of task_arithmetic: mergekit ignores it");
   expect_error("merge_method: task_arithmetic\nbase_model: a\nmodels:\n  - model: b\n    parameters: {weight: '1,2'}\n",
-               "models[0].parameters.weight: one value per model, not a list");
-  expect_error("merge_method: task_arithmetic\nmodels: [b]\n", "merge_method task_arithmetic needs base_model");
+               "models[0].parameters.weight: '1,2' is not a finite number");
+  expect_error("merge_method: ties\nbase_model: a\nmodels: [b]\nparameters: {normalize: [true, false]}\n",
+               "parameters.normalize: 'normalize' is true or false: a gradient");
+  expect_error("merge_method: ties\nbase_model: a\nmodels: [b]\nparameters: {weight: {filter: x, value: 1}}\n",
+               "parameters.weight: a single {filter, value} must be an entry of a list");
+  expect_error("merge_method: ties\nbase_model: a\nmodels: [b]\nparameters: {weight: [{filter: x, valu: 1}]}\n",
+               "parameters.weight[0].valu: unknown key");
+  expect_error("merge_method: ties\nbase_model: a\nmodels: [b, b]\n", "models[1]: b is listed twice");
+  expect_error("merge_method: task_arithmetic\nmodels: [b]\n", "base_model: merge_method task_arithmetic needs a base_model");
   expect_error("merge_method: task_arithmetic\nbase_model: a\n", "merge_method task_arithmetic needs models");
+  expect_error("merge_method: ties\nbase_model: a\nmodels: [b]\nslices: []\n", "slices: layer slices are not run");
+  expect_error("merge_method: ties\nbase_model: a\nmodels: [b]\ntokenizer_source: union\n",
+               "tokenizer_source: a union vocabulary is built by 'soupkit transplant'");
+  expect_error("merge_method: ties\nbase_model: a\nmodels: [b]\nchat_template: chatml\n", "chat_template:");
+  expect_error("merge_method: ties\nbase_model: a\nmodels: [b]\ncolor: red\n", "color: unknown key");
+  expect_error("merge_method: linear\nmodels: [mistralai/Mistral-7B-v0.1]\n",
+               "'mistralai/Mistral-7B-v0.1' does not exist here and looks like a Hugging Face hub id");
 }
 
 TEST(JobFile, UnknownMergeMethodListsTheKnownOnes) {
-  const std::string what = job_error("merge_method: dare_ties\nmodels: [a]\n");
-  EXPECT_NE(what.find("bad.yaml: merge_method 'dare_ties' is not one soupkit runs"), std::string::npos) << what;
+  const std::string what = job_error("merge_method: frankenmerge\nmodels: [a]\n");
+  EXPECT_NE(what.find("bad.yaml: merge_method 'frankenmerge' is not one soupkit runs"), std::string::npos) << what;
   for (const char* known : {"convert", "greedy_soup", "linear", "model_soup", "monosoup", "task_arithmetic",
                             "ties", "tokenizer_transplant", "transplant", "uniform_soup"})
     EXPECT_NE(what.find(known), std::string::npos) << known << " not in: " << what;
@@ -146,12 +213,10 @@ TEST(JobFile, BadJobsNameTheProblem) {
   expect_error("merge_method: [", "not valid YAML");
   expect_error("- a\n- b\n", "YAML mapping");
   expect_error("models: [a]\n", "merge_method is missing");
-  expect_error("merge_method: dare_ties\nmodels: [a]\n", "merge_method 'dare_ties'");
+  expect_error("merge_method: frankenmerge\nmodels: [a]\n", "merge_method 'frankenmerge'");
   expect_error("merge_method: monosoup\nbase_model: a\nmodels: [b, c]\n", "exactly one entry");
   expect_error("merge_method: monosoup\nbase_model: a\nmodels: [b]\nslices: []\n", "unknown key 'slices'");
-  expect_error("merge_method: linear\nmodels:\n  - model: a\n    parameters: {weight: 1}\n  - model: b\n",
-               "every model needs a weight");
-  expect_error("merge_method: linear\nmodels:\n  - model: a\n    parameters: {density: 1}\n", "per-model 'density'");
+  expect_error("merge_method: linear\nmodels:\n  - model: a\n    parameters: {density: 1}\n", "no parameter 'density'");
   expect_error("merge_method: model_soup\nmodels: [a]\nout_dtype: int8\n", "not a dtype");
   expect_error("merge_method: model_soup\nmodels: [a]\ndtype: bfloat16\n", "float32 or float64");
   expect_error("merge_method: transplant\nbase_model: a\n", "tokenizer_source");
@@ -250,7 +315,7 @@ TEST(JobFile, ValuesYamlCppCannotConvertNameTheKeyAndLine) {
 // yaml-cpp keeps both pairs of a key given twice and lookups find the first:
 // every mapping, at every level, must refuse it (here: inside models).
 TEST(JobFile, KeysGivenTwiceAreRefusedAtEveryLevel) {
-  const std::string soup = "merge_method: linear\nout_path: o\nmodels:\n";
+  const std::string soup = "merge_method: model_soup\nout_path: o\nmodels:\n";
   expect_error(soup + "  - model: a\n    parameters: {weight: 1, weight: 3}\n",
                "models[0].parameters.weight: given twice (line 5); first given on line 5");
   expect_error(soup + "  - model: a\n    parameters:\n      weight: 1\n      weight: 3\n",

@@ -8,8 +8,8 @@
 // parameters.<global parameter>): a new method of this family is one file
 // in src/methods/ and one line in method_registry.cpp.
 #include "soupkit/engine/engine.hpp"
+#include "soupkit/methods/merge_parameters.hpp"
 
-#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -19,62 +19,57 @@
 
 namespace soupkit {
 
-// Number: a finite double. Bool: true or false. Size: a whole number >= 0.
-enum class ParameterKind { Number, Bool, Size };
-
-// A value of a parameter: double for Number, bool for Bool, std::uint64_t for Size.
-using ParameterValue = std::variant<double, bool, std::uint64_t>;
-
-struct MethodParameter {
-  std::string name;  // mergekit's key, snake_case ("weight", "normalize", "lambda")
-  ParameterKind kind = ParameterKind::Number;
-  ParameterValue default_value = 0.0;  // of `kind`'s type
-  std::string help;                    // one line, without the default (help prints it)
-  // Given once per model (mergekit's models[].parameters.<name>); on the
-  // command line a comma-separated list under `list_option` ("weights").
-  bool per_model = false;
-  std::string list_option = {};
-};
-
-// "0.8", "true", "64": a value as help and messages print it (numbers in
-// their shortest round-trip form, so 0.8 is not 0.80000000000000004).
-std::string parameter_text(const ParameterValue& value);
-
-// A parameter's value by name: every parameter of the spec, defaults filled
-// in (the cli does it), so a method reads each with the accessor of its kind.
-class ParameterValues {
- public:
-  void set(const std::string& name, ParameterValue value) { values_[name] = value; }
-  double number(std::string_view name) const;
-  bool flag(std::string_view name) const;
-  std::uint64_t size(std::string_view name) const;
-
- private:
-  template <class T>
-  T get(std::string_view name) const;
-  std::map<std::string, ParameterValue, std::less<>> values_;
-};
-
-// What a method of the family is built from.
+// What a method of the family is built from. The models are mergekit's
+// inputs after its normalize_config: the models as listed, then the base
+// model when it is not among them; `parameters.base_index` says which one
+// is the base. A method of task vectors skips the base; a method without a
+// base role (linear) merges it like any other model.
 struct MergeInputs {
-  fs::path base;  // empty for a method without a base
+  std::optional<std::size_t> base() const { return parameters.base_index; }
+  const fs::path& base_path() const { return models.at(parameters.base_index.value()); }
+
   std::vector<fs::path> models;
-  std::vector<ParameterValues> per_model;  // one per model: its per-model parameters
-  ParameterValues global;                  // the global parameters
+  ParameterSources parameters;  // settings per model and global, resolved per tensor
   fs::path output;
-  std::optional<DType> out_dtype;  // floating-point outputs in this dtype (default: the method's choice)
+  // mergekit's `dtype`: every floating-point input is rounded to it when
+  // read (as mergekit converts its inputs) and the output is written in it.
+  // soupkit then computes in float64, rounding once at the end.
+  std::optional<DType> compute_dtype;
+  std::optional<DType> out_dtype;  // floating-point outputs in this dtype (mergekit's out_dtype)
   std::uint64_t shard_size = 5'000'000'000ull;
   bool overwrite = false;
+  std::uint64_t random_seed = 0;  // for the methods that draw (uses_random_seed)
+  // The job file as given (its text), written beside a directory output
+  // (the model card's configuration); empty from the command line.
+  std::string job_text;
+  std::string job_name;  // "mergekit_config.yml"-like name of the file given
   // (Row blocks come from the engine's chunk size: PlanContext / MethodPlan::context.)
+};
+
+// Whether two model references name the same model (the same path, or the
+// same existing file or directory).
+bool same_model(const fs::path& a, const fs::path& b);
+// mergekit's normalize_config: `base` becomes the base of `in`, as the model
+// it already is in in.models, else appended with no parameters of its own
+// (`name` names it in messages).
+void add_base_model(const fs::path& base, std::string name, MergeInputs& in);
+
+// How a method uses base_model.
+enum class BaseRole {
+  None,      // takes none (mergekit would only add it as one more model: refused)
+  Required,  // must be given
+  Optional,  // may be given (a model like the others, or a method-specific role)
 };
 
 struct MergeMethodSpec {
   std::string name;                        // the command: soupkit <name>
   std::vector<std::string> merge_methods;  // the merge_method names of job files it answers to
   std::string summary;                     // one line for soupkit --help
-  bool needs_base = false;                 // --base / base_model required (otherwise not taken)
+  BaseRole base = BaseRole::None;
   std::vector<MethodParameter> parameters;
-  std::unique_ptr<Method> (*build)(const MergeInputs&) = nullptr;
+  bool uses_random_seed = false;  // takes --random-seed (job: parameters.random_seed is not mergekit's: an option)
+  // (`spec` is this entry, which outlives the method: merge_method_specs() keeps it.)
+  std::unique_ptr<Method> (*build)(const MergeMethodSpec& spec, const MergeInputs&) = nullptr;
 };
 
 // Every method of the family, in the order help lists them; each checked

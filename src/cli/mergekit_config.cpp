@@ -1,0 +1,281 @@
+#include "mergekit_config.hpp"
+
+#include "options.hpp"
+#include "yaml_input.hpp"
+
+#include "soupkit/util/message_text.hpp"
+
+#include <fmt/ranges.h>
+
+#include <cmath>
+#include <set>
+
+namespace soupkit::cli {
+namespace {
+
+// Where a value sits, for messages: "<source>: models[1].parameters.weight (line 7)".
+struct Place {
+  const std::string& source;
+  std::string key;
+  std::string line;
+  [[noreturn]] void refuse(std::string_view problem) const {
+    throw InputError(fmt::format("{}: {}: {}{}", source, key, problem, line.empty() ? "" : " (" + line + ")"));
+  }
+  // (A key that is absent has an invalid node, and no line.)
+  Place at(std::string sub, const YAML::Node& node) const { return {source, key + sub, node ? line_of(node) : line}; }
+};
+
+std::string key_text(const YAML::Node& key, const Place& where) {
+  if (!key.IsScalar()) where.at("", key).refuse("a key that is not a name");
+  return key.Scalar();
+}
+
+std::string scalar_text(const YAML::Node& node, const Place& where) {
+  if (!node.IsScalar()) where.refuse("expected a single value");
+  return node.Scalar();
+}
+
+const std::set<std::string> kKeys = {"merge_method", "base_model", "models",        "parameters", "dtype",
+                                     "out_dtype",    "out_path",   "tokenizer_source"};
+// mergekit's keys that soupkit does not run for this family, and why.
+const std::map<std::string, std::string> kRefusedKeys = {
+    {"slices", "layer slices are not run by soupkit yet; give the whole models under 'models'"},
+    {"modules", "per-module definitions are not run by soupkit; give the whole models under 'models'"},
+    {"tokenizer", "soupkit builds no tokenizer; to move a model onto another vocabulary use 'soupkit transplant'"},
+    {"chat_template", "soupkit writes no chat template; the output carries the reference model's tokenizer files"},
+};
+
+std::optional<DType> dtype_key(const YAML::Node& job, const char* key, const Place& top) {
+  const YAML::Node node = job[key];
+  if (!node) return std::nullopt;
+  const Place where = top.at(key, node);
+  std::string text = scalar_text(node, where);
+  if (text.starts_with("torch.")) text = text.substr(6);
+  static const std::map<std::string, DType> names = {
+      {"float32", DType::F32}, {"float", DType::F32},   {"float16", DType::F16}, {"half", DType::F16},
+      {"bfloat16", DType::BF16}, {"float64", DType::F64}, {"double", DType::F64}, {"F32", DType::F32},
+      {"F16", DType::F16},     {"BF16", DType::BF16},   {"F64", DType::F64}};
+  const auto it = names.find(text);
+  if (it == names.end()) where.refuse(fmt::format("'{}' is not a dtype soupkit writes (float32, float16, bfloat16, "
+                                                  "float64)", excerpt(text)));
+  return it->second;
+}
+
+// A model reference: a local path. mergekit also takes Hugging Face hub ids
+// (org/name, perhaps @revision) and LoRA sums (model+adapter).
+fs::path model_path(const YAML::Node& node, const Place& where) {
+  const std::string text = scalar_text(node, where);
+  if (text.empty()) where.refuse("an empty model path");
+  std::error_code ec;
+  if (fs::exists(text, ec)) return text;
+  if (text.find('+') != std::string::npos)
+    where.refuse(fmt::format("'{}' does not exist; a LoRA sum (model+adapter) is not read by soupkit yet: merge the "
+                             "adapter into its model first", excerpt(text)));
+  const bool local_looking = text.front() == '/' || text.front() == '.' || text.front() == '~' ||
+                             std::count(text.begin(), text.end(), '/') != 1;
+  if (!local_looking)
+    where.refuse(fmt::format("'{}' does not exist here and looks like a Hugging Face hub id: soupkit reads local paths "
+                             "only; download it first (e.g. huggingface-cli download {} --local-dir DIR) and give "
+                             "the directory",
+                             excerpt(text), excerpt(text.substr(0, text.find('@')))));
+  return text;  // opening it names the missing file
+}
+
+const MethodParameter* find_parameter(const MergeMethodSpec& spec, std::string_view name) {
+  for (const auto& p : spec.parameters)
+    if (p.name == name) return &p;
+  return nullptr;
+}
+
+std::string parameter_names(const MergeMethodSpec& spec, bool per_model_only) {
+  std::vector<std::string> names;
+  for (const auto& p : spec.parameters)
+    if (!per_model_only || p.per_model) names.push_back(p.name);
+  return names.empty() ? "none" : fmt::format("{}", fmt::join(names, ", "));
+}
+
+ParameterValue scalar_value(const MethodParameter& p, const YAML::Node& node, const Place& where) {
+  const std::string text = scalar_text(node, where);
+  switch (p.kind) {
+    case ParameterKind::Number: {
+      const auto value = parse_number(text);
+      if (!value || !std::isfinite(*value)) where.refuse(fmt::format("'{}' is not a finite number", excerpt(text)));
+      return *value;
+    }
+    case ParameterKind::Bool: {
+      bool flag = false;
+      if (!YAML::convert<bool>::decode(node, flag)) where.refuse(fmt::format("'{}' is not true or false", excerpt(text)));
+      return flag;
+    }
+    case ParameterKind::Size: {
+      const auto value = parse_number(text);
+      if (!value || !(*value >= 0) || *value != std::floor(*value) || *value > 9.007199254740992e15)
+        where.refuse(fmt::format("'{}' is not a whole number >= 0", excerpt(text)));
+      return static_cast<std::uint64_t>(*value);
+    }
+  }
+  where.refuse("unreadable value");
+}
+
+// A scalar, or (for a number) a gradient: a list of numbers.
+ParameterSetting scalar_or_gradient(const MethodParameter& p, const YAML::Node& node, const Place& where) {
+  if (node.IsScalar()) return ParameterSetting::scalar(scalar_value(p, node, where));
+  if (!node.IsSequence() || node.size() == 0)
+    where.refuse("expected a value or a gradient (a non-empty list of numbers)");
+  if (p.kind != ParameterKind::Number)
+    where.refuse(fmt::format("'{}' is {}: a gradient (a list of values over the layers) is for numbers", p.name,
+                             p.kind == ParameterKind::Bool ? "true or false" : "a whole number"));
+  std::vector<double> points;
+  for (std::size_t i = 0; i < node.size(); ++i) {
+    const Place item = where.at(fmt::format("[{}]", i), node[i]);
+    if (!node[i].IsScalar()) item.refuse("a gradient is a list of numbers");
+    points.push_back(std::get<double>(scalar_value(p, node[i], item)));
+  }
+  return ParameterSetting::gradient(std::move(points));
+}
+
+// mergekit's ParameterSetting: a scalar, a gradient, or a list of {filter, value}.
+ParameterSetting read_setting(const MethodParameter& p, const YAML::Node& node, const Place& where) {
+  if (node.IsMap())
+    where.refuse("a single {filter, value} must be an entry of a list (- filter: ..., value: ...), as in mergekit");
+  const bool conditions = node.IsSequence() && node.size() > 0 && node[0].IsMap();
+  if (!conditions) return scalar_or_gradient(p, node, where);
+  std::vector<ParameterCondition> list;
+  for (std::size_t i = 0; i < node.size(); ++i) {
+    const YAML::Node& entry = node[i];
+    const Place item = where.at(fmt::format("[{}]", i), entry);
+    if (!entry.IsMap()) item.refuse("a list of conditions has only {filter, value} entries");
+    for (const auto& kv : entry) {
+      const std::string name = key_text(kv.first, item);
+      if (name != "filter" && name != "value")
+        item.at("." + excerpt(name), kv.first).refuse("unknown key; a condition has filter and value");
+    }
+    if (!entry["value"]) item.refuse("a condition needs a value");
+    ParameterCondition c;
+    if (const YAML::Node f = entry["filter"]) {
+      if (!f.IsNull()) c.filter = scalar_text(f, item.at(".filter", f));
+    }
+    c.value = std::make_shared<ParameterSetting>(scalar_or_gradient(p, entry["value"], item.at(".value", entry["value"])));
+    list.push_back(std::move(c));
+  }
+  return ParameterSetting::conditions(std::move(list));
+}
+
+ParameterSettings read_settings(const MergeMethodSpec& spec, const YAML::Node& node, const Place& where,
+                                bool per_model) {
+  ParameterSettings out;
+  if (!node || node.IsNull()) return out;
+  if (!node.IsMap()) where.refuse("expected a mapping of parameter names to values");
+  for (const auto& kv : node) {
+    const std::string name = key_text(kv.first, where);
+    const Place at = where.at("." + excerpt(name), kv.first);
+    const MethodParameter* p = find_parameter(spec, name);
+    if (!p)
+      at.refuse(fmt::format("merge_method {} has no parameter '{}' (its parameters: {})", spec.merge_methods.front(),
+                            excerpt(name), parameter_names(spec, false)));
+    if (per_model && !p->per_model)
+      at.refuse(fmt::format("'{}' is a global parameter of {}: mergekit ignores it here; set it under the top-level "
+                            "parameters",
+                            name, spec.merge_methods.front()));
+    if (name == "random_seed") at.refuse("not a mergekit parameter");
+    out.emplace(name, read_setting(*p, kv.second, at));
+  }
+  return out;
+}
+
+void read_models(const MergeMethodSpec& spec, const YAML::Node& models, const Place& top, MergeInputs& in) {
+  const Place where = top.at("models", models);
+  if (!models.IsSequence() || models.size() == 0) where.refuse("expected a non-empty list of models");
+  for (std::size_t i = 0; i < models.size(); ++i) {
+    const YAML::Node& m = models[i];
+    const std::string key = fmt::format("models[{}]", i);
+    const Place item = top.at(key, m);
+    fs::path path;
+    ParameterSettings settings;
+    if (m.IsScalar()) {
+      path = model_path(m, item);
+    } else {
+      if (!m.IsMap() || !m["model"]) item.refuse("expected 'model: PATH' (and perhaps parameters)");
+      for (const auto& kv : m) {
+        const std::string name = key_text(kv.first, item);
+        if (name != "model" && name != "parameters")
+          item.at("." + excerpt(name), kv.first).refuse("unknown key; a model entry has model and parameters");
+      }
+      path = model_path(m["model"], item.at(".model", m["model"]));
+      settings = read_settings(spec, m["parameters"], item.at(".parameters", m["parameters"]), true);
+    }
+    for (std::size_t j = 0; j < in.models.size(); ++j)
+      if (same_model(in.models[j], path))
+        item.refuse(fmt::format("{} is listed twice (also models[{}]); mergekit would keep one of them", path.string(),
+                                j));
+    in.models.push_back(path);
+    in.parameters.per_model.push_back(std::move(settings));
+    in.parameters.model_names.push_back(fmt::format("{} ({})", key, path.string()));
+  }
+}
+
+// tokenizer_source: the output carries the reference model's tokenizer (the
+// base's, else the first model's): `base` and that model's path mean it;
+// any other source would need mergekit's embedding permutation.
+void check_tokenizer_source(const YAML::Node& job, const Place& top, const MergeInputs& in) {
+  const YAML::Node node = job["tokenizer_source"];
+  if (!node) return;
+  const Place where = top.at("tokenizer_source", node);
+  const std::string text = scalar_text(node, where);
+  if (text == "union")
+    where.refuse("a union vocabulary is built by 'soupkit transplant' (it rebuilds the embeddings of tokens a "
+                 "model lacks), not by a merge");
+  const std::size_t reference = in.base().value_or(0);
+  if (text == "base") {
+    if (!in.base()) where.refuse("'base' needs a base_model");
+    return;
+  }
+  if (!same_model(text, in.models.at(reference)))
+    where.refuse(fmt::format("the output carries the tokenizer of {} (the {}); another model's vocabulary would need "
+                             "its embeddings permuted, which soupkit does with 'soupkit transplant'",
+                             in.models.at(reference).string(), in.base() ? "base model" : "first model"));
+}
+
+}  // namespace
+
+const std::vector<std::string>& mergekit_config_keys() {
+  static const std::vector<std::string> keys(kKeys.begin(), kKeys.end());
+  return keys;
+}
+
+MergeInputs read_mergekit_config(const YAML::Node& job, const std::string& source, const MergeMethodSpec& spec,
+                                 const std::string& text) {
+  const Place top{source, "", ""};
+  for (const auto& kv : job) {
+    const std::string key = key_text(kv.first, top);
+    const Place at = top.at(excerpt(key), kv.first);
+    if (const auto it = kRefusedKeys.find(key); it != kRefusedKeys.end()) at.refuse(it->second);
+    if (!kKeys.count(key))
+      at.refuse(fmt::format("unknown key; a configuration has {}", fmt::join(kKeys, ", ")));
+  }
+  MergeInputs in;
+  in.job_text = text;
+  if (!job["models"]) top.at("models", job).refuse(fmt::format("merge_method {} needs models", spec.merge_methods.front()));
+  read_models(spec, job["models"], top, in);
+  if (const YAML::Node base = job["base_model"]) {
+    const Place where = top.at("base_model", base);
+    if (spec.base == BaseRole::None)
+      where.refuse(fmt::format("merge_method {} takes no base model", spec.merge_methods.front()));
+    add_base_model(model_path(base, where), "base_model", in);
+  } else if (spec.base == BaseRole::Required) {
+    top.at("base_model", job).refuse(fmt::format("merge_method {} needs a base_model", spec.merge_methods.front()));
+  }
+  in.parameters.global = read_settings(spec, job["parameters"], top.at("parameters", job["parameters"]), false);
+  in.compute_dtype = dtype_key(job, "dtype", top);
+  in.out_dtype = dtype_key(job, "out_dtype", top);
+  check_tokenizer_source(job, top, in);
+  if (const YAML::Node out = job["out_path"]) {
+    const Place where = top.at("out_path", out);
+    const std::string path = scalar_text(out, where);
+    if (path.empty()) where.refuse("the output path is empty");
+    in.output = path;
+  }
+  return in;
+}
+
+}  // namespace soupkit::cli
