@@ -19,6 +19,7 @@
 
 #include <fmt/ranges.h>
 
+#include <atomic>
 #include <cmath>
 
 namespace soupkit {
@@ -45,6 +46,7 @@ class TaskArithmeticMethod final : public TensorMerge {
   double scale(const Inputs& in, const TensorParameters& p) const;
 
   std::vector<std::size_t> task_models_;     // the models but the base
+  mutable std::atomic<bool> warned_zero_sum_{false};
   std::vector<double> base_, delta_, acc_;  // scratch reused from block to block
 };
 
@@ -56,7 +58,12 @@ double TaskArithmeticMethod::scale(const Inputs& in, const TensorParameters& p) 
   SOUPKIT_INPUT_ERROR_IF(!std::isfinite(sum), "tensor '{}': the weights sum to {}, not a finite number", in[0]->name,
                          sum);
   // mergekit leaves a sum this close to 0 undivided.
-  if (std::abs(sum) < kZeroWeightSum) return lambda;
+  if (std::abs(sum) < kZeroWeightSum) {
+    if (!warned_zero_sum_.exchange(true))
+      log::warn("task_arithmetic: tensor '{}': the weights sum to {}: not normalised (as mergekit, a sum this close to "
+                "0 counts as 1; said once)", in[0]->name, sum);
+    return lambda;
+  }
   const double s = lambda / sum;
   SOUPKIT_INPUT_ERROR_IF(!std::isfinite(s), "tensor '{}': lambda {} over the sum of weights {} is not a finite number",
                          in[0]->name, lambda, sum);

@@ -62,8 +62,14 @@ void TensorMerge::check_same_tensors(std::size_t i) const {
 void TensorMerge::resolve_all_parameters(const std::vector<TensorInfo>& tensors) {
   const LayerPositions layers(tensors);
   tensor_parameters_.clear();
-  for (const auto& t : tensors)
-    tensor_parameters_.push_back(resolve_parameters(spec_entry_.parameters, in_.parameters, t.name, layers.t(t.name)));
+  try {
+    for (const auto& t : tensors)
+      tensor_parameters_.push_back(
+          resolve_parameters(spec_entry_.parameters, in_.parameters, t.name, layers.t(t.name)));
+  } catch (const InputError& e) {
+    if (in_.job_name.empty()) throw;
+    throw InputError(fmt::format("{}: {}", in_.job_name, e.what()));  // the settings come from the job file
+  }
 }
 
 std::uint64_t TensorMerge::working_row_bytes(const TensorInfo& out, const Inputs& in) const {

@@ -210,8 +210,8 @@ class TiesRefusals(TiesBase):
             ("density-keeps-nothing", self.args("OUT", "--weights", "1,1", "--densities", "0.001,0.5",
                                                 models=[m0, m1]), ["'b.bias'", "density 0.001", m0], ["keeps no"]),
             ("density-negative", self.args("OUT", "--weights", "1,1", "--densities", "-0.5,0.5", models=[m0, m1]),
-             ["--densities", "-0.5"], ["density"]),
-            ("rescale", self.args("OUT", "--weights", "1,1", "--rescale", "true", models=[m0, m1]), ["rescale"],
+             ["density -0.5", m0], ["density"]),
+            ("unknown", self.args("OUT", "--weights", "1,1", "--rescal", "true", models=[m0, m1]), ["rescal"],
              ["unrecognised", "unknown"]),
         ]
         outs = [self.path("out-" + c[0]) for c in cases]
