@@ -241,16 +241,16 @@ JobCommand translate_job(const YAML::Node& job, const std::string& source, const
       out.merge = std::make_shared<const MergeInputs>(read_mergekit_config(job, source, *command->merge_spec, text));
       return out;
     }
-  for (const auto& kv : job) {
-    const auto key = key_name(kv.first, source, "top level");
-    SOUPKIT_INPUT_ERROR_IF(!kTopLevelKeys.count(key), "{}: unknown key '{}' (line {}); a job has {}", source,
-                           excerpt(key), kv.first.Mark().line + 1, fmt::join(kTopLevelKeys, ", "));
-  }
   SOUPKIT_INPUT_ERROR_IF(!job["merge_method"], "{}: merge_method is missing", source);
   const std::string method = scalar(job["merge_method"], source, "merge_method");
   const Command* command = find_merge_method(method);
   SOUPKIT_INPUT_ERROR_IF(!command, "{}: merge_method '{}' is not one soupkit runs (it runs: {})", source,
                          excerpt(method), fmt::join(merge_method_names(), ", "));
+  for (const auto& kv : job) {
+    const auto key = key_name(kv.first, source, "top level");
+    SOUPKIT_INPUT_ERROR_IF(!kTopLevelKeys.count(key), "{}: unknown key '{}' (line {}); a job has {}", source,
+                           excerpt(key), kv.first.Mark().line + 1, fmt::join(kTopLevelKeys, ", "));
+  }
   JobInput in = JobInput::read(job, source, method);
   JobCommand out{command->name, {}, {}};
   command->translate(in, out);

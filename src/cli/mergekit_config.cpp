@@ -35,11 +35,11 @@ std::string scalar_text(const YAML::Node& node, const Place& where) {
   return node.Scalar();
 }
 
-const std::set<std::string> kKeys = {"merge_method", "base_model", "models",        "parameters", "dtype",
-                                     "out_dtype",    "out_path",   "tokenizer_source"};
+const std::set<std::string> kKeys = {"merge_method", "base_model", "models",           "slices", "parameters",
+                                     "dtype",        "out_dtype",  "tokenizer_source", "out_path"};
 // mergekit's keys that soupkit does not run for this family, and why.
+// (slices are read, see read_slices.)
 const std::map<std::string, std::string> kRefusedKeys = {
-    {"slices", "layer slices are not run by soupkit yet; give the whole models under 'models'"},
     {"modules", "per-module definitions are not run by soupkit; give the whole models under 'models'"},
     {"tokenizer", "soupkit builds no tokenizer; to move a model onto another vocabulary use 'soupkit transplant'"},
     {"chat_template", "soupkit writes no chat template; the output carries the reference model's tokenizer files"},
@@ -214,6 +214,99 @@ void read_models(const MergeMethodSpec& spec, const YAML::Node& models, const Pl
   }
 }
 
+std::uint64_t layer_bound(const YAML::Node& node, const Place& where) {
+  const std::string text = scalar_text(node, where);
+  const auto value = parse_number(text);
+  if (!value || !(*value >= 0) || *value != std::floor(*value) || *value > 1e9)
+    where.refuse(fmt::format("'{}' is not a layer index (a whole number >= 0)", excerpt(text)));
+  return static_cast<std::uint64_t>(*value);
+}
+
+// mergekit's slices: each output slice stacks layers [first, end) of its
+// sources. Every slice must list the same models in the same order (each
+// output layer is then a merge of every model), except for passthrough,
+// which takes each slice from its one source.
+void read_slices(const MergeMethodSpec& spec, const YAML::Node& slices, const Place& top, MergeInputs& in) {
+  const Place where = top.at("slices", slices);
+  if (!slices.IsSequence() || slices.size() == 0) where.refuse("expected a non-empty list of slices");
+  struct Source {
+    fs::path model;
+    MergeSlice::Range range;
+    ParameterSettings settings;
+  };
+  std::vector<std::vector<Source>> all;
+  std::vector<ParameterSettings> slice_settings;
+  for (std::size_t s = 0; s < slices.size(); ++s) {
+    const YAML::Node& slice = slices[s];
+    const Place item = top.at(fmt::format("slices[{}]", s), slice);
+    if (!slice.IsMap()) item.refuse("expected a mapping with sources (and perhaps parameters)");
+    for (const auto& kv : slice) {
+      const std::string name = key_text(kv.first, item);
+      const Place at = item.at("." + excerpt(name), kv.first);
+      if (name == "base_model") at.refuse("a base model per slice is not run by soupkit; give base_model at the top");
+      if (name == "residual_weight") at.refuse("not run by soupkit (mergekit's planner does not use it either)");
+      if (name != "sources" && name != "parameters") at.refuse("unknown key; a slice has sources and parameters");
+    }
+    const YAML::Node sources = slice["sources"];
+    if (!sources || !sources.IsSequence() || sources.size() == 0) item.refuse("a slice needs a non-empty list of sources");
+    std::vector<Source> list;
+    for (std::size_t i = 0; i < sources.size(); ++i) {
+      const YAML::Node& src = sources[i];
+      const Place at = item.at(fmt::format(".sources[{}]", i), src);
+      if (!src.IsMap() || !src["model"] || !src["layer_range"]) at.refuse("expected model and layer_range: [FIRST, END]");
+      for (const auto& kv : src) {
+        const std::string name = key_text(kv.first, at);
+        if (name != "model" && name != "layer_range" && name != "parameters")
+          at.at("." + excerpt(name), kv.first).refuse("unknown key; a source has model, layer_range and parameters");
+      }
+      const YAML::Node range = src["layer_range"];
+      const Place r = at.at(".layer_range", range);
+      if (!range.IsSequence() || range.size() != 2) r.refuse("expected [FIRST, END]");
+      Source source{model_path(src["model"], at.at(".model", src["model"])),
+                    {layer_bound(range[0], r), layer_bound(range[1], r)},
+                    read_settings(spec, src["parameters"], at.at(".parameters", src["parameters"]), true)};
+      if (source.range.first >= source.range.end) r.refuse("the range is empty (FIRST must be below END)");
+      for (const auto& other : list)
+        if (same_model(other.model, source.model)) at.refuse(fmt::format("{} is a source twice", source.model.string()));
+      if (!list.empty() && source.range.end - source.range.first != list[0].range.end - list[0].range.first)
+        r.refuse("all sources of a slice must have the same number of layers (mergekit refuses it too)");
+      list.push_back(std::move(source));
+    }
+    if (spec.merge_methods.front() != "passthrough" && !all.empty()) {
+      bool same = all[0].size() == list.size();
+      for (std::size_t i = 0; same && i < list.size(); ++i) same = same_model(all[0][i].model, list[i].model);
+      if (!same)
+        item.at(".sources", sources).refuse("soupkit merges slices whose sources are the same models in the same "
+                                            "order as the first slice's (or stacks them with passthrough)");
+    }
+    all.push_back(std::move(list));
+    slice_settings.push_back(read_settings(spec, slice["parameters"], item.at(".parameters", slice["parameters"]), false));
+  }
+  // The models: every source, in order of first appearance.
+  for (const auto& list : all)
+    for (const auto& source : list) {
+      bool known = false;
+      for (const auto& m : in.models) known = known || same_model(m, source.model);
+      if (known) continue;
+      in.models.push_back(source.model);
+      in.parameters.per_model.emplace_back();
+      in.parameters.model_names.push_back(source.model.string());
+    }
+  for (std::size_t s = 0; s < all.size(); ++s) {
+    MergeSlice slice;
+    slice.ranges.resize(in.models.size());
+    slice.source_parameters.resize(in.models.size());
+    slice.parameters = std::move(slice_settings[s]);
+    for (auto& source : all[s])
+      for (std::size_t k = 0; k < in.models.size(); ++k)
+        if (same_model(in.models[k], source.model)) {
+          slice.ranges[k] = source.range;
+          slice.source_parameters[k] = std::move(source.settings);
+        }
+    in.slices.push_back(std::move(slice));
+  }
+}
+
 // tokenizer_source: the output carries the reference model's tokenizer (the
 // base's, else the first model's): `base` and that model's path mean it;
 // any other source would need mergekit's embedding permutation.
@@ -255,13 +348,24 @@ MergeInputs read_mergekit_config(const YAML::Node& job, const std::string& sourc
   }
   MergeInputs in;
   in.job_text = text;
-  if (!job["models"]) top.at("models", job).refuse(fmt::format("merge_method {} needs models", spec.merge_methods.front()));
-  read_models(spec, job["models"], top, in);
+  if (job["models"] && job["slices"])
+    top.at("slices", job["slices"]).refuse("give models or slices, not both (mergekit takes exactly one)");
+  if (!job["models"] && !job["slices"])
+    top.at("models", job).refuse(fmt::format("merge_method {} needs models (or slices)", spec.merge_methods.front()));
+  if (job["models"]) read_models(spec, job["models"], top, in);
+  if (job["slices"]) read_slices(spec, job["slices"], top, in);
   if (const YAML::Node base = job["base_model"]) {
     const Place where = top.at("base_model", base);
     if (spec.base == BaseRole::None)
       where.refuse(fmt::format("merge_method {} takes no base model", spec.merge_methods.front()));
-    add_base_model(model_path(base, where), "base_model", in);
+    const fs::path path = model_path(base, where);
+    if (!in.slices.empty()) {
+      // With slices mergekit merges the sources only; the base must be one of them.
+      bool listed = false;
+      for (const auto& m : in.models) listed = listed || same_model(m, path);
+      if (!listed) where.refuse("with slices the base model must be one of every slice's sources");
+    }
+    add_base_model(path, "base_model", in);
   } else if (spec.base == BaseRole::Required) {
     top.at("base_model", job).refuse(fmt::format("merge_method {} needs a base_model", spec.merge_methods.front()));
   }

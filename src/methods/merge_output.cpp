@@ -1,6 +1,7 @@
 #include "soupkit/methods/merge_output.hpp"
 
 #include "soupkit/methods/carried_files.hpp"
+#include "soupkit/methods/layer_position.hpp"
 #include "soupkit/util/error.hpp"
 
 #include <fmt/format.h>
@@ -33,9 +34,19 @@ std::optional<DType> float_output_dtype(const OutputSpec& out) {
   return found;
 }
 
+// The output's layer count (slices change it), from its tensor names.
+std::optional<std::uint64_t> layer_count(const OutputSpec& out) {
+  std::optional<std::uint64_t> count;
+  for (const auto& t : out.tensors)
+    if (const auto layer = parse_layer_name(t.name)) count = std::max(count.value_or(0), layer->index + 1);
+  return count;
+}
+
 // config.json with its dtype key following the output (transformers reads
-// `torch_dtype`, newer versions write `dtype`: whichever is there is set).
-std::string rewritten_config(const CheckpointReader& reference, DType dtype) {
+// `torch_dtype`, newer versions write `dtype`: whichever is there is set),
+// and its layer count the output's when slices changed it.
+std::string rewritten_config(const CheckpointReader& reference, std::optional<DType> dtype,
+                             std::optional<std::uint64_t> layers) {
   const std::string text = reference.read_aux("config.json");
   nlohmann::json config;
   try {
@@ -45,14 +56,19 @@ std::string rewritten_config(const CheckpointReader& reference, DType dtype) {
                                  reference.path().string(), e.what()));
   }
   SOUPKIT_INPUT_ERROR_IF(!config.is_object(), "{}: config.json is not a JSON object", reference.path().string());
-  const char* name = torch_dtype_name(dtype);
-  bool set = false;
-  for (const char* key : {"torch_dtype", "dtype"})
-    if (config.contains(key)) {
-      config[key] = name;
-      set = true;
-    }
-  if (!set) config["torch_dtype"] = name;
+  if (dtype) {
+    const char* name = torch_dtype_name(*dtype);
+    bool set = false;
+    for (const char* key : {"torch_dtype", "dtype"})
+      if (config.contains(key)) {
+        config[key] = name;
+        set = true;
+      }
+    if (!set) config["torch_dtype"] = name;
+  }
+  if (layers)
+    for (const char* key : {"num_hidden_layers", "n_layer", "num_layers"})
+      if (config.contains(key)) config[key] = *layers;
   return config.dump(2) + "\n";
 }
 
@@ -125,8 +141,9 @@ std::map<std::string, std::string> describe_merge_output(const MergeMethodSpec& 
     made[kModelCardName] = model_card(spec, in, config.ends_with('\n') ? config : config + "\n");
   }
   const auto dtype = float_output_dtype(out);
+  const auto layers = in.slices.empty() ? std::nullopt : layer_count(out);
   for (const auto& f : files)
-    if (f.name == "config.json" && dtype) made[f.name] = rewritten_config(reference, *dtype);
+    if (f.name == "config.json" && (dtype || layers)) made[f.name] = rewritten_config(reference, dtype, layers);
   for (auto& f : files)
     if (made.count(f.name)) f.size = made[f.name].size();
   for (const auto& [name, contents] : made)

@@ -103,7 +103,8 @@ TensorParameters resolve_parameters(const std::vector<MethodParameter>& paramete
   out.per_model.resize(sources.per_model.size());
   for (const auto& p : parameters) {
     if (!p.per_model) {
-      auto value = lookup(sources.global, p.name, tensor, t);
+      auto value = lookup(sources.slice, p.name, tensor, t);
+      if (!value) value = lookup(sources.global, p.name, tensor, t);
       if (!value) value = p.default_value;
       SOUPKIT_INPUT_ERROR_IF(!value, "parameter '{}' is required and has no value for tensor '{}' (no filter of "
                              "parameters.{} matches it)", p.name, tensor, p.name);
@@ -112,6 +113,7 @@ TensorParameters resolve_parameters(const std::vector<MethodParameter>& paramete
     }
     for (std::size_t i = 0; i < sources.per_model.size(); ++i) {
       auto value = lookup(sources.per_model[i], p.name, tensor, t);
+      if (!value) value = lookup(sources.slice, p.name, tensor, t);
       if (!value) value = lookup(sources.global, p.name, tensor, t);
       if (!value) value = p.default_value;
       if (!value && sources.base_index == i) continue;  // mergekit: not required of the base

@@ -14,6 +14,7 @@ namespace soupkit {
 // references, so self-registering methods would silently vanish.)
 #define SOUPKIT_MERGE_METHODS(X) \
   X(linear)                      \
+  X(passthrough)                 \
   X(task_arithmetic)             \
   X(ties)                        \
   /* (end of the list) */

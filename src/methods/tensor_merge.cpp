@@ -59,25 +59,131 @@ void TensorMerge::check_same_tensors(std::size_t i) const {
   }
 }
 
-void TensorMerge::resolve_all_parameters(const std::vector<TensorInfo>& tensors) {
-  const LayerPositions layers(tensors);
+void TensorMerge::resolve_all_parameters() {
   tensor_parameters_.clear();
-  try {
-    for (const auto& t : tensors)
-      tensor_parameters_.push_back(
-          resolve_parameters(spec_entry_.parameters, in_.parameters, t.name, layers.t(t.name)));
-  } catch (const InputError& e) {
-    if (in_.job_name.empty()) throw;
-    throw InputError(fmt::format("{}: {}", in_.job_name, e.what()));  // the settings come from the job file
+  for (const auto& source : sources_) {
+    if (in_.slices.empty()) {
+      tensor_parameters_.push_back(resolve_parameters(spec_entry_.parameters, in_.parameters, source.out.name, source.t));
+      continue;
+    }
+    // A slice's sources have their own parameters, then the slice's, then the global ones.
+    const MergeSlice& slice = in_.slices.at(source.slice);
+    ParameterSources sources = in_.parameters;
+    sources.per_model = slice.source_parameters;
+    sources.slice = slice.parameters;
+    tensor_parameters_.push_back(resolve_parameters(spec_entry_.parameters, sources, source.out.name, source.t));
   }
+}
+
+namespace {
+
+// mergekit's architectures put embeddings before the layers and everything
+// else outside them (final norm, head) after; soupkit tells them by name.
+bool before_the_layers(std::string_view name) {
+  for (const char* word : {"embed", "wte", "wpe", "word_embeddings", "tok_embeddings"})
+    if (name.find(word) != std::string_view::npos) return true;
+  return false;
+}
+
+}  // namespace
+
+void TensorMerge::plan_sources() {
+  sources_.clear();
+  if (!in_.slices.empty()) return plan_slice_sources();
+  const CheckpointReader& ref = *models_[reference()];
+  const LayerPositions layers(ref.tensors());
+  std::vector<std::size_t> all(model_count());
+  for (std::size_t k = 0; k < all.size(); ++k) all[k] = k;
+  for (const auto& t : ref.tensors())
+    sources_.push_back({t, std::vector<std::optional<std::string>>(model_count(), t.name), all, layers.t(t.name), 0});
+}
+
+// Member k's tensor must exist with the output's shape; a floating-point
+// one may be of another float dtype, anything else of the same dtype.
+void TensorMerge::check_member(const TensorSource& source, std::size_t k) const {
+  const std::string& name = *source.names[k];
+  const TensorInfo* t = models_[k]->find(name);
+  SOUPKIT_INPUT_ERROR_IF(!t, "tensor '{}' (for the output's '{}') is not in {}", name, source.out.name, model_name(k));
+  SOUPKIT_INPUT_ERROR_IF(t->shape != source.out.shape, "tensor '{}' has shape {} in {}, but {} is {}", name,
+                         shape_string(t->shape), model_name(k), source.out.name, shape_string(source.out.shape));
+  const bool both_float = is_float_arith(t->dtype) && is_float_arith(source.out.dtype);
+  SOUPKIT_INPUT_ERROR_IF(!both_float && t->dtype != source.out.dtype, "tensor '{}' is {} in {} but {} in {}", name,
+                         dtype_name(t->dtype), model_name(k), dtype_name(source.out.dtype),
+                         model_name(source.members.front()));
+}
+
+// mergekit's slices: the first slice's first source gives the tensors
+// before the layers, the last slice's the ones after; each slice adds its
+// layers, layer first + o of every source making output layer j (counted
+// over all slices), at t = o / (L - 1) (1 when L = 1).
+void TensorMerge::plan_slice_sources() {
+  const auto members_of = [&](const MergeSlice& slice) {
+    std::vector<std::size_t> members;
+    for (std::size_t k = 0; k < slice.ranges.size(); ++k)
+      if (slice.ranges[k]) members.push_back(k);
+    return members;
+  };
+  // The one layer stack every source has.
+  std::optional<std::string> prefix;
+  for (const auto& reader : models_)
+    for (const auto& t : reader->tensors())
+      if (const auto layer = parse_layer_name(t.name)) {
+        SOUPKIT_INPUT_ERROR_IF(prefix && *prefix != layer->prefix,
+                               "slices: {} has two layer stacks ('{}' and '{}'); soupkit slices one stack only",
+                               reader->path().string(), *prefix, layer->prefix);
+        prefix = layer->prefix;
+      }
+  SOUPKIT_INPUT_ERROR_IF(!prefix, "slices: no model has layers (tensors named like 'model.layers.0.*')");
+  const auto outside = [&](const MergeSlice& slice, bool before) {
+    const std::vector<std::size_t> members = members_of(slice);
+    for (const auto& t : models_[members.front()]->tensors()) {
+      if (parse_layer_name(t.name) || before_the_layers(t.name) != before) continue;
+      std::vector<std::optional<std::string>> names(model_count());
+      for (const std::size_t k : members) names[k] = t.name;
+      sources_.push_back({t, names, members, 0, static_cast<std::size_t>(before ? 0 : in_.slices.size() - 1)});
+    }
+  };
+  outside(in_.slices.front(), true);
+  std::uint64_t layer_out = 0;
+  for (std::size_t s = 0; s < in_.slices.size(); ++s) {
+    const MergeSlice& slice = in_.slices[s];
+    const std::vector<std::size_t> members = members_of(slice);
+    const std::size_t lead = members.front();
+    const LayerPositions stacks(models_[lead]->tensors());
+    for (const std::size_t k : members) {
+      const LayerPositions own(models_[k]->tensors());
+      SOUPKIT_INPUT_ERROR_IF(slice.ranges[k]->end > own.layer_count(*prefix),
+                             "slices[{}]: layer_range [{}, {}] of {} reaches past its {} layers", s,
+                             slice.ranges[k]->first, slice.ranges[k]->end, model_name(k), own.layer_count(*prefix));
+    }
+    const std::uint64_t length = slice.ranges[lead]->end - slice.ranges[lead]->first;
+    for (std::uint64_t o = 0; o < length; ++o, ++layer_out) {
+      const double t = length > 1 ? static_cast<double>(o) / static_cast<double>(length - 1) : 1.0;
+      const std::uint64_t lead_layer = slice.ranges[lead]->first + o;
+      for (const auto& tensor : models_[lead]->tensors()) {
+        const auto layer = parse_layer_name(tensor.name);
+        if (!layer || layer->prefix != *prefix || layer->index != lead_layer) continue;
+        TensorInfo out = tensor;
+        out.name = fmt::format("{}{}{}", *prefix, layer_out, layer->suffix);
+        std::vector<std::optional<std::string>> names(model_count());
+        for (const std::size_t k : members)
+          names[k] = fmt::format("{}{}{}", *prefix, slice.ranges[k]->first + o, layer->suffix);
+        sources_.push_back({out, names, members, t, s});
+      }
+    }
+  }
+  outside(in_.slices.back(), false);
+  for (const auto& source : sources_)
+    for (const std::size_t k : source.members) check_member(source, k);
 }
 
 std::uint64_t TensorMerge::working_row_bytes(const TensorInfo& out, const Inputs& in) const {
   std::uint64_t widest = 0;
-  for (const auto* t : in) widest = std::max<std::uint64_t>(widest, dtype_size(t->dtype));
+  for (const auto* t : in)
+    if (t) widest = std::max<std::uint64_t>(widest, dtype_size(t->dtype));
   // Merged: one input's raw rows, the method's float64 values, the output's
   // rows. Copied: the output's rows and one input's.
-  const std::uint64_t per_element = is_float_arith(in[0]->dtype)
+  const std::uint64_t per_element = is_float_arith(out.dtype)
                                         ? widest + working_values_per_element() * sizeof(double) + dtype_size(out.dtype)
                                         : 2 * widest;
   return std::max<std::uint64_t>(row_elements(out) * per_element, 1);
@@ -88,26 +194,38 @@ std::uint64_t TensorMerge::block_rows(const TensorInfo& out, const Inputs& in) c
 }
 
 MethodPlan TensorMerge::plan(const PlanContext& context) {
+  try {
+    return plan_tensors(context);
+  } catch (const InputError& e) {
+    if (in_.job_name.empty()) throw;
+    // The parameters, models and their tensors come from the job file: name it.
+    throw InputError(fmt::format("{}: {}", in_.job_name, e.what()));
+  }
+}
+
+MethodPlan TensorMerge::plan_tensors(const PlanContext& context) {
   chunk_bytes_ = context.chunk_bytes;
   open_inputs();
-  for (std::size_t i = 0; i < models_.size(); ++i)
-    if (i != reference()) check_same_tensors(i);
-  const CheckpointReader& ref = *models_[reference()];
+  if (in_.slices.empty())
+    for (std::size_t i = 0; i < models_.size(); ++i)
+      if (i != reference()) check_same_tensors(i);
+  plan_sources();
   MethodPlan plan;
-  for (const auto& t : ref.tensors()) {
-    TensorInfo out = t;
-    if (is_float_arith(t.dtype)) out.dtype = in_.out_dtype.value_or(in_.compute_dtype.value_or(t.dtype));
+  for (const auto& source : sources_) {
+    TensorInfo out = source.out;
+    if (is_float_arith(out.dtype)) out.dtype = in_.out_dtype.value_or(in_.compute_dtype.value_or(out.dtype));
     plan.output.tensors.push_back(out);
   }
-  resolve_all_parameters(plan.output.tensors);
-  made_files_ = describe_merge_output(spec_entry_, in_, ref, plan.output);
+  resolve_all_parameters();
+  made_files_ = describe_merge_output(spec_entry_, in_, *models_[reference()], plan.output);
   for (std::size_t index = 0; index < plan.output.tensors.size(); ++index) {
     const TensorInfo& out = plan.output.tensors[index];
-    const Inputs in = inputs_of(out);
+    const Inputs in = inputs_of(index);
     if (is_float_arith(out.dtype) && out.numel() > 0) check_tensor(in, parameters(index));
     TaskPlan task;
     std::uint64_t in_bytes = 0;
     for (std::size_t k = 0; k < in.size(); ++k) {
+      if (!in[k]) continue;
       in_bytes += in[k]->nbytes();
       task.sources.push_back(models_[k]->location(*in[k]));
     }
@@ -124,12 +242,16 @@ void TensorMerge::prepare(const MethodPlan& plan) {
   if (models_.empty()) open_inputs();
   spec_ = plan.output;
   chunk_bytes_ = plan.context.chunk_bytes;
-  if (tensor_parameters_.size() != spec_.tensors.size()) resolve_all_parameters(spec_.tensors);
+  if (sources_.size() != spec_.tensors.size()) {
+    plan_sources();
+    resolve_all_parameters();
+  }
 }
 
-TensorMerge::Inputs TensorMerge::inputs_of(const TensorInfo& out) const {
-  Inputs in;
-  for (const auto& m : models_) in.push_back(&m->planned(out.name));
+TensorMerge::Inputs TensorMerge::inputs_of(std::size_t index) const {
+  const TensorSource& source = sources_.at(index);
+  Inputs in(model_count(), nullptr);
+  for (const std::size_t k : source.members) in[k] = &models_[k]->planned(*source.names[k]);
   return in;
 }
 
@@ -141,7 +263,7 @@ AuxSource TensorMerge::aux_contents(std::size_t index) {
 
 nlohmann::json TensorMerge::compute(std::size_t index, CheckpointWriter& writer) {
   const TensorInfo& want = spec_.tensors.at(index);
-  const Inputs in = inputs_of(want);
+  const Inputs in = inputs_of(index);
   if (is_float_arith(want.dtype) && want.numel() > 0) {
     merge_tensor(index, in, want, writer);
     return nullptr;
@@ -150,7 +272,7 @@ nlohmann::json TensorMerge::compute(std::size_t index, CheckpointWriter& writer)
   for (std::uint64_t first = 0; first < rows || (rows == 0 && first == 0); first += step) {
     const std::uint64_t count = std::min(step, rows - first);
     out_.resize(count * row_bytes(want));
-    if (!is_float_arith(want.dtype)) copy_identical_rows(in, first, count);  // (an empty float tensor has no bytes)
+    if (!is_float_arith(want.dtype)) copy_identical_rows(index, in, first, count);  // (an empty float tensor has no bytes)
     writer.write_rows(index, first, count, out_);
     if (rows == 0) break;
   }
@@ -181,10 +303,11 @@ void TensorMerge::write_rows(std::size_t index, const TensorInfo& out, std::uint
 
 // Integer, bool and fp8 tensors cannot be merged: they must be the same
 // bytes in every model, and are copied.
-void TensorMerge::copy_identical_rows(const Inputs& in, std::uint64_t first, std::uint64_t count) {
-  const std::size_t r = reference();
+void TensorMerge::copy_identical_rows(std::size_t index, const Inputs& in, std::uint64_t first, std::uint64_t count) {
+  const std::vector<std::size_t>& from = members(index);
+  const std::size_t r = from.front();
   models_[r]->read_rows(*in[r], first, count, out_);
-  for (std::size_t i = 0; i < models_.size(); ++i) {
+  for (const std::size_t i : from) {
     if (i == r) continue;
     raw_.resize(out_.size());
     models_[i]->read_rows(*in[i], first, count, raw_);

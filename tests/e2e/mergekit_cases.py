@@ -78,6 +78,9 @@ def localise(config, paths):
         models.append(m)
     if "models" in out:
         out["models"] = models
+    if "slices" in out:
+        out["slices"] = [dict(sl, sources=[dict(src, model=fix(src["model"])) for src in sl["sources"]])
+                         for sl in out["slices"]]
     if "tokenizer_source" in out:
         out["tokenizer_source"] = fix(out["tokenizer_source"])
     return out

@@ -77,7 +77,16 @@ def layer_positions(names):
 
 
 def model_list(config):
-    """(model paths in mergekit's order, index of the base or None)."""
+    """(model paths in mergekit's order, index of the base or None); with
+    slices, every source in order of appearance."""
+    if "slices" in config:
+        models = []
+        for sl in config["slices"]:
+            for src in sl["sources"]:
+                if src["model"] not in models:
+                    models.append(src["model"])
+        base = config.get("base_model")
+        return models, [{} for _ in models], models.index(base) if base in models else None
     models = [m["model"] if isinstance(m, dict) else m for m in config["models"]]
     settings = [(m.get("parameters") or {}) if isinstance(m, dict) else {} for m in config["models"]]
     base = config.get("base_model")
@@ -137,10 +146,75 @@ def store(dtype, values):
     return np.asarray(values, dtype=np.float64).astype(NP_DTYPES[dtype])
 
 
+def _pre_layer(name):
+    return any(w in name for w in ("embed", "wte", "wpe", "word_embeddings", "tok_embeddings"))
+
+
+def slice_plan(config, checkpoints):
+    """mergekit's slices (plan.py: plan_module, plan_slice): [(output name,
+    [(model, input name)], t, slice)], the embeddings from the first slice's
+    first source, each slice's layers stacked, the rest from the last slice."""
+    slices = config["slices"]
+    plan = []
+
+    def outside(s, before):
+        sources = slices[s]["sources"]
+        for name in checkpoints[sources[0]["model"]]:
+            if _LAYER.search(name) or _pre_layer(name) != before:
+                continue
+            plan.append((name, [(src["model"], name) for src in sources], 0.0, s))
+
+    outside(0, True)
+    j = 0
+    for s, sl in enumerate(slices):
+        sources = sl["sources"]
+        first, end = sources[0]["layer_range"]
+        length = end - first
+        for o in range(length):
+            t = o / (length - 1) if length > 1 else 1.0
+            for name in checkpoints[sources[0]["model"]]:
+                m = _LAYER.search(name)
+                if not m or int(m.group(1)) != first + o:
+                    continue
+                head, tail = name[:m.start(1)], name[m.end(1):]
+                plan.append((head + str(j) + tail,
+                             [(src["model"], head + str(src["layer_range"][0] + o) + tail) for src in sources], t, s))
+            j += 1
+    outside(len(slices) - 1, False)
+    return plan
+
+
+def merge_slices(config, checkpoints):
+    parameters, function = METHODS[config["merge_method"]]
+    dtype = DTYPE_NAMES.get(config.get("dtype"), config.get("dtype"))
+    out_dtype = DTYPE_NAMES.get(config.get("out_dtype"), config.get("out_dtype"))
+    out = {}
+    for name, sources, t, s in slice_plan(config, checkpoints):
+        sl = config["slices"][s]
+        models = [m for m, _ in sources]
+        ref_dtype, raw = checkpoints[models[0]][sources[0][1]]
+        if ref_dtype not in FLOATS:
+            out[name] = (ref_dtype, raw)
+            continue
+        tensors = [as_float64(*checkpoints[m][n]) for m, n in sources]
+        tensors = [round_to(dtype, x) for x in tensors] if dtype else tensors
+        base = config.get("base_model")
+        base_index = models.index(base) if base in models else None
+        top = dict(config.get("parameters") or {})
+        # (slice parameters come before the global ones: a merged view)
+        view = dict(config, parameters=dict(top, **(sl.get("parameters") or {})))
+        g, p = resolve(parameters, view, [src.get("parameters") or {} for src in sl["sources"]], base_index, name, t)
+        merged = function(tensors, base_index, p, g, name)
+        out[name] = (out_dtype or dtype or ref_dtype, store(out_dtype or dtype or ref_dtype, merged).reshape(np.shape(raw)))
+    return out
+
+
 def merge(config, checkpoints):
     """The expected output {name: (dtype, raw)} of `config`; checkpoints maps
     each model path of the configuration to {name: (dtype, raw)}
     (soupkit_testlib.read_checkpoint's form)."""
+    if "slices" in config:
+        return merge_slices(config, checkpoints)
     parameters, function = METHODS[config["merge_method"]]
     models, settings, base_index = model_list(config)
     ref = checkpoints[models[base_index if base_index is not None else 0]]
@@ -196,7 +270,13 @@ def ties(tensors, base_index, p, g, name):
                             [q["density"] for _, q in others], lambda_=g["lambda"], normalize=g["normalize"])
 
 
+def passthrough(tensors, base_index, p, g, name):
+    assert len(tensors) == 1, "passthrough expects exactly one tensor"
+    return tensors[0] * p[0]["scale"] if p[0].get("scale") is not None else tensors[0]
+
+
 METHODS = {
+    "passthrough": ([("scale", True, None)], passthrough),
     "linear": ([("weight", True, REQUIRED), ("normalize", False, True)], linear),
     "task_arithmetic": ([("weight", True, REQUIRED), ("lambda", False, 1.0), ("normalize", False, False)],
                         task_arithmetic),

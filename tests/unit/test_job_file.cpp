@@ -179,7 +179,7 @@ TEST(JobFile, NothingIsSilentlyDropped) {
   expect_error("merge_method: ties\nbase_model: a\nmodels: [b, b]\n", "models[1]: b is listed twice");
   expect_error("merge_method: task_arithmetic\nmodels: [b]\n", "base_model: merge_method task_arithmetic needs a base_model");
   expect_error("merge_method: task_arithmetic\nbase_model: a\n", "merge_method task_arithmetic needs models");
-  expect_error("merge_method: ties\nbase_model: a\nmodels: [b]\nslices: []\n", "slices: layer slices are not run");
+  expect_error("merge_method: ties\nbase_model: a\nmodels: [b]\nslices: []\n", "slices: give models or slices, not both");
   expect_error("merge_method: ties\nbase_model: a\nmodels: [b]\ntokenizer_source: union\n",
                "tokenizer_source: a union vocabulary is built by 'soupkit transplant'");
   expect_error("merge_method: ties\nbase_model: a\nmodels: [b]\nchat_template: chatml\n", "chat_template:");

@@ -108,15 +108,17 @@ struct TensorParameters {
 // Where settings come from and how they are named in messages.
 struct ParameterSources {
   ParameterSettings global;                  // `parameters`
-  std::vector<ParameterSettings> per_model;  // `models[i].parameters`
+  std::vector<ParameterSettings> per_model;  // `models[i].parameters` (or a slice's `sources[i].parameters`)
+  ParameterSettings slice;                   // a slice's `parameters`: searched before the global ones
   std::vector<std::string> model_names;      // "models[1] (path)", for messages
   std::optional<std::size_t> base_index;     // a model that is the base: its required parameters may be absent
 };
 
 // Resolves `parameters` (a method's table) for tensor `tensor` at layer
 // position t, as mergekit's ConfigReader.parameter does: a per-model
-// parameter from the model's own setting, then the global one; a global
-// parameter from the global setting only; then the default. InputError
+// parameter from the model's own setting, then the slice's, then the global
+// one; a global parameter from the slice's, then the global setting; then
+// the default. InputError
 // naming parameter, model and tensor when a required one has no value.
 TensorParameters resolve_parameters(const std::vector<MethodParameter>& parameters, const ParameterSources& sources,
                                     std::string_view tensor, double t);

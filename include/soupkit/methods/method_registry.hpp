@@ -19,6 +19,17 @@
 
 namespace soupkit {
 
+// One output slice of mergekit's `slices` syntax: layers [first, end) of
+// each source model's layer stack, stacked after the previous slices'.
+struct MergeSlice {
+  struct Range {
+    std::uint64_t first = 0, end = 0;
+  };
+  std::vector<std::optional<Range>> ranges;  // per model of MergeInputs::models (none: not a source of this slice)
+  std::vector<ParameterSettings> source_parameters;  // per model: sources[i].parameters
+  ParameterSettings parameters;                      // the slice's own parameters
+};
+
 // What a method of the family is built from. The models are mergekit's
 // inputs after its normalize_config: the models as listed, then the base
 // model when it is not among them; `parameters.base_index` says which one
@@ -30,6 +41,9 @@ struct MergeInputs {
 
   std::vector<fs::path> models;
   ParameterSources parameters;  // settings per model and global, resolved per tensor
+  // mergekit's `slices` (empty: the `models` syntax, every layer of every
+  // model). With slices, models lists every source in order of appearance.
+  std::vector<MergeSlice> slices;
   fs::path output;
   // mergekit's `dtype`: every floating-point input is rounded to it when
   // read (as mergekit converts its inputs) and the output is written in it.

@@ -38,7 +38,8 @@ class TensorMerge : public Method {
 
  protected:
   // The inputs of one output tensor, one per model of MergeInputs::models
-  // (the base among them, at base_index()).
+  // (the base among them, at base_index()); null for a model that is not
+  // one of its members (only with slices).
   using Inputs = std::vector<const TensorInfo*>;
 
   // Coordinator, while planning: check what depends on a tensor and its
@@ -59,6 +60,9 @@ class TensorMerge : public Method {
 
   // The parameters of output tensor `index`.
   const TensorParameters& parameters(std::size_t index) const { return tensor_parameters_.at(index); }
+  // The models output tensor `index` is made from, in model order: every
+  // model, except with mergekit's slices (each slice has its own sources).
+  const std::vector<std::size_t>& members(std::size_t index) const { return sources_.at(index).members; }
   // Rows per block: a block's working values, raw input and output within
   // the engine's chunk size (one row at least).
   std::uint64_t block_rows(const TensorInfo& out, const Inputs& in) const;
@@ -80,19 +84,34 @@ class TensorMerge : public Method {
   std::uint64_t chunk_bytes() const { return chunk_bytes_; }
 
  private:
+  // Where an output tensor comes from.
+  struct TensorSource {
+    TensorInfo out;                                 // its name, shape and (input) dtype
+    std::vector<std::optional<std::string>> names;  // its name in each model (none: not a member)
+    std::vector<std::size_t> members;               // the models with a name
+    double t = 0;                                   // its layer position (mergekit's gradients)
+    std::size_t slice = 0;                          // with slices: the slice whose parameters it takes
+  };
+  MethodPlan plan_tensors(const PlanContext& context);
+  // Every output tensor's sources: the reference's tensors (models), or the
+  // slices' layers stacked (slices).
+  void plan_sources();
+  void plan_slice_sources();
+  void check_member(const TensorSource& source, std::size_t k) const;
   void open_inputs();
   std::size_t reference() const { return base_index().value_or(0); }
   void check_same_tensors(std::size_t i) const;
-  void resolve_all_parameters(const std::vector<TensorInfo>& tensors);
-  Inputs inputs_of(const TensorInfo& out) const;
+  void resolve_all_parameters();
+  Inputs inputs_of(std::size_t index) const;
   std::uint64_t working_row_bytes(const TensorInfo& out, const Inputs& in) const;
-  void copy_identical_rows(const Inputs& in, std::uint64_t first, std::uint64_t count);
+  void copy_identical_rows(std::size_t index, const Inputs& in, std::uint64_t first, std::uint64_t count);
 
   std::string label_;
   const MergeMethodSpec& spec_entry_;
   MergeInputs in_;
   std::uint64_t chunk_bytes_ = 0;  // the engine's (PlanContext)
   std::vector<std::unique_ptr<CheckpointReader>> models_;
+  std::vector<TensorSource> sources_;                // per output tensor
   std::vector<TensorParameters> tensor_parameters_;  // per output tensor
   OutputSpec spec_;
   std::map<std::string, std::string> made_files_;  // aux files soupkit writes (model card, ...), by name
