@@ -105,6 +105,30 @@ class Semantics(MergekitConfigBase):
         with open(os.path.join(out, "config.json")) as f:
             self.assertEqual(json.load(f)["torch_dtype"], "bfloat16")
 
+    def test_a_tensor_over_the_memory_budget_streams(self):
+        # rows_scale 400: the embedding and head are 16000 x 24 float32 (1.5 MB), over a 1 MB budget.
+        base = mc.llama_like(5, "F32", layers=2, rows_scale=400)
+        big = mc.write_models(self.tmp, {"big-a": mc.llama_like(6, "F32", layers=2, rows_scale=400, base=base),
+                                         "big-b": mc.llama_like(7, "BF16", layers=2, rows_scale=400, base=base)})
+        models = [{"model": "big-a", "parameters": {"weight": [0.2, 0.9]}},
+                  {"model": "big-b", "parameters": {"weight": [{"filter": "embed", "value": 2}, {"value": 0.5}]}}]
+        config = {"merge_method": "linear", "models": models}
+        saved, self.paths = self.paths, dict(self.paths, **big)
+        try:
+            budget = self.check(config, "budget", ranks=2, extra=["--memory-budget", "1MB"])
+            free = self.check(config, "budget-free")
+        finally:
+            self.paths = saved
+        with open(os.path.join(budget, "model.safetensors"), "rb") as f, \
+                open(os.path.join(free, "model.safetensors"), "rb") as g:
+            self.assertEqual(f.read(), g.read())
+
+    def test_passthrough_scale_and_optional_base(self):
+        self.check({"merge_method": "passthrough", "models": [{"model": "b", "parameters": {"scale": 0.5}}]}, "pass")
+        # linear with a base: the base is merged like the others and needs a weight (here the global one).
+        self.check({"merge_method": "linear", "base_model": "base", "models": [{"model": "a", "parameters":
+                    {"weight": 3}}], "parameters": {"weight": 1}}, "lin-base")
+
     def test_model_card_configuration_and_metadata(self):
         config = {"merge_method": "linear", "models": [{"model": "a", "parameters": {"weight": 1}},
                                                        {"model": "c", "parameters": {"weight": 3}}],
