@@ -138,6 +138,7 @@ MethodPlan MonosoupMethod::plan(const PlanContext& context) {
     }
     reasons.push_back(reason);
     TaskPlan task;
+    task.note = reason.empty() ? "reweighted" : "kept: " + reason;
     task.sources = {finetuned_->location(t)};
     if (b && reason.empty()) task.sources.push_back(base_->location(*b));
     // Estimated seconds on one rank, a least-squares fit to the measured

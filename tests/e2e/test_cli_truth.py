@@ -58,6 +58,24 @@ class MonosoupTruth(BadInputBase):
         self.assertIn("4 missing from base", warnings[0])
 
 
+class DryRun(BadInputBase):
+    def test_natural_order_and_what_happens_to_each_tensor(self):
+        rng = np.random.default_rng(5)
+        names = ["h.10.w", "h.2.w", "h.1.b"]
+        base = {n: ("F32", rng.standard_normal((6, 4) if n.endswith("w") else (4,)).astype(np.float32)) for n in names}
+        fine = {n: (d, v + np.float32(0.1)) for n, (d, v) in base.items()}
+        write_model_dir(self.path("b"), base)
+        write_model_dir(self.path("f"), fine)
+        out = self.path("out.h5")
+        proc = run_soupkit(["monosoup", "--base", self.path("b"), "--finetuned", self.path("f"), "--out", out,
+                            "--dry-run"])
+        rows = [l.split()[0] for l in proc.stdout.splitlines() if l.strip().startswith("h.")]
+        self.assertEqual(rows, ["h.1.b", "h.2.w", "h.10.w"], proc.stdout)
+        self.assertIn("kept: fewer than 2 dimensions", proc.stdout)
+        self.assertIn("reweighted", proc.stdout)
+        self.assert_no_output(out)
+
+
 class ForeignOutputNames(BadInputBase):
     def test_an_extension_soupkit_does_not_write_is_refused(self):
         model = self.path("m")
