@@ -16,6 +16,10 @@ namespace soupkit {
   X(linear)                      \
   X(task_arithmetic)             \
   X(ties)                        \
+  X(slerp)                       \
+  X(nuslerp)                     \
+  X(multislerp)                  \
+  X(karcher)                     \
   /* (end of the list) */
 
 #define SOUPKIT_DECLARE_SPEC(name) MergeMethodSpec name##_spec();
