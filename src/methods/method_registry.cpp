@@ -17,6 +17,10 @@ namespace soupkit {
   X(passthrough)                 \
   X(task_arithmetic)             \
   X(ties)                        \
+  X(slerp)                       \
+  X(nuslerp)                     \
+  X(multislerp)                  \
+  X(karcher)                     \
   /* (end of the list) */
 
 #define SOUPKIT_DECLARE_SPEC(name) MergeMethodSpec name##_spec();
