@@ -16,6 +16,13 @@ namespace soupkit {
   X(linear)                      \
   X(task_arithmetic)             \
   X(ties)                        \
+  X(dare_linear)                 \
+  X(dare_ties)                   \
+  X(breadcrumbs)                 \
+  X(breadcrumbs_ties)            \
+  X(della_linear)                \
+  X(della)                       \
+  X(sce)                         \
   /* (end of the list) */
 
 #define SOUPKIT_DECLARE_SPEC(name) MergeMethodSpec name##_spec();
