@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
-#include <numeric>
 #include <optional>
 #include <vector>
 
@@ -214,24 +213,27 @@ class DellaSparsifier final : public DeltaSparsifier {
   }
 
  private:
+  // A magnitude's bits (a non-negative double's bits order like it) and its position in the group.
+  struct Ranked {
+    std::uint64_t bits, position;
+    // Ascending magnitude; of equal ones the lower position ranks higher.
+    bool operator<(const Ranked& o) const { return bits != o.bits ? bits < o.bits : position > o.position; }
+  };
+
   // p[start + k * step] for the group of group_ elements x[start + k * step].
   void probabilities(const double* x, std::uint64_t start, std::uint64_t step, double* p) {
-    bits_.resize(group_);
     order_.resize(group_);
     for (std::uint64_t k = 0; k < group_; ++k) {
-      bits_[k] = std::bit_cast<std::uint64_t>(x[start + k * step]) & kMagnitudeMask;
-      SOUPKIT_INPUT_ERROR_IF(bits_[k] > kInfinityBits, "{}: task vector element {} is NaN, which has no magnitude "
-                             "to rank", where(request_), start + k * step);
+      const std::uint64_t bits = std::bit_cast<std::uint64_t>(x[start + k * step]) & kMagnitudeMask;
+      SOUPKIT_INPUT_ERROR_IF(bits > kInfinityBits, "{}: task vector element {} is NaN, which has no magnitude to "
+                             "rank", where(request_), start + k * step);
+      order_[k] = {bits, k};
     }
-    std::iota(order_.begin(), order_.end(), std::uint64_t{0});
-    // Ascending magnitude; of equal ones the lower index ranks higher.
-    std::sort(order_.begin(), order_.end(), [&](std::uint64_t a, std::uint64_t b) {
-      return bits_[a] != bits_[b] ? bits_[a] < bits_[b] : a > b;
-    });
+    std::sort(order_.begin(), order_.end());
     const double span = static_cast<double>(group_ - 1);
     for (std::uint64_t rank = 0; rank < group_; ++rank) {
       const double normalised = static_cast<double>(rank) / span;
-      p[start + order_[rank] * step] = low_ + normalised * 2.0 * request_.epsilon;
+      p[start + order_[rank].position * step] = low_ + normalised * 2.0 * request_.epsilon;
     }
   }
 
@@ -241,7 +243,7 @@ class DellaSparsifier final : public DeltaSparsifier {
   bool whole_tensor_ = false;
   std::uint64_t group_ = 0, stride_ = 1;
   std::vector<double> held_, p_;
-  std::vector<std::uint64_t> bits_, order_;
+  std::vector<Ranked> order_;
 };
 
 // --- Construction -------------------------------------------------------------
