@@ -169,6 +169,9 @@ ParameterSettings read_settings(const MergeMethodSpec& spec, const YAML::Node& n
   for (const auto& kv : node) {
     const std::string name = key_text(kv.first, where);
     const Place at = where.at("." + excerpt(name), kv.first);
+    if (name == "random_seed")
+      at.refuse("not a mergekit parameter: the seed of soupkit's random drops is the option --random-seed (soupkit "
+                "run CONFIG OUT --random-seed N)");
     const MethodParameter* p = find_parameter(spec, name);
     if (!p)
       at.refuse(fmt::format("merge_method {} has no parameter '{}' (its parameters: {})", spec.merge_methods.front(),
@@ -177,7 +180,6 @@ ParameterSettings read_settings(const MergeMethodSpec& spec, const YAML::Node& n
       at.refuse(fmt::format("'{}' is a global parameter of {}: mergekit ignores it here; set it under the top-level "
                             "parameters",
                             name, spec.merge_methods.front()));
-    if (name == "random_seed") at.refuse("not a mergekit parameter");
     out.emplace(name, read_setting(*p, kv.second, at));
   }
   return out;

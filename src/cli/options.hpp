@@ -35,7 +35,10 @@ inline std::optional<po::variables_map> parse(const std::string& command, const 
                                               const std::string& usage) {
   po::variables_map vm;
   try {
-    po::store(po::command_line_parser(args).options(desc).positional(positional).run(), vm);
+    // No guessing: boost would take --rescal for --rescale (an unambiguous
+    // prefix); an option is named in full or refused.
+    const int style = po::command_line_style::default_style & ~po::command_line_style::allow_guessing;
+    po::store(po::command_line_parser(args).options(desc).positional(positional).style(style).run(), vm);
     // --help wins over missing required options, so check it before notify().
     if (vm.count("help")) {
       if (rank == 0) std::cout << "usage: " << usage << "\n\n" << desc << "\n";

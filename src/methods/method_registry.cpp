@@ -21,6 +21,13 @@ namespace soupkit {
   X(nuslerp)                     \
   X(multislerp)                  \
   X(karcher)                     \
+  X(dare_linear)                 \
+  X(dare_ties)                   \
+  X(breadcrumbs)                 \
+  X(breadcrumbs_ties)            \
+  X(della_linear)                \
+  X(della)                       \
+  X(sce)                         \
   /* (end of the list) */
 
 #define SOUPKIT_DECLARE_SPEC(name) MergeMethodSpec name##_spec();

@@ -221,7 +221,11 @@ MethodPlan TensorMerge::plan_tensors(const PlanContext& context) {
   for (std::size_t index = 0; index < plan.output.tensors.size(); ++index) {
     const TensorInfo& out = plan.output.tensors[index];
     const Inputs in = inputs_of(index);
-    if (is_float_arith(out.dtype) && out.numel() > 0) check_tensor(in, parameters(index));
+    std::uint64_t held = 0;
+    if (is_float_arith(out.dtype) && out.numel() > 0) {
+      check_tensor(in, parameters(index));
+      held = held_bytes(in, parameters(index));
+    }
     TaskPlan task;
     std::uint64_t in_bytes = 0;
     for (std::size_t k = 0; k < in.size(); ++k) {
@@ -232,7 +236,7 @@ MethodPlan TensorMerge::plan_tensors(const PlanContext& context) {
     const double passes = is_float_arith(out.dtype) ? passes_over_inputs() : 1;
     task.seconds = (passes * static_cast<double>(in_bytes) + static_cast<double>(out.nbytes())) / 1.5e9;
     const std::uint64_t rows = std::min(block_rows(out, in), std::max<std::uint64_t>(row_count(out), 1));
-    task.peak_bytes = static_cast<double>(rows * working_row_bytes(out, in));
+    task.peak_bytes = static_cast<double>(rows * working_row_bytes(out, in) + held);
     plan.tasks.push_back(std::move(task));
   }
   return plan;
@@ -292,6 +296,14 @@ void TensorMerge::read_rows(std::size_t k, const Inputs& in, std::uint64_t first
     store_from_f64(*in_.compute_dtype, dst.data(), dst.size(), raw_.data());
     load_as_f64(*in_.compute_dtype, raw_.data(), dst.size(), dst.data());
   }
+}
+
+void TensorMerge::read_task_vector_rows(std::size_t k, const Inputs& in, std::uint64_t first, std::uint64_t count,
+                                        const std::vector<double>& base, std::vector<double>& dst) {
+  read_rows(k, in, first, count, dst);
+  SOUPKIT_ERROR_IF(base.size() != dst.size(), "internal: {} base values for {} of '{}'", base.size(), dst.size(),
+                   in.at(k)->name);
+  for (std::size_t j = 0; j < dst.size(); ++j) dst[j] -= base[j];
 }
 
 void TensorMerge::write_rows(std::size_t index, const TensorInfo& out, std::uint64_t first, std::uint64_t count,

@@ -111,7 +111,8 @@ def assert_matches(test, out_path, want, ulps=0):
         test.assertEqual(gdtype, dtype, name)
         test.assertEqual(np.shape(graw), np.shape(raw), name)
         if dtype not in FLOATS or ulps == 0:
-            test.assertTrue(np.array_equal(np.asarray(graw).view(np.uint8), np.asarray(raw).view(np.uint8)),
+            test.assertTrue(np.array_equal(np.asarray(graw).reshape(-1).view(np.uint8),  # (0-d arrays: no view)
+                                           np.asarray(raw).reshape(-1).view(np.uint8)),
                             f"{name}: max |diff| {np.max(np.abs(as_float64(dtype, graw) - as_float64(dtype, raw))) if dtype in FLOATS else 'int'}")
             continue
         g, w = as_float64(dtype, graw), as_float64(dtype, raw)

@@ -18,7 +18,8 @@ import yaml
 
 import mergekit_cases as mc
 import mergekit_oracle
-import oracle_spherical  # noqa: F401  (registers its methods in mergekit_oracle.METHODS)
+import oracle_gta  # noqa: F401  (these register their methods in mergekit_oracle.METHODS)
+import oracle_spherical  # noqa: F401
 from soupkit_testlib import read_checkpoint, run_soupkit
 
 HERE = os.path.dirname(os.path.abspath(__file__))

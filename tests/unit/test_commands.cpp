@@ -118,12 +118,58 @@ TEST(MethodRegistry, TaskArithmeticIsRegisteredAsMergekitDefinesIt) {
   EXPECT_EQ(it->base, BaseRole::Required);
   std::map<std::string, const MethodParameter*> by_name;
   for (const auto& p : it->parameters) by_name[p.name] = &p;
-  ASSERT_EQ(by_name.size(), 3u);
+  // GeneralizedTaskArithmeticMerge's parameters, density, rescale and
+  // int8_mask included (accepted, with no effect without sparsification).
+  ASSERT_EQ(by_name.size(), 6u);
   EXPECT_TRUE(by_name.at("weight")->per_model);
   EXPECT_FALSE(by_name.at("weight")->default_value);  // required, as in mergekit
   EXPECT_EQ(by_name.at("weight")->list_option, "weights");
+  EXPECT_TRUE(by_name.at("density")->per_model);
+  EXPECT_EQ(std::get<double>(*by_name.at("density")->default_value), 1.0);
   EXPECT_EQ(std::get<double>(*by_name.at("lambda")->default_value), 1.0);
   EXPECT_EQ(std::get<bool>(*by_name.at("normalize")->default_value), false);  // mergekit's default for task_arithmetic
+  EXPECT_EQ(std::get<bool>(*by_name.at("rescale")->default_value), false);
+  EXPECT_EQ(std::get<bool>(*by_name.at("int8_mask")->default_value), false);
+}
+
+// registry.py's table: which method has which defaults and extra parameter.
+TEST(MethodRegistry, GeneralizedTaskArithmeticFamilyAsMergekitRegistersIt) {
+  struct Row {
+    const char* merge_method;
+    bool normalize, rescale;
+    const char* extra;  // gamma, epsilon or none
+    bool random;
+  };
+  const Row rows[] = {{"task_arithmetic", false, false, nullptr, false}, {"ties", true, false, nullptr, false},
+                      {"dare_linear", false, true, nullptr, true},       {"dare_ties", false, true, nullptr, true},
+                      {"breadcrumbs", false, false, "gamma", false},     {"breadcrumbs_ties", false, false, "gamma", false},
+                      {"della_linear", false, true, "epsilon", true},     {"della", true, true, "epsilon", true}};
+  for (const auto& row : rows) {
+    const auto& specs = merge_method_specs();
+    const auto it = std::find_if(specs.begin(), specs.end(),
+                                 [&](const auto& s) { return s.merge_methods.front() == row.merge_method; });
+    ASSERT_NE(it, specs.end()) << row.merge_method;
+    EXPECT_EQ(it->base, BaseRole::Required) << row.merge_method;
+    EXPECT_EQ(it->uses_random_seed, row.random) << row.merge_method;
+    std::map<std::string, const MethodParameter*> by_name;
+    for (const auto& p : it->parameters) by_name[p.name] = &p;
+    EXPECT_EQ(by_name.size(), row.extra ? 7u : 6u) << row.merge_method;
+    EXPECT_EQ(std::get<bool>(*by_name.at("normalize")->default_value), row.normalize) << row.merge_method;
+    EXPECT_EQ(std::get<bool>(*by_name.at("rescale")->default_value), row.rescale) << row.merge_method;
+    EXPECT_FALSE(by_name.at("int8_mask")->per_model);
+    if (row.extra) {
+      EXPECT_TRUE(by_name.at(row.extra)->per_model) << row.merge_method;
+      EXPECT_EQ(std::get<double>(*by_name.at(row.extra)->default_value),
+                std::string(row.extra) == "gamma" ? 0.01 : 0.15);
+    }
+  }
+  const auto& specs = merge_method_specs();
+  const auto sce = std::find_if(specs.begin(), specs.end(), [](const auto& s) { return s.name == "sce"; });
+  ASSERT_NE(sce, specs.end());
+  ASSERT_EQ(sce->parameters.size(), 2u);  // select_topk, int8_mask: sce.py's signature
+  EXPECT_EQ(sce->parameters[0].name, "select_topk");
+  EXPECT_EQ(std::get<double>(*sce->parameters[0].default_value), 1.0);
+  EXPECT_FALSE(sce->parameters[0].per_model);
 }
 
 }  // namespace

@@ -164,8 +164,12 @@ TEST(JobFile, NothingIsSilentlyDropped) {
   expect_error("merge_method: transplant\nbase_model: a\ntokenizer_source: d\nout_dtype: bf16\n",
                "out_dtype: merge_method transplant does not take it");
   expect_error("merge_method: linear\nmodels:\n  - model: a\n    weight: 1\n", "models[0].weight: unknown key");
-  expect_error("merge_method: task_arithmetic\nbase_model: a\nmodels:\n  - model: b\n    parameters: {density: 1}\n",
-               "models[0].parameters.density: merge_method task_arithmetic has no parameter 'density'");
+  expect_error("merge_method: task_arithmetic\nbase_model: a\nmodels:\n  - model: b\n    parameters: {gamma: 1}\n",
+               "models[0].parameters.gamma: merge_method task_arithmetic has no parameter 'gamma'");
+  expect_error("merge_method: dare_ties\nbase_model: a\nmodels:\n  - model: b\n    parameters: {epsilon: 1}\n",
+               "models[0].parameters.epsilon: merge_method dare_ties has no parameter 'epsilon'");
+  expect_error("merge_method: sce\nbase_model: a\nmodels:\n  - model: b\n    parameters: {weight: 1}\n",
+               "models[0].parameters.weight: merge_method sce has no parameter 'weight'");
   expect_error("merge_method: task_arithmetic\nbase_model: a\nmodels:\n  - model: b\n    parameters: {lambda: 1}\n",
                "models[0].parameters.lambda: 'lambda' is a global parameter of task_arithmetic: mergekit ignores it");
   expect_error("merge_method: task_arithmetic\nbase_model: a\nmodels:\n  - model: b\n    parameters: {weight: '1,2'}\n",

@@ -53,6 +53,14 @@ class TensorMerge : public Method {
   // makes (for the estimates).
   virtual std::uint64_t working_values_per_element() const = 0;
   virtual double passes_over_inputs() const { return 1; }
+  // Bytes the merge of one tensor holds besides its row blocks (state kept
+  // over the whole tensor: a selection's candidates, ranks), for the plan's
+  // peak estimate.
+  virtual std::uint64_t held_bytes(const Inputs& in, const TensorParameters& p) const {
+    (void)in;
+    (void)p;
+    return 0;
+  }
   // Merges float tensor `index` (out: its output description), writing every
   // row through `writer`; rows(), block_rows() and read_rows() give the
   // blocks, parameters(index) its parameters.
@@ -70,6 +78,10 @@ class TensorMerge : public Method {
   // dst (resized to count * elements per row), rounded to the compute dtype
   // first when the job sets one.
   void read_rows(std::size_t k, const Inputs& in, std::uint64_t first, std::uint64_t count, std::vector<double>& dst);
+  // The same rows of model k's task vector: read_rows minus `base`, the
+  // base's rows as read_rows gave them.
+  void read_task_vector_rows(std::size_t k, const Inputs& in, std::uint64_t first, std::uint64_t count,
+                             const std::vector<double>& base, std::vector<double>& dst);
   // Rounds float64 values to the output dtype and writes them as rows [first, first + count).
   void write_rows(std::size_t index, const TensorInfo& out, std::uint64_t first, std::uint64_t count,
                   const std::vector<double>& values, CheckpointWriter& writer);
