@@ -17,6 +17,9 @@ namespace soupkit {
   X(passthrough)                 \
   X(task_arithmetic)             \
   X(ties)                        \
+  X(model_stock)                 \
+  X(nearswap)                    \
+  X(arcee_fusion)                \
   /* (end of the list) */
 
 #define SOUPKIT_DECLARE_SPEC(name) MergeMethodSpec name##_spec();
