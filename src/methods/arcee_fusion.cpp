@@ -242,7 +242,10 @@ Threshold ArceeFusionMethod::threshold(const Inputs& in, const TensorInfo& out) 
   const auto n = static_cast<std::int64_t>(out.numel());
   const std::int64_t positions[] = {(n - 1) / 2, (n - 1) / 4, 3 * (n - 1) / 4};
   try {
-    const auto q = linalg::select_order_statistics(scores, n, positions, selection_cap()).at;
+    const auto selected = linalg::select_order_statistics(scores, n, positions, selection_cap());
+    const auto& q = selected.at;
+    log::debug("arcee_fusion: tensor '{}': median {}, quartiles {} and {} ({} passes of the selection)", out.name,
+               q[0].value, q[1].value, q[2].value, selected.passes);
     return Threshold(q[0], q[1], q[2]);
   } catch (const InputError& e) {
     throw InputError(fmt::format("arcee_fusion: tensor '{}': importance scores |model - base| x KL: {} (an input holds "
