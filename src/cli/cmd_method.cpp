@@ -37,8 +37,9 @@ std::string usage(const MergeMethodSpec& spec) {
   std::string text = "soupkit " + spec.name + base + " --out OUT";
   for (const auto& p : spec.parameters) {
     const std::string value = p.kind == ParameterKind::Bool ? "true|false" : upper(p.name);
-    text += p.per_model ? fmt::format(" [--{} {}1,{}2,...]", option_name(p), value, value)
-                        : fmt::format(" [--{} {}]", option_name(p), value);
+    const std::string option = p.per_model ? fmt::format("--{} {}1,{}2,...", option_name(p), value, value)
+                                           : fmt::format("--{} {}", option_name(p), value);
+    text += p.default_value ? " [" + option + "]" : " " + option;  // a required one without brackets
   }
   return text + " MODEL...";
 }

@@ -25,8 +25,9 @@ std::string help_text() {
       "merge methods below, with soupkit's out_path, or the output given after the job file as\n"
       "mergekit-yaml takes it (OUT wins over out_path). Options after it are passed to the command,\n"
       "after the job's own. See docs/operations.md, docs/mergekit.md and jobs/.\n\n"
-      "  {:<{}}  the command it runs (whose options are what `parameters` may set)\n",
-      kUsage, "merge_method", width);
+      "  {:<{}}  the command it runs (mergekit's methods take mergekit's parameters; for soupkit's own,\n"
+      "  {:<{}}  `parameters` sets the command's options)\n",
+      kUsage, "merge_method", width, "", width);
   for (const auto& c : commands())
     for (const auto& m : c.merge_methods) text += fmt::format("  {:<{}}  soupkit {}\n", m, width, c.name);
   return text;

@@ -336,9 +336,13 @@ const std::vector<std::string>& mergekit_config_keys() {
   return keys;
 }
 
-MergeInputs read_mergekit_config(const YAML::Node& job, const std::string& source, const MergeMethodSpec& spec,
+MergeInputs read_mergekit_config(const YAML::Node& given, const std::string& source, const MergeMethodSpec& spec,
                                  const std::string& text) {
   const Place top{source, "", ""};
+  // A key set to null (`base_model:` with nothing) is mergekit's None: as if absent.
+  YAML::Node job(YAML::NodeType::Map);
+  for (const auto& kv : given)
+    if (!kv.second.IsNull()) job[kv.first] = kv.second;
   for (const auto& kv : job) {
     const std::string key = key_text(kv.first, top);
     const Place at = top.at(excerpt(key), kv.first);

@@ -140,7 +140,8 @@ void check_fits_output_format(const MethodPlan& plan, const fs::path& out) {
 // keeps the tasks' sources (for --dry-run and messages).
 MethodPlan share_plan(const Communicator& comm, Method& method, const PlanContext& context) {
   std::string plan_text;
-  std::vector<std::vector<std::string>> sources;
+  std::vector<std::vector<std::string>> sources;  // (coordinator only, for --dry-run, like the notes)
+  std::vector<std::string> notes;
   on_root(comm, [&] {
     MethodPlan planned = method.plan(context);
     planned.context = context;
@@ -150,11 +151,17 @@ MethodPlan share_plan(const Communicator& comm, Method& method, const PlanContex
     check_aux_files(planned.output.aux_files, context.output.string() + ": carried files");
     check_fits_output_format(planned, context.output);
     place_tasks(planned, context);
-    for (auto& task : planned.tasks) sources.push_back(std::move(task.sources));
+    for (auto& task : planned.tasks) {
+      sources.push_back(std::move(task.sources));
+      notes.push_back(std::move(task.note));
+    }
     plan_text = encode_plan(planned);
   });
   MethodPlan plan = decode_plan(comm.broadcast(plan_text));
-  for (std::size_t i = 0; i < sources.size(); ++i) plan.tasks[i].sources = std::move(sources[i]);
+  for (std::size_t i = 0; i < sources.size(); ++i) {
+    plan.tasks[i].sources = std::move(sources[i]);
+    plan.tasks[i].note = std::move(notes[i]);
+  }
   return plan;
 }
 

@@ -6,10 +6,45 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <numeric>
 
 namespace soupkit {
+namespace {
+
+// "h.2" before "h.10": runs of digits compare as numbers.
+bool natural_less(const std::string& a, const std::string& b) {
+  std::size_t i = 0, j = 0;
+  while (i < a.size() && j < b.size()) {
+    if (std::isdigit(static_cast<unsigned char>(a[i])) && std::isdigit(static_cast<unsigned char>(b[j]))) {
+      std::size_t i2 = i, j2 = j;
+      while (i2 < a.size() && a[i2] == '0') ++i2;
+      while (j2 < b.size() && b[j2] == '0') ++j2;
+      std::size_t ie = i2, je = j2;
+      while (ie < a.size() && std::isdigit(static_cast<unsigned char>(a[ie]))) ++ie;
+      while (je < b.size() && std::isdigit(static_cast<unsigned char>(b[je]))) ++je;
+      if (ie - i2 != je - j2) return ie - i2 < je - j2;
+      const int c = a.compare(i2, ie - i2, b, j2, je - j2);
+      if (c != 0) return c < 0;
+      i = ie, j = je;
+      continue;
+    }
+    if (a[i] != b[j]) return a[i] < b[j];
+    ++i, ++j;
+  }
+  return a.size() - i < b.size() - j;
+}
+
+}  // namespace
+
+std::vector<std::size_t> natural_order(const std::vector<TensorInfo>& tensors) {
+  std::vector<std::size_t> order(tensors.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t x, std::size_t y) { return natural_less(tensors[x].name, tensors[y].name); });
+  return order;
+}
 
 void print_plan(const MethodPlan& plan, const std::vector<int>& owner, int ranks, const fs::path& out,
                 const std::string& method) {
@@ -35,19 +70,28 @@ void print_plan(const MethodPlan& plan, const std::vector<int>& owner, int ranks
     ++count[r];
   }
   std::printf("plan: %s -> %s\n", method.c_str(), out.c_str());
-  std::printf("  %-40s %-6s %-18s %5s %9s %10s  %s\n", "tensor", "dtype", "shape", "rank", "est. s", "est. mem",
-              "inputs");
-  for (std::size_t i = 0; i < tensors.size(); ++i) {
+  // Long names widen the column (up to a point: a hostile name is cut, not a page wide).
+  int width = 6;
+  for (const auto& t : tensors) width = std::max(width, static_cast<int>(std::min<std::size_t>(t.name.size(), 96)));
+  bool notes = false;
+  for (const auto& task : plan.tasks) notes = notes || !task.note.empty();
+  std::printf("  %-*s %-6s %-18s %5s %9s %10s  %s%s\n", width, "tensor", "dtype", "shape", "rank", "est. s", "est. mem",
+              notes ? "what, " : "", "inputs");
+  for (const std::size_t i : natural_order(tensors)) {
     std::string inputs;
     const TaskPlan& task = plan.tasks[i];
     const auto& s = task.sources;
     for (std::size_t k = 0; k < s.size() && k < 2; ++k) inputs += (k ? ", " : "") + s[k];
     if (s.size() > 2) inputs += fmt::format(" (+{} more)", s.size() - 2);
-    std::printf("  %-40s %-6s %-18s %5s %9.3f %10s  %s\n", tensors[i].name.c_str(),
+    if (notes) inputs = (task.note.empty() ? "-" : task.note) + ", " + inputs;
+    std::printf("  %-*s %-6s %-18s %5s %9.3f %10s  %s\n", width, printable(excerpt(tensors[i].name, 96)).c_str(),
                 std::string(dtype_name(tensors[i].dtype)).c_str(), shape_string(tensors[i].shape).c_str(),
                 task.on_grid() ? "grid" : std::to_string(owner[i]).c_str(), task.seconds,
                 human_bytes(static_cast<std::uint64_t>(task.planned_bytes())).c_str(), inputs.c_str());
   }
+  if (grid_tasks)
+    std::printf("  rank \"grid\": computed by all %d ranks together on a ScaLAPACK process grid, each holding a "
+                "share of the matrix (est. mem is per rank)\n", ranks);
   std::printf("  %zu tensors, %s, %zu on a %d-rank grid\n", tensors.size(), human_bytes(bytes).c_str(), grid_tasks, ranks);
   std::printf("  %-6s %10s %14s %16s\n", "rank", "tensors", "est. seconds", "est. peak memory");
   for (int r = 0; r < ranks; ++r)

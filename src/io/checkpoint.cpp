@@ -5,6 +5,7 @@
 #include "soupkit/util/error.hpp"
 #include "soupkit/util/message_text.hpp"
 
+#include <cctype>
 #include <algorithm>
 #include <cstring>
 #include <set>
@@ -117,6 +118,16 @@ OutputKind output_kind(const fs::path& path) {
   const auto ext = path.extension();
   if (ext == ".safetensors") return OutputKind::SafetensorsFile;
   if (ext == ".h5" || ext == ".hdf5") return OutputKind::Hdf5File;
+  // A name with the extension of a format soupkit does not write would
+  // silently become a directory of that name ("merged.bin/"): refused.
+  std::string lower = ext.string();
+  for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  static const std::set<std::string> foreign = {
+      ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".ggml", ".onnx", ".npz", ".npy", ".pkl", ".pickle", ".msgpack",
+      ".tflite", ".zip", ".tar", ".gz", ".json", ".yaml", ".yml", ".txt", ".safetensor", ".hdf", ".he5", ".nc"};
+  SOUPKIT_INPUT_ERROR_IF(foreign.count(lower), "{}: soupkit does not write {} files; it writes a .safetensors file, an "
+                         ".h5/.hdf5 file, or a model directory (a name without such an extension)",
+                         path.string(), ext.string());
   return OutputKind::ModelDirectory;
 }
 

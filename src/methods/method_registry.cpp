@@ -17,6 +17,10 @@ namespace soupkit {
   X(passthrough)                 \
   X(task_arithmetic)             \
   X(ties)                        \
+  X(slerp)                       \
+  X(nuslerp)                     \
+  X(multislerp)                  \
+  X(karcher)                     \
   X(model_stock)                 \
   X(nearswap)                    \
   X(arcee_fusion)                \

@@ -18,16 +18,18 @@
 // Passes: filter-wise on a tensor of two dimensions or more, one (each row
 // block holds whole vectors). Otherwise the tensor's dot products and norms
 // are a whole-tensor statistic: a first pass over base and models, block by
-// block, adds every pair's <d_i, d_j> and every |d_i|^2 (compensated float64
-// sums in flat order: the same numbers whatever the blocks or rank count),
-// and a second applies t. Memory: a row block of each model and the base.
+// block, adds up the task vectors' Gram matrix (every <d_i, d_j> and
+// |d_i|^2: linalg::GramAccumulator, fed one row at a time, each row's sums
+// plain and the rows' compensated, so the same numbers whatever the blocks
+// or rank count), and a second applies t. Memory: a row block of each model
+// and the base, and one row of the task vectors.
 //
-// Float64, in mergekit's order: d_i = W_i - W_0; the sums above; |d_i| =
+// Float64, in mergekit's order: d_i = W_i - W_0; the Gram matrix; |d_i| =
 // sqrt(sum d_i^2); cos as above, the mean as the sum over pairs in order
 // (0,1), (0,2), ..., (1,2), ... divided by their count; avg = (0 + W_1 +
 // ... + W_N) / N; W = t avg + (1 - t) W_0, rounded once to the output dtype.
 // (mergekit computes in the tensors' dtype, e.g. bfloat16 norms.)
-#include "soupkit/linalg/compensated_sum.hpp"
+#include "soupkit/linalg/gram.hpp"
 #include "soupkit/methods/base_model_merge.hpp"
 #include "soupkit/util/error.hpp"
 #include "soupkit/util/log.hpp"
@@ -40,35 +42,18 @@ namespace {
 
 constexpr double kMinNormProduct = 1e-6;  // norm_product.clamp(min=1e-6)
 
-// The sums the angles come from, over one vector or the whole tensor.
-class TaskVectorGeometry {
- public:
-  explicit TaskVectorGeometry(std::size_t n) : n_(n), squares_(n), dots_(n * (n - 1) / 2), delta_(n) {}
-  // One element: the models' values and the base's.
-  void add(const double* models, double base) {
-    for (std::size_t i = 0; i < n_; ++i) delta_[i] = models[i] - base;
-    std::size_t pair = 0;
-    for (std::size_t i = 0; i < n_; ++i) {
-      squares_[i].add(delta_[i] * delta_[i]);
-      for (std::size_t j = i + 1; j < n_; ++j) dots_[pair++].add(delta_[i] * delta_[j]);
+// The mean of the pairwise cosines cos_ij = clamp(<d_i, d_j> / max(|d_i| |d_j|, 1e-6), -1, 1), i < j,
+// from the task vectors' Gram matrix.
+double mean_cosine(const linalg::Gram& g) {
+  double sum = 0;
+  std::size_t pairs = 0;
+  for (std::size_t i = 0; i < g.size(); ++i)
+    for (std::size_t j = i + 1; j < g.size(); ++j, ++pairs) {
+      const double norms = std::sqrt(g(i, i)) * std::sqrt(g(j, j));
+      sum += std::clamp(g(i, j) / std::max(norms, kMinNormProduct), -1.0, 1.0);
     }
-  }
-  double mean_cosine() const {
-    double sum = 0;
-    std::size_t pair = 0;
-    for (std::size_t i = 0; i < n_; ++i)
-      for (std::size_t j = i + 1; j < n_; ++j) {
-        const double norms = std::sqrt(squares_[i].value()) * std::sqrt(squares_[j].value());
-        sum += std::clamp(dots_[pair++].value() / std::max(norms, kMinNormProduct), -1.0, 1.0);
-      }
-    return sum / static_cast<double>(dots_.size());
-  }
-
- private:
-  std::size_t n_;
-  std::vector<linalg::CompensatedSum> squares_, dots_;
-  std::vector<double> delta_;  // one element's task vectors
-};
+  return sum / static_cast<double>(pairs);
+}
 
 class ModelStockMethod final : public BaseModelMerge {
  public:
@@ -78,7 +63,7 @@ class ModelStockMethod final : public BaseModelMerge {
   }
 
  private:
-  // The base's values (then the result) and each other model's.
+  // The base's values (then the result), each other model's, and one row of their task vectors.
   std::uint64_t working_values_per_element() const override { return model_count(); }
   double passes_over_inputs() const override { return 2; }
   void check_tensor(const Inputs& in, const TensorParameters& p) const override;
@@ -86,16 +71,16 @@ class ModelStockMethod final : public BaseModelMerge {
 
   // Reads rows [first, first + count) of the base and of every model.
   void read_block(const Inputs& in, const std::vector<std::size_t>& models, std::uint64_t first, std::uint64_t count);
-  // t from the geometry; InputError where it divides by zero (`where` names the tensor and vector).
-  double interpolation(const TaskVectorGeometry& g, std::size_t n, const std::string& where) const;
-  // values_[k] into across_ for element j.
-  const double* across(std::size_t j);
+  // Adds elements [begin, begin + length) of the block's task vectors to `gram`.
+  void add_task_vectors(linalg::GramAccumulator& gram, std::size_t begin, std::size_t length);
+  // t from the task vectors' Gram matrix; InputError where it divides by zero (`where` names the tensor and vector).
+  double interpolation(const linalg::Gram& g, const std::string& where) const;
   // base_[j] = t avg_j + (1 - t) base_[j] over [begin, end).
   void apply(double t, std::size_t begin, std::size_t end);
 
   std::vector<double> base_;
-  std::vector<std::vector<double>> values_;  // per model of the tensor
-  std::vector<double> across_;
+  std::vector<std::vector<double>> values_, deltas_;  // per model of the tensor
+  std::vector<const double*> pieces_;
 };
 
 void ModelStockMethod::check_tensor(const Inputs& in, const TensorParameters& p) const {
@@ -115,14 +100,20 @@ void ModelStockMethod::read_block(const Inputs& in, const std::vector<std::size_
   for (std::size_t k = 0; k < models.size(); ++k) read_rows(models[k], in, first, count, values_[k]);
 }
 
-const double* ModelStockMethod::across(std::size_t j) {
-  across_.resize(values_.size());
-  for (std::size_t k = 0; k < values_.size(); ++k) across_[k] = values_[k][j];
-  return across_.data();
+void ModelStockMethod::add_task_vectors(linalg::GramAccumulator& gram, std::size_t begin, std::size_t length) {
+  deltas_.resize(values_.size());
+  pieces_.resize(values_.size());
+  for (std::size_t k = 0; k < values_.size(); ++k) {
+    deltas_[k].resize(length);
+    for (std::size_t j = 0; j < length; ++j) deltas_[k][j] = values_[k][begin + j] - base_[begin + j];
+    pieces_[k] = deltas_[k].data();
+  }
+  gram.add(pieces_.data(), length);
 }
 
-double ModelStockMethod::interpolation(const TaskVectorGeometry& g, std::size_t n, const std::string& where) const {
-  const double cos = g.mean_cosine();
+double ModelStockMethod::interpolation(const linalg::Gram& g, const std::string& where) const {
+  const std::size_t n = g.size();
+  const double cos = mean_cosine(g);
   const double denominator = 1 + static_cast<double>(n - 1) * cos;
   SOUPKIT_INPUT_ERROR_IF(!std::isfinite(cos) || denominator == 0,
                          "model_stock: {}: the task vectors' mean pairwise cosine is {}, so t = N cos / (1 + (N - 1) "
@@ -150,22 +141,25 @@ void ModelStockMethod::merge_tensor(std::size_t index, const Inputs& in, const T
   const bool per_vector = parameters(index).global.flag("filter_wise") && out.shape.size() >= 2;
   double t = 0;  // the whole tensor's
   if (!per_vector) {
-    TaskVectorGeometry whole(n);
+    // Fed one row at a time: the same sums whatever the row blocks.
+    linalg::GramAccumulator whole(n);
+    const std::uint64_t row = row_elements(out);
     for (std::uint64_t first = 0; first < rows; first += step) {
       read_block(in, models, first, std::min(step, rows - first));
-      for (std::size_t j = 0; j < base_.size(); ++j) whole.add(across(j), base_[j]);
+      for (std::size_t begin = 0; begin < base_.size(); begin += row) add_task_vectors(whole, begin, row);
     }
-    t = interpolation(whole, n, fmt::format("tensor '{}'", out.name));
+    t = interpolation(whole.result(), fmt::format("tensor '{}'", out.name));
   }
   for (std::uint64_t first = 0; first < rows; first += step) {
     const std::uint64_t count = std::min(step, rows - first);
     read_block(in, models, first, count);
     if (!per_vector) apply(t, 0, base_.size());
     for (std::size_t begin = 0; per_vector && begin < base_.size(); begin += vector) {
-      TaskVectorGeometry one(n);
-      for (std::size_t j = begin; j < begin + vector; ++j) one.add(across(j), base_[j]);
+      linalg::GramAccumulator one(n);
+      add_task_vectors(one, begin, vector);
       const std::uint64_t at = (first * row_elements(out) + begin) / vector;
-      apply(interpolation(one, n, fmt::format("tensor '{}', vector {} along its last axis (filter_wise)", out.name, at)),
+      apply(interpolation(one.result(),
+                          fmt::format("tensor '{}', vector {} along its last axis (filter_wise)", out.name, at)),
             begin, begin + vector);
     }
     write_rows(index, out, first, count, base_, writer);

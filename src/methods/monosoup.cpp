@@ -101,6 +101,10 @@ MethodPlan MonosoupMethod::plan(const PlanContext& context) {
                             {"finetuned", options_.finetuned.string()},
                             {"parameters", params}};
 
+  std::error_code same_ec;
+  SOUPKIT_INPUT_ERROR_IF(fs::equivalent(options_.base, options_.finetuned, same_ec),
+                         "--base and --finetuned are the same model ({}): there is no update to reweight",
+                         options_.base.string());
   std::vector<std::string> problems;  // warnings, or errors with --strict
   std::vector<double> smaller_side;  // of each candidate matrix (0 for kept tensors)
   std::vector<std::string> reasons;
@@ -134,6 +138,7 @@ MethodPlan MonosoupMethod::plan(const PlanContext& context) {
     }
     reasons.push_back(reason);
     TaskPlan task;
+    task.note = reason.empty() ? "reweighted" : "kept: " + reason;
     task.sources = {finetuned_->location(t)};
     if (b && reason.empty()) task.sources.push_back(base_->location(*b));
     // Estimated seconds on one rank, a least-squares fit to the measured
@@ -185,9 +190,28 @@ MethodPlan MonosoupMethod::plan(const PlanContext& context) {
       throw InputError(fmt::format("--strict: {} tensor(s) of {} do not match the base: {}", problems.size(),
                                    options_.finetuned.string(), list));
     }
-    for (std::size_t i = 0; i < problems.size() && i < 10; ++i) log::warn("{}; keeping it unchanged", problems[i]);
-    if (problems.size() > 10) log::warn("... and {} more tensors like these", problems.size() - 10);
   }
+  // A run that can process nothing is not a merge: an unrelated base, or
+  // the wrong pair, gave exit 0 and a copy of the fine-tuned model before.
+  std::size_t candidates = 0, matrices = 0;
+  std::map<std::string, std::size_t> kept_because;
+  for (std::size_t i = 0; i < reasons.size(); ++i) {
+    const TensorInfo& t = plan.output.tensors[i];
+    if (reasons[i].empty()) ++candidates;
+    if (is_float_arith(finetuned_->tensors()[i].dtype) && t.shape.size() >= 2 && t.numel() > 0) {
+      ++matrices;
+      if (!reasons[i].empty()) ++kept_because[reasons[i].starts_with("shape") ? "shape differs from the base" : reasons[i]];
+    }
+  }
+  std::string why;
+  for (const auto& [reason, count] : kept_because) why += fmt::format("{}{} {}", why.empty() ? "" : ", ", count, reason);
+  SOUPKIT_INPUT_ERROR_IF(matrices > 0 && candidates == 0,
+                         "none of the {} floating-point matrices of {} can be merged with the base {} ({}): is it the "
+                         "base this model was fine-tuned from?",
+                         matrices, options_.finetuned.string(), options_.base.string(), why);
+  if (!problems.empty())
+    log::warn("monosoup: {} of {} matrices do not match the base and are kept unchanged ({}; first: {}); --strict "
+              "refuses such a pair", problems.size(), matrices, why.empty() ? "dtype differs" : why, problems.front());
   plan.set_state(MonosoupState{reasons});
   return plan;
 }

@@ -18,6 +18,7 @@ import yaml
 
 import mergekit_cases as mc
 import mergekit_oracle
+import oracle_spherical  # noqa: F401  (registers its methods in mergekit_oracle.METHODS)
 from soupkit_testlib import read_checkpoint, run_soupkit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -226,7 +227,7 @@ class MergekitExamples(unittest.TestCase):
             with self.subTest(name):
                 method = config["merge_method"]
                 local = mc.localise(config, self.paths)
-                out = os.path.join(self.tmp, "out-" + name)
+                out = os.path.join(self.tmp, "out-" + name[:-len(".yml")])
                 proc = mc.run_config(self.tmp, local, out, extra=["--overwrite"], check=False, name=name)
                 if method in mergekit_oracle.METHODS:
                     self.assertEqual(proc.returncode, 0, proc.stderr)
@@ -239,7 +240,7 @@ class MergekitExamples(unittest.TestCase):
 
     def test_the_44_layer_frankenmerge_config(self):
         # orcamini-platy-44layer: layers 0-23 of one model, then 20-39 of the other.
-        out = os.path.join(self.tmp, "out-orcamini-platy-44layer.yml")
+        out = os.path.join(self.tmp, "out-orcamini-platy-44layer")
         if not os.path.isdir(out):
             with open(os.path.join(EXAMPLES, "orcamini-platy-44layer.yml")) as f:
                 mc.run_config(self.tmp, mc.localise(yaml.safe_load(f), self.paths), out, name="frankenmerge.yml")

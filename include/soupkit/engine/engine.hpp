@@ -54,6 +54,9 @@ struct TaskPlan {
   std::string advice;
   // Where its inputs are (CheckpointReader::location), for --dry-run.
   std::vector<std::string> sources;
+  // What --dry-run says the method will do with it, when not the obvious
+  // ("kept: missing from the base"); coordinator only.
+  std::string note;
 
   Placement placement = Placement::Rank;  // decided by the engine (place_tasks)
   bool on_grid() const { return placement == Placement::Grid; }

@@ -112,7 +112,9 @@ std::uint64_t row_bytes(const TensorInfo& t);
 
 enum class OutputKind { SafetensorsFile, ModelDirectory, Hdf5File };
 // ".safetensors" -> one file, ".h5"/".hdf5" -> HDF5, anything else -> a
-// Hugging Face style model directory.
+// Hugging Face style model directory, except a name ending in the extension
+// of a format soupkit does not write (.bin, .pt, .gguf, .onnx, .json, ...):
+// InputError naming the formats it writes.
 OutputKind output_kind(const fs::path& path);
 
 // Everything a writer needs to lay out its output before any data exists.

@@ -1,7 +1,7 @@
 #pragma once
 // A float64 sum whose error does not grow with the number of terms:
-// Neumaier's variant of Kahan summation. Whole-tensor statistics (the dot
-// products and norms of model stock, the softmax sums and KL divergences of
+// Neumaier's variant of Kahan summation. Whole-tensor statistics (the Gram
+// matrices of gram.hpp, the softmax sums and KL divergences of
 // arcee_fusion) add up millions of terms in flat order; a plain running sum
 // loses about log2(n) bits there, this one stays within about an ulp of the
 // exact sum of the terms whatever n, and the order of the terms is fixed by
