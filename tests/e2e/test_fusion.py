@@ -9,7 +9,7 @@ rounding to the output dtype. The fine-tuned models share a task direction
 quantized in places (so arcee_fusion meets exact ties at its threshold, in
 1-D tensors whose elements share one KL divergence). Also: BF16, F16 and
 F32 models and `dtype`/`out_dtype`; filter_wise by a filter, nearswap's t
-by a gradient and a filter; mergekit's examples/arcee_fusion.yml as it is;
+by a gradient and a filter; slices; mergekit's examples/arcee_fusion.yml;
 1, 2 and 3 ranks byte-identical; tensors over --memory-budget streamed to
 the same bytes, and a 32 MiB arcee_fusion tensor (over 10^6 elements: the
 exact quantiles) within a 4 MiB budget by peak RSS; the commands; refusals
@@ -153,6 +153,19 @@ class AgainstTheOracle(FusionBase):
             config = yaml.safe_load(f)
         p = self.models("BF16", count=1, seed=2)
         self.assert_oracle([("example", config, {"model_a": p["base"], "model_b": p["m0"]})])
+
+    def test_slices(self):
+        # mergekit's slices: layer ranges stacked, each slice's sources (the base among them) merged.
+        p = self.models("F32", seed=10)
+        cases = []
+        for method, params, sources in (("nearswap", {"t": 0.01}, ["base", "m0"]),
+                                        ("model_stock", {"filter_wise": True}, ["base", "m0", "m1"]),
+                                        ("arcee_fusion", {}, ["base", "m2"])):
+            cases.append(("slices-" + method, {
+                "merge_method": method, "base_model": "base", "parameters": params,
+                "slices": [{"sources": [{"model": m, "layer_range": [0, 2]} for m in sources]},
+                           {"sources": [{"model": m, "layer_range": [1, 3]} for m in sources]}]}, p))
+        self.assert_oracle(cases)
 
     def test_the_commands(self):
         p = self.models("F32", seed=3)
