@@ -28,6 +28,9 @@ namespace soupkit {
   X(della_linear)                \
   X(della)                       \
   X(sce)                         \
+  X(model_stock)                 \
+  X(nearswap)                    \
+  X(arcee_fusion)                \
   /* (end of the list) */
 
 #define SOUPKIT_DECLARE_SPEC(name) MergeMethodSpec name##_spec();

@@ -15,6 +15,8 @@ std::uint64_t row_elements(const TensorInfo& t) {
   return rows ? t.numel() / rows : 0;
 }
 
+std::uint64_t last_axis_elements(const TensorInfo& t) { return t.shape.size() >= 2 ? t.shape.back() : t.numel(); }
+
 TensorMerge::TensorMerge(const MergeMethodSpec& spec, const MergeInputs& in)
     : label_(spec.merge_methods.front()), spec_entry_(spec), in_(in) {
   SOUPKIT_INPUT_ERROR_IF(in_.models.empty(), "{}: no model to merge", label_);
@@ -237,6 +239,7 @@ MethodPlan TensorMerge::plan_tensors(const PlanContext& context) {
     task.seconds = (passes * static_cast<double>(in_bytes) + static_cast<double>(out.nbytes())) / 1.5e9;
     const std::uint64_t rows = std::min(block_rows(out, in), std::max<std::uint64_t>(row_count(out), 1));
     task.peak_bytes = static_cast<double>(rows * working_row_bytes(out, in) + held);
+    if (is_float_arith(out.dtype) && out.numel() > 0) task.peak_bytes += static_cast<double>(statistic_bytes(out));
     plan.tasks.push_back(std::move(task));
   }
   return plan;

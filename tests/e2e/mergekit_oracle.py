@@ -30,6 +30,7 @@ import re
 import numpy as np
 
 from soupkit_testlib import NP_DTYPES, as_float64, f64_to_bf16_bits
+import oracle_fusion
 import ties_oracle
 
 REQUIRED = object()
@@ -283,3 +284,4 @@ METHODS = {
     "ties": ([("weight", True, REQUIRED), ("density", True, 1.0), ("lambda", False, 1.0), ("normalize", False, True),
               ("int8_mask", False, False)], ties),
 }
+oracle_fusion.register(METHODS, REQUIRED)  # model_stock, nearswap, arcee_fusion

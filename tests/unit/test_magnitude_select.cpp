@@ -7,6 +7,7 @@
 #include "soupkit/linalg/magnitude_select.hpp"
 
 #include "soupkit/util/error.hpp"
+#include "streamed_data.hpp"
 
 #include <gtest/gtest.h>
 
@@ -35,19 +36,9 @@ std::vector<std::uint8_t> brute_force_mask(const std::vector<double>& x, std::in
   return mask;
 }
 
-// Streams x in blocks whose sizes cycle through `sizes` (zeros give empty blocks).
-BlockSource blocks_of(const std::vector<double>& x, std::vector<std::size_t> sizes) {
-  return [&x, sizes](const BlockConsumer& consume) {
-    std::size_t at = 0, s = 0;
-    do {
-      const std::size_t n = std::min(sizes[s++ % sizes.size()], x.size() - at);
-      consume(std::span<const double>(x.data() + at, n));
-      at += n;
-    } while (at < x.size());
-  };
-}
-
-const std::vector<std::size_t> kOddSizes = {1, 0, 7, 13, 0, 101, 3, 997, 2};
+using test_data::blocks_of;
+using test_data::kOddSizes;
+using test_data::normal_data;
 
 std::vector<std::uint8_t> streamed_mask(const std::vector<double>& x, const MagnitudeSelection& s,
                                         const std::vector<std::size_t>& sizes) {
@@ -121,14 +112,6 @@ std::vector<std::int64_t> interesting_ks(std::int64_t n) {
 void expect_exact_for_all_ks(const std::vector<double>& x, const std::string& what) {
   for (const std::size_t cap : {kRoomy, kMinSelectionBytes, std::size_t{1} << 16})
     for (const std::int64_t k : interesting_ks(static_cast<std::int64_t>(x.size()))) expect_exact(x, k, cap, what);
-}
-
-std::vector<double> normal_data(std::size_t n, unsigned seed, double scale = 1.0) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<double> normal(0.0, scale);
-  std::vector<double> x(n);
-  for (auto& v : x) v = normal(rng);
-  return x;
 }
 
 TEST(MagnitudeSelect, RandomData) {

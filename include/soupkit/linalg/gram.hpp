@@ -13,25 +13,12 @@
 // pieces in the same order gets the same bits, so feeding a tensor one row
 // per piece makes the result independent of how rows are grouped into
 // blocks (and of the memory budget, and of the rank count).
+#include "soupkit/linalg/compensated_sum.hpp"
+
 #include <cstddef>
 #include <vector>
 
 namespace soupkit::linalg {
-
-// A float64 sum carrying its rounding error (Neumaier's variant of Kahan's).
-class CompensatedSum {
- public:
-  void add(double x) {
-    const double s = sum_ + x;
-    // The low part lost by sum_ + x, exactly (|a| >= |b|: (a - s) + b).
-    carry_ += (sum_ >= 0 ? sum_ : -sum_) >= (x >= 0 ? x : -x) ? (sum_ - s) + x : (x - s) + sum_;
-    sum_ = s;
-  }
-  double value() const { return sum_ + carry_; }
-
- private:
-  double sum_ = 0, carry_ = 0;
-};
 
 // The symmetric Gram matrix of n vectors.
 class Gram {

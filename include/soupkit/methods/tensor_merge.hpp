@@ -61,6 +61,13 @@ class TensorMerge : public Method {
     (void)p;
     return 0;
   }
+  // Bytes the merge of float tensor `out` holds besides its row blocks (a
+  // whole-tensor statistic's search state, per-row statistics kept between
+  // passes), for the plan's peak estimate; chunk_bytes() is set.
+  virtual std::uint64_t statistic_bytes(const TensorInfo& out) const {
+    (void)out;
+    return 0;
+  }
   // Merges float tensor `index` (out: its output description), writing every
   // row through `writer`; rows(), block_rows() and read_rows() give the
   // blocks, parameters(index) its parameters.
@@ -132,5 +139,10 @@ class TensorMerge : public Method {
 
 // Elements per row of a tensor seen as a matrix (0 for an empty tensor).
 std::uint64_t row_elements(const TensorInfo& t);
+// Elements of one vector along the last axis, where a method reduces over
+// dim -1 (a softmax, a norm per row): shape.back() for two dimensions or
+// more (each row holds whole vectors), numel for one or none (the tensor is
+// one vector, which may span row blocks).
+std::uint64_t last_axis_elements(const TensorInfo& t);
 
 }  // namespace soupkit
