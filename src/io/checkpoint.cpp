@@ -116,9 +116,12 @@ std::unique_ptr<CheckpointReader> open_checkpoint(const fs::path& path) {
   if (head_size >= 8 && std::memcmp(head.data(), kHdf5Signature, 8) == 0) return detail::open_hdf5_checkpoint(path);
   const auto ext = path.extension();
   // A torch file is known by its first bytes; one named like it that is
-  // neither format is refused as such (not as a broken safetensors file).
+  // neither format nor safetensors (whose JSON header starts at byte 8) is
+  // refused as not a PyTorch checkpoint, not as a broken safetensors file.
   const bool torch_name = ext == ".pt" || ext == ".pth" || ext == ".bin" || ext == ".ckpt";
-  if (torch_name || detail::torch_format(std::span(head.data(), head_size)) != detail::TorchFormat::Other)
+  const bool safetensors_like = head_size > 8 && head[8] == std::byte{'{'};
+  if ((torch_name && !safetensors_like) ||
+      detail::torch_format(std::span(head.data(), head_size)) != detail::TorchFormat::Other)
     return detail::open_torch_checkpoint(path);
   SOUPKIT_INPUT_ERROR_IF(ext == ".h5" || ext == ".hdf5", "{}: not an HDF5 file (no HDF5 signature)", path.string());
   return detail::open_safetensors_file(path);

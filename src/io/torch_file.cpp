@@ -41,7 +41,6 @@ class TorchZipFile final : public TorchFile {
     PickleInput input(std::as_bytes(std::span(pickle)));
     const TorchPickle unpickled = unpickle_torch(input, fmt::format("{}: {}/data.pkl", file, excerpt(archive_)));
     contents_ = torch_state_dict(unpickled, file);
-    const std::uint64_t file_size = File::open_read(path).size();
     for (std::size_t i = 0; i < contents_.storages.size(); ++i) {
       const TorchStorageRef& s = contents_.storages[i];
       const std::string name = archive_ + "/data/" + s.key;
@@ -49,7 +48,7 @@ class TorchZipFile final : public TorchFile {
       SOUPKIT_INPUT_ERROR_IF(!index, "{}: tensor '{}': its storage '{}' is missing (no entry '{}')", file,
                              tensor_of(contents_, i), s.key, excerpt(name));
       ZipArchive::Entry entry = zip_.stored_entry(*index);
-      SOUPKIT_INPUT_ERROR_IF(entry.size != storage_bytes(s) || entry.size > file_size,
+      SOUPKIT_INPUT_ERROR_IF(entry.size != storage_bytes(s),
                              "{}: tensor '{}': storage '{}' declares {} {} elements ({} bytes), but entry '{}' holds {} "
                              "bytes",
                              file, tensor_of(contents_, i), s.key, s.numel, dtype_name(s.dtype), storage_bytes(s),

@@ -47,6 +47,12 @@ ZipArchive::ZipArchive(const fs::path& path) : path_(path) {
     throw InputError(fmt::format("{}: cannot count the zip archive's entries", path.string()));
   }
   count_ = static_cast<std::uint64_t>(count);
+  std::error_code ec;
+  file_size_ = fs::file_size(path, ec);
+  if (ec) {
+    zip_discard(zip_);
+    throw SystemError(fmt::format("{}: cannot stat: {}", path.string(), ec.message()));
+  }
 }
 
 ZipArchive::~ZipArchive() {
@@ -83,6 +89,10 @@ ZipArchive::Entry ZipArchive::stored_entry(std::uint64_t index) const {
                          "{}: entry '{}' is compressed ({}); torch.save stores entries uncompressed, and soupkit reads "
                          "only such entries (a tensor's bytes are read in place): save it again with torch.save",
                          path_.string(), excerpt(name), method_name(st.comp_method));
+  // A stored entry's bytes are in the file: a larger declared size is a lie,
+  // refused before anything is allocated or read for it.
+  SOUPKIT_INPUT_ERROR_IF(st.size > file_size_, "{}: entry '{}' declares {} bytes, more than the whole file ({} bytes)",
+                         path_.string(), excerpt(name), st.size, file_size_);
   return {index, st.size, name};
 }
 

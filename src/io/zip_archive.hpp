@@ -35,8 +35,9 @@ class ZipArchive {
     std::uint64_t size = 0;  // uncompressed = stored bytes
     std::string name;
   };
-  // Entry `index`, which must be stored uncompressed and unencrypted;
-  // InputError naming the archive and entry otherwise.
+  // Entry `index`, which must be stored uncompressed and unencrypted, and
+  // no larger than the archive; InputError naming the archive and entry
+  // otherwise.
   Entry stored_entry(std::uint64_t index) const;
   // Bytes [offset, offset + dst.size()) of a stored entry; thread-safe.
   void read(const Entry& entry, std::uint64_t offset, std::span<std::byte> dst) const;
@@ -47,6 +48,7 @@ class ZipArchive {
   fs::path path_;
   struct zip* zip_ = nullptr;
   std::uint64_t count_ = 0;
+  std::uint64_t file_size_ = 0;
   mutable std::mutex mutex_;  // a libzip archive is not safe to use from two threads at once
 };
 

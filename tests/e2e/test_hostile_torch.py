@@ -181,6 +181,15 @@ class HostileTorch(BadInputBase):
         self.add("bad-byteorder", rezip("bad-byteorder", extra={"%s/byteorder" % archive: "middle"}), ["byteorder"])
         with open(good, "rb") as f:
             blob = f.read()
+        # data.pkl (the first entry) declaring 200 MiB in its local and central headers alike.
+        lied = bytearray(blob)
+        central = blob.index(b"PK\x01\x02")
+        for at in (18, 22, central + 20, central + 24):
+            lied[at:at + 4] = struct.pack("<I", 200 << 20)
+        path = self.path("huge-entry.pt")
+        with open(path, "wb") as f:
+            f.write(lied)
+        self.add("huge-entry", path, ["more than the whole file", "zip"])
         cases = {"truncated-zip": blob[:len(blob) // 2], "garbage": b"not a checkpoint at all" * 10, "empty": b"",
                  "zip-magic-only": b"PK\x03\x04" + b"\0" * 60}
         for label, data in cases.items():

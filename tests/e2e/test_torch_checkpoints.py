@@ -17,7 +17,7 @@ import shutil
 import numpy as np
 import torch
 
-from soupkit_testlib import read_checkpoint, read_safetensors, run_with_peak_rss
+from soupkit_testlib import read_checkpoint, read_safetensors, run_with_peak_rss, write_safetensors
 from test_bad_input import BadInputBase
 from test_soup import reference_soup
 import torch_fixtures as tf
@@ -167,6 +167,14 @@ class TorchInputs(BadInputBase):
                 with open(os.path.join(outs[label], "config.json")) as f:
                     self.assertEqual(f.read(), config)
 
+    def test_a_safetensors_file_named_bin_is_still_read_as_safetensors(self):
+        tensors = {"w": ("F32", np.arange(6, dtype=np.float32).reshape(2, 3))}
+        src = self.path("weights.bin")
+        write_safetensors(src, tensors)
+        out = self.path("weights.safetensors")
+        self.run_ok([(["convert", src, out], None)])
+        self.assert_converted(out, tensors)
+
     def test_index_names_are_never_paths(self):
         sd = collections.OrderedDict(w=torch.ones(2, 2))
         outside = self.path("outside.bin")
@@ -211,7 +219,8 @@ class TorchInputs(BadInputBase):
             dtype, raw = tf.raw_of(t)
             self.assertEqual(tensors[name][1].tobytes(), raw.tobytes(), name)
         print("peak RSS converting a transposed 64 MiB tensor under a 16 MiB budget: %.1f MiB" % (peak / MIB))
-        self.assertLess(peak, 56 * MIB)
+        if "ASAN_OPTIONS" not in os.environ:  # the sanitizer build's shadow memory and quarantine are not soupkit's
+            self.assertLess(peak, 56 * MIB)
 
     def test_uniform_soup_of_pt_files_on_one_and_two_ranks(self):
         models, paths = [], []
