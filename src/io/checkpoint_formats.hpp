@@ -6,7 +6,11 @@
 namespace soupkit::detail {
 
 std::unique_ptr<CheckpointReader> open_safetensors_file(const fs::path& path);
+// A model directory: safetensors weights if it has them, else PyTorch's
+// (pytorch_model.bin, or shards by pytorch_model.bin.index.json).
 std::unique_ptr<CheckpointReader> open_model_directory(const fs::path& dir);
+// A file torch.save wrote (zip or legacy format).
+std::unique_ptr<CheckpointReader> open_torch_checkpoint(const fs::path& path);
 std::unique_ptr<CheckpointReader> open_hdf5_checkpoint(const fs::path& path);
 
 std::unique_ptr<CheckpointWriter> create_safetensors_writer(const Communicator& comm, const fs::path& path,

@@ -1,7 +1,9 @@
 #pragma once
 // One way to read checkpoints and one way to write them, whatever the format:
 // a .safetensors file, a Hugging Face model directory (single or sharded
-// safetensors plus config/tokenizer files), or soupkit's HDF5 layout (.h5).
+// safetensors, or PyTorch's pytorch_model.bin, plus config/tokenizer files),
+// soupkit's HDF5 layout (.h5), or a file torch.save wrote (.pt, .pth, .bin;
+// read only).
 #include "soupkit/parallel/communicator.hpp"
 #include "soupkit/io/file.hpp"
 #include "soupkit/io/safetensors.hpp"
@@ -74,7 +76,8 @@ class CheckpointReader {
   std::vector<std::byte> read(const TensorInfo& t) const;
 
   // Where a tensor's bytes are, for plans and messages: "FILE@OFFSET" for
-  // safetensors, "FILE:/tensors/NAME" for HDF5.
+  // safetensors, "FILE:/tensors/NAME" for HDF5, "FILE:ARCHIVE/data/KEY+OFFSET"
+  // for torch.save's zip format and "FILE@OFFSET+OFFSET" for its legacy one.
   virtual std::string location(const TensorInfo& t) const = 0;
 
   // Carried files (config, tokenizer, ...), each name checked by
