@@ -36,6 +36,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 namespace soupkit {
 namespace {
@@ -73,8 +74,9 @@ class ModelStockMethod final : public BaseModelMerge {
   void read_block(const Inputs& in, const std::vector<std::size_t>& models, std::uint64_t first, std::uint64_t count);
   // Adds elements [begin, begin + length) of the block's task vectors to `gram`.
   void add_task_vectors(linalg::GramAccumulator& gram, std::size_t begin, std::size_t length);
-  // t from the task vectors' Gram matrix; InputError where it divides by zero (`where` names the tensor and vector).
-  double interpolation(const linalg::Gram& g, const std::string& where) const;
+  // t from the task vectors' Gram matrix; InputError naming the tensor (and the vector, filter-wise) where it
+  // divides by zero.
+  double interpolation(const linalg::Gram& g, const TensorInfo& out, std::optional<std::uint64_t> vector) const;
   // base_[j] = t avg_j + (1 - t) base_[j] over [begin, end).
   void apply(double t, std::size_t begin, std::size_t end);
 
@@ -111,7 +113,8 @@ void ModelStockMethod::add_task_vectors(linalg::GramAccumulator& gram, std::size
   gram.add(pieces_.data(), length);
 }
 
-double ModelStockMethod::interpolation(const linalg::Gram& g, const std::string& where) const {
+double ModelStockMethod::interpolation(const linalg::Gram& g, const TensorInfo& out,
+                                       std::optional<std::uint64_t> vector) const {
   const std::size_t n = g.size();
   const double cos = mean_cosine(g);
   const double denominator = 1 + static_cast<double>(n - 1) * cos;
@@ -119,7 +122,10 @@ double ModelStockMethod::interpolation(const linalg::Gram& g, const std::string&
                          "model_stock: {}: the task vectors' mean pairwise cosine is {}, so t = N cos / (1 + (N - 1) "
                          "cos) with N = {} {} (mergekit would write inf or NaN): the models' differences from the base "
                          "cancel out",
-                         where, cos, n, std::isfinite(cos) ? "divides by zero" : "is not a number");
+                         vector ? fmt::format("tensor '{}', vector {} along its last axis (filter_wise)", out.name,
+                                              *vector)
+                                : fmt::format("tensor '{}'", out.name),
+                         cos, n, std::isfinite(cos) ? "divides by zero" : "is not a number");
   return static_cast<double>(n) * cos / denominator;
 }
 
@@ -148,7 +154,7 @@ void ModelStockMethod::merge_tensor(std::size_t index, const Inputs& in, const T
       read_block(in, models, first, std::min(step, rows - first));
       for (std::size_t begin = 0; begin < base_.size(); begin += row) add_task_vectors(whole, begin, row);
     }
-    t = interpolation(whole.result(), fmt::format("tensor '{}'", out.name));
+    t = interpolation(whole.result(), out, std::nullopt);
   }
   for (std::uint64_t first = 0; first < rows; first += step) {
     const std::uint64_t count = std::min(step, rows - first);
@@ -158,9 +164,7 @@ void ModelStockMethod::merge_tensor(std::size_t index, const Inputs& in, const T
       linalg::GramAccumulator one(n);
       add_task_vectors(one, begin, vector);
       const std::uint64_t at = (first * row_elements(out) + begin) / vector;
-      apply(interpolation(one.result(),
-                          fmt::format("tensor '{}', vector {} along its last axis (filter_wise)", out.name, at)),
-            begin, begin + vector);
+      apply(interpolation(one.result(), out, at), begin, begin + vector);
     }
     write_rows(index, out, first, count, base_, writer);
   }
