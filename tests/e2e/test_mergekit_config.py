@@ -18,6 +18,7 @@ import yaml
 
 import mergekit_cases as mc
 import mergekit_oracle
+import oracle_fusion  # noqa: F401
 import oracle_gta  # noqa: F401  (these register their methods in mergekit_oracle.METHODS)
 import oracle_spherical  # noqa: F401
 from soupkit_testlib import read_checkpoint, run_soupkit
