@@ -38,6 +38,7 @@
 #include <atomic>
 #include <cmath>
 #include <optional>
+#include <type_traits>
 
 namespace soupkit {
 namespace {
@@ -90,12 +91,15 @@ class GtaMethod final : public TensorMerge {
   // delta_ = t_i over a block whose task vector delta_ holds, starting at flat element `at`.
   void sparsify_block(TaskModel& model, std::uint64_t at);
   void copy_base(std::size_t index, const Inputs& in, const TensorInfo& out, CheckpointWriter& writer);
+  // The sign consensus of a block: mixed_ from weighted_.
+  void elect(const std::vector<TaskModel>& models, bool normalize, std::size_t size);
 
   GtaVariant variant_;
   std::vector<std::size_t> task_models_;  // the models but the base
   mutable std::atomic<bool> warned_zero_sum_{false};
   // Scratch reused from block to block.
   std::vector<double> base_, delta_, mixed_;
+  std::vector<double> sum_, divisor_;  // the consensus's, per element of a sub-block
   std::vector<std::vector<double>> weighted_;  // per task model (consensus)
   std::vector<std::uint8_t> keep_;
 };
@@ -236,6 +240,61 @@ void GtaMethod::copy_base(std::size_t index, const Inputs& in, const TensorInfo&
   }
 }
 
+// Per element j, in this order (so the bytes match the definition's loop):
+//   sum = wd_0 + wd_1 + ...; e = elected_sign(sum);
+//   a_i = [sign(wd_i) == e]; mixed = sum_i wd_i a_i; divisor = sum_i w_i a_i;
+//   divisor 0 -> 1; mixed_j = normalize ? mixed / divisor : mixed.
+// Written as branch-free loops over one model at a time, on sub-blocks small
+// enough to stay in the L1/L2 cache, so the compiler vectorises them; each
+// element's operations and their order are those of the scalar definition.
+void GtaMethod::elect(const std::vector<TaskModel>& models, bool normalize, std::size_t size) {
+  constexpr std::size_t kSubBlock = 2048;
+  const std::size_t n = models.size();
+  sum_.resize(std::min(size, kSubBlock));
+  divisor_.resize(sum_.size());
+  for (std::size_t begin = 0; begin < size; begin += kSubBlock) {
+    const std::size_t count = std::min(kSubBlock, size - begin);
+    double* sum = sum_.data();
+    double* divisor = divisor_.data();
+    double* mixed = mixed_.data() + begin;
+    const double* w0 = weighted_[0].data() + begin;
+    for (std::size_t j = 0; j < count; ++j) sum[j] = w0[j];
+    for (std::size_t i = 1; i < n; ++i) {
+      const double* wi = weighted_[i].data() + begin;
+      for (std::size_t j = 0; j < count; ++j) sum[j] += wi[j];
+    }
+    // e = elected_sign(sum), kept in sum's place.
+    for (std::size_t j = 0; j < count; ++j) sum[j] = sum[j] >= 0 ? 1.0 : -1.0;
+    const double* __restrict elected = sum;
+    // Model 0 starts the sums (assigned, not added to 0: -0 stays -0).
+    const auto vote = [&](std::size_t i, auto first) {
+      const double* __restrict wi = weighted_[i].data() + begin;
+      double* __restrict mix = mixed;
+      double* __restrict div = divisor;
+      const double weight = models[i].weight;
+      for (std::size_t j = 0; j < count; ++j) {
+        // agrees(wd_i, e): wd_i e > 0 (e = +-1, so the product is exact;
+        // a zero or NaN never agrees).
+        const double agree = wi[j] * elected[j] > 0 ? 1.0 : 0.0;
+        const double part = wi[j] * agree, part_weight = weight * agree;  // exact products
+        if constexpr (decltype(first)::value) {
+          mix[j] = part;
+          div[j] = part_weight;
+        } else {
+          mix[j] += part;
+          div[j] += part_weight;
+        }
+      }
+    };
+    vote(0, std::true_type{});
+    for (std::size_t i = 1; i < n; ++i) vote(i, std::false_type{});
+    for (std::size_t j = 0; j < count; ++j) {
+      const double d = divisor[j] == 0 ? 1.0 : divisor[j];
+      mixed[j] = normalize ? mixed[j] / d : mixed[j];
+    }
+  }
+}
+
 void GtaMethod::merge_tensor(std::size_t index, const Inputs& in, const TensorInfo& out, CheckpointWriter& writer) {
   if (task_models_.empty()) return copy_base(index, in, out, writer);  // mergekit returns the base
   const TensorParameters& p = parameters(index);
@@ -270,21 +329,7 @@ void GtaMethod::merge_tensor(std::size_t index, const Inputs& in, const TensorIn
                              i == 0 ? linalg::Term::First : linalg::Term::Next);
       }
     }
-    if (consensus)
-      for (std::size_t j = 0; j < size; ++j) {
-        double sum = weighted_[0][j];
-        for (std::size_t i = 1; i < n; ++i) sum += weighted_[i][j];
-        const double elected = elected_sign(sum);
-        double mixed = 0, divisor = 0;
-        for (std::size_t i = 0; i < n; ++i) {
-          const double agree = agrees(weighted_[i][j], elected) ? 1.0 : 0.0;
-          const double part = weighted_[i][j] * agree, weight = models[i].weight * agree;  // exact products
-          mixed = i == 0 ? part : mixed + part;
-          divisor = i == 0 ? weight : divisor + weight;
-        }
-        if (divisor == 0) divisor = 1;
-        mixed_[j] = normalize ? mixed / divisor : mixed;
-      }
+    if (consensus) elect(models, normalize, size);
     linalg::weighted_sum(DType::F64, base_.data(), scale, bytes_of(mixed_), size, linalg::Term::Next);
     write_rows(index, out, first, count, base_, writer);
   }

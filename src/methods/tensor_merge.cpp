@@ -9,6 +9,14 @@
 #include <algorithm>
 
 namespace soupkit {
+namespace {
+// Row blocks hold about this many elements at most (whatever the chunk
+// size), so that a block's float64 arrays (input, task vector, mixed
+// values, ...) stay in the L2 cache through the several loops a method runs
+// over them, instead of streaming each loop through memory. Measured on the
+// 3-model TIES benchmark (docs/benchmarks.md).
+constexpr std::uint64_t kCacheBlockElements = 32768;
+}  // namespace
 
 std::uint64_t row_elements(const TensorInfo& t) {
   const std::uint64_t rows = row_count(t);
@@ -192,7 +200,9 @@ std::uint64_t TensorMerge::working_row_bytes(const TensorInfo& out, const Inputs
 }
 
 std::uint64_t TensorMerge::block_rows(const TensorInfo& out, const Inputs& in) const {
-  return std::max<std::uint64_t>(1, chunk_bytes_ / working_row_bytes(out, in));
+  const std::uint64_t within_chunk = chunk_bytes_ / working_row_bytes(out, in);
+  const std::uint64_t within_cache = kCacheBlockElements / std::max<std::uint64_t>(row_elements(out), 1);
+  return std::max<std::uint64_t>(1, std::min(within_chunk, within_cache));
 }
 
 MethodPlan TensorMerge::plan(const PlanContext& context) {
