@@ -312,7 +312,12 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
   const MethodPlan plan = share_plan(comm, method, make_plan_context(comm.size(), options.memory_budget, out));
   const auto& tensors = plan.output.tensors;
   if (options.dry_run) {
-    if (comm.is_root()) print_plan(plan, owners_of(plan, {}, comm.size()), comm.size(), out, method.name());
+    if (comm.is_root()) {
+      print_plan(plan, owners_of(plan, {}, comm.size()), comm.size(), out, method.name());
+      std::printf("  memory budget %s per rank (--memory-budget; the default is 80%% of the node's available memory, "
+                  "or of its cgroup's limit if lower, shared by the node's ranks)\n",
+                  human_bytes(options.memory_budget).c_str());
+    }
     return {};
   }
   collectively(comm, [&] { method.prepare(plan); });

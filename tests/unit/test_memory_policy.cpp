@@ -6,6 +6,9 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
+#include <unistd.h>
+
 namespace soupkit {
 namespace {
 
@@ -120,6 +123,52 @@ TEST(PlanCodec, EveryRankGetsPlacementContextAndStateButNotSources) {
   EXPECT_EQ(state.names, (std::vector<std::string>{"a", "b"}));
   EXPECT_EQ(state.count, 7);
   EXPECT_EQ(back.output.tensors, plan.output.tensors);
+}
+
+// cgroup_memory_limit against hand-made cgroup trees: the definitions are
+// the kernel's (cgroup-v2.rst: memory.max, "max" for none; cgroup-v1
+// memory.txt: memory.limit_in_bytes, 9223372036854771712 for none).
+class CgroupLimitTest : public testing::Test {
+ protected:
+  void SetUp() override {
+    base_ = fs::temp_directory_path() / ("soupkit-cgroup-" + std::to_string(::getpid()));
+    fs::remove_all(base_);
+    root_ = base_ / "root";
+  }
+  void TearDown() override { fs::remove_all(base_); }
+  void put(const fs::path& relative, const std::string& text) {
+    fs::create_directories((root_ / relative).parent_path());
+    std::ofstream(root_ / relative) << text << "\n";
+  }
+  fs::path base_, root_;
+};
+
+TEST_F(CgroupLimitTest, V2TakesTheTightestLimitOnThePathToTheRoot) {
+  put("memory.max", "max");
+  put("job/memory.max", "8589934592");
+  put("job/step/memory.max", "max");
+  put("job/step/task/memory.max", "17179869184");
+  EXPECT_EQ(cgroup_memory_limit("0::/job/step/task\n", root_), 8589934592ull);
+  EXPECT_EQ(cgroup_memory_limit("0::/job/step\n", root_), 8589934592ull);
+}
+
+TEST_F(CgroupLimitTest, V1ReadsTheMemoryControllersHierarchyAndIgnoresItsNoLimitValue) {
+  put("memory/memory.limit_in_bytes", "9223372036854771712");
+  put("memory/slurm/uid_0/job_7/memory.limit_in_bytes", "4294967296");
+  const std::string text = "9:name=systemd:/\n4:cpuacct,cpu:/other\n3:memory:/slurm/uid_0/job_7\n0::/\n";
+  EXPECT_EQ(cgroup_memory_limit(text, root_), 4294967296ull);
+  EXPECT_EQ(cgroup_memory_limit("3:memory:/\n", root_), std::nullopt);
+}
+
+TEST_F(CgroupLimitTest, NoLimitUnreadableFilesAndEscapingPathsGiveNone) {
+  put("memory.max", "max");
+  EXPECT_EQ(cgroup_memory_limit("0::/\n", root_), std::nullopt);
+  EXPECT_EQ(cgroup_memory_limit("0::/missing/dir\n", root_), std::nullopt);
+  EXPECT_EQ(cgroup_memory_limit("garbage\n", root_), std::nullopt);
+  put("../outside/memory.max", "1024");
+  EXPECT_EQ(cgroup_memory_limit("0::/../outside\n", root_), std::nullopt);
+  put("odd/memory.max", "12abc");
+  EXPECT_EQ(cgroup_memory_limit("0::/odd\n", root_), std::nullopt);
 }
 
 }  // namespace

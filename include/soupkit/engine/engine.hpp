@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include <span>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -162,7 +163,15 @@ std::uint64_t peak_rss_bytes();
 std::uint64_t current_rss_bytes();
 
 // Default --memory-budget: 80% of this node's available memory, shared by
-// the ranks on this node (collective on comm).
+// the ranks on this node (collective on comm). Available means the smaller
+// of /proc/meminfo's MemAvailable and the memory limit of this process's
+// cgroup (Slurm's --mem, a container's limit), as cgroup_memory_limit finds it.
 std::uint64_t default_memory_budget(const Communicator& comm);
+
+// The tightest memory limit on the cgroup a process is in (v2 memory.max or
+// v1 memory.limit_in_bytes, of its cgroup and every ancestor), read from
+// `proc_self_cgroup` (the /proc/self/cgroup text) under `cgroup_root`
+// (/sys/fs/cgroup). nullopt when no limit is set or none can be read.
+std::optional<std::uint64_t> cgroup_memory_limit(const std::string& proc_self_cgroup, const fs::path& cgroup_root);
 
 }  // namespace soupkit
