@@ -22,7 +22,8 @@ Measured, each after `sync; echo 3 > /proc/sys/vm/drop_caches` (cold cache):
     and the cgroup's peak usage (memory.max_usage_in_bytes / memory.peak);
   - a spot check: 4 MiB from each of a few tensors, read with numpy at their
     safetensors offsets from the inputs and the output, the mean computed
-    in float64 and rounded to bf16 (nearest even), compared bit for bit.
+    in float64 as docs/soups.md defines it (acc = w x_1, then acc + w x_i,
+    w = 1/3) and rounded once to bf16 (nearest even), compared bit for bit.
 """
 import argparse
 import json
@@ -182,8 +183,12 @@ def run_soup(paths, out, ranks, cgroup, rss_prefix):
 
 
 def tensor_location(path, name):
-    with open(os.path.join(path, "model.safetensors.index.json")) as f:
-        file = os.path.join(path, json.load(f)["weight_map"][name])
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            file = os.path.join(path, json.load(f)["weight_map"][name])
+    else:  # one shard
+        file = os.path.join(path, "model.safetensors")
     with open(file, "rb") as f:
         n = struct.unpack("<Q", f.read(8))[0]
         header = json.loads(f.read(n))
@@ -201,7 +206,12 @@ def spot_check(inputs, out, tensors):
     names = [tensors[0][0], tensors[len(tensors) // 2][0], tensors[-1][0]]
     equal = total = 0
     for name in names:
-        mean = sum(read_bf16(p, name, count) for p in inputs) / len(inputs)
+        # soupkit's definition (docs/soups.md): acc = w x_1, acc += w x_i, w = 1/n, float64.
+        w = 1.0 / len(inputs)
+        mean = None
+        for p in inputs:
+            x = read_bf16(p, name, count)
+            mean = w * x if mean is None else mean + w * x
         file, offset = tensor_location(out, name)
         got = np.fromfile(file, dtype="<u2", count=count, offset=offset)
         want = f64_to_bf16_bits(mean)
@@ -258,7 +268,7 @@ def main():
             print("  soupkit: " + r["log"])
             names, equal, total = spot_check(paths, out, tensors)
             print("  spot check (first 2M elements of %s): %d of %d bf16 values bit-identical to numpy's float64 "
-                  "mean rounded to nearest even" % (", ".join(names), equal, total))
+                  "weighted sum (w = 1/3, in input order) rounded to nearest even" % (", ".join(names), equal, total))
     finally:
         cgroup.remove()
         if not args.keep and not args.dir:
