@@ -135,6 +135,32 @@ void check_fits_output_format(const MethodPlan& plan, const fs::path& out) {
   }
 }
 
+// soupkit deletes or replaces only what it created: an output (or its
+// ".partial" name) that is an input, a directory holding one, or a path
+// inside an input model directory would destroy or change an input, even
+// with --overwrite.
+void check_output_apart_from_inputs(const fs::path& out) {
+  std::error_code ec;
+  fs::path resolved = fs::weakly_canonical(fs::absolute(out, ec), ec);
+  if (ec) resolved = out.lexically_normal();
+  const fs::path partial = partial_output_path(resolved);
+  const auto within = [](const fs::path& inner, const fs::path& outer) {
+    const auto [o, i] = std::mismatch(outer.begin(), outer.end(), inner.begin(), inner.end());
+    return o == outer.end() && i != inner.end();
+  };
+  for (const fs::path& input : opened_checkpoint_paths()) {
+    for (const fs::path& target : {resolved, partial}) {
+      SOUPKIT_INPUT_ERROR_IF(target == input, "{}: the output is also an input ({}); soupkit never writes over its "
+                             "inputs: choose another output path", out.string(), input.string());
+      SOUPKIT_INPUT_ERROR_IF(within(input, target), "{}: the output would replace a directory that holds the input "
+                             "{}; choose another output path", out.string(), input.string());
+      SOUPKIT_INPUT_ERROR_IF(within(target, input) && fs::is_directory(input, ec),
+                             "{}: the output is inside the input model directory {}, and writing there changes that "
+                             "model; choose a path outside it", out.string(), input.string());
+    }
+  }
+}
+
 // 1. The coordinator plans, validates and places every task; nobody does
 // heavy work before it says go. Every rank gets the plan; the coordinator
 // keeps the tasks' sources (for --dry-run and messages).
@@ -150,6 +176,7 @@ MethodPlan share_plan(const Communicator& comm, Method& method, const PlanContex
                      planned.output.tensors.size());
     check_aux_files(planned.output.aux_files, context.output.string() + ": carried files");
     check_fits_output_format(planned, context.output);
+    check_output_apart_from_inputs(context.output);
     place_tasks(planned, context);
     for (auto& task : planned.tasks) {
       sources.push_back(std::move(task.sources));

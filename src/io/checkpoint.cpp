@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <mutex>
 #include <set>
 
 namespace soupkit {
@@ -104,7 +105,27 @@ std::uint64_t row_bytes(const TensorInfo& t) {
   return rows == 0 ? 0 : t.nbytes() / rows;
 }
 
+namespace {
+std::mutex opened_mutex;
+std::vector<fs::path> opened_paths;
+
+void note_opened(const fs::path& path) {
+  std::error_code ec;
+  fs::path resolved = fs::weakly_canonical(fs::absolute(path, ec), ec);
+  if (ec) resolved = path.lexically_normal();
+  const std::lock_guard lock(opened_mutex);
+  if (std::find(opened_paths.begin(), opened_paths.end(), resolved) == opened_paths.end())
+    opened_paths.push_back(std::move(resolved));
+}
+}  // namespace
+
+std::vector<fs::path> opened_checkpoint_paths() {
+  const std::lock_guard lock(opened_mutex);
+  return opened_paths;
+}
+
 std::unique_ptr<CheckpointReader> open_checkpoint(const fs::path& path) {
+  note_opened(path);
   std::error_code ec;
   const auto status = fs::status(path, ec);
   SOUPKIT_INPUT_ERROR_IF(!fs::exists(status), "{}: no such file or directory", path.string());

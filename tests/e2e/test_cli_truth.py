@@ -90,6 +90,51 @@ class ForeignOutputNames(BadInputBase):
                 self.assertFalse(os.path.exists(out))
 
 
+    def test_an_output_that_is_or_holds_or_sits_in_an_input_is_refused(self):
+        """Even with --overwrite: soupkit replaces only what it created, never an input."""
+        work = self.path("work")
+        model = os.path.join(work, "m")
+        write_model_dir(model, pair(5, ["a.weight", "b.weight"]))
+        single = self.path("single.safetensors")
+        write_model_dir(self.path("tmp-single"), pair(6, ["a.weight", "b.weight"]))
+        os.rename(os.path.join(self.path("tmp-single"), "model.safetensors"), single)
+        link = self.path("link-to-m")
+        os.symlink(model, link)
+
+        def contents(path):
+            with open(path, "rb") as f:
+                return f.read()
+
+        def snapshot():
+            files = [os.path.join(d, f) for d, _, fs in os.walk(work) for f in fs] + [single]
+            return {f: contents(f) for f in files}
+
+        before = snapshot()
+        cases = [("the model directory itself", ["soup", "uniform", "--overwrite", "--out", model, model, single],
+                  ["also an input", model]),
+                 ("a single file input", ["convert", "--overwrite", single, single], ["also an input", single]),
+                 ("through a symbolic link", ["soup", "uniform", "--overwrite", "--out", link, model, single],
+                  ["also an input"]),
+                 ("a directory holding an input", ["soup", "uniform", "--overwrite", "--out", work, model, single],
+                  ["replace a directory", model]),
+                 ("a shard inside the input directory",
+                  ["soup", "uniform", "--overwrite", "--out", os.path.join(model, "model.safetensors"), model, single],
+                  ["inside the input model directory", model]),
+                 ("a new file inside the input directory",
+                  ["monosoup", "--base", single, "--finetuned", model, "--out", os.path.join(model, "x.h5")],
+                  ["inside the input model directory", model])]
+        for what, args, words in cases:
+            with self.subTest(what):
+                proc = run_soupkit(args, check=False)
+                self.assertEqual(proc.returncode, 1, proc.stderr)
+                errors = [line for line in proc.stderr.splitlines() if line.startswith("soupkit: error")]
+                self.assertEqual(len(errors), 1, proc.stderr)
+                err = errors[0]
+                for w in words:
+                    self.assertIn(w, err)
+                self.assertEqual(snapshot(), before, "an input changed")
+                self.assertFalse(os.path.exists(os.path.join(model, "x.h5")))
+
 if __name__ == "__main__":
     import unittest
     unittest.main()

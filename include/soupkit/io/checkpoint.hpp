@@ -108,6 +108,11 @@ class CheckpointReader {
 // naming the path and the problem.
 std::unique_ptr<CheckpointReader> open_checkpoint(const fs::path& path);
 
+// Every path open_checkpoint was given in this process, made absolute with
+// symbolic links resolved (fs::weakly_canonical), in the order opened: the
+// engine refuses an output that would replace one or land inside one.
+std::vector<fs::path> opened_checkpoint_paths();
+
 // Rows of a tensor seen as a matrix: shape[0], or 1 for a 0-d scalar.
 std::uint64_t row_count(const TensorInfo& t);
 // Bytes of one such row.
