@@ -14,6 +14,7 @@
 #include "soupkit/util/error.hpp"
 #include "soupkit/util/message_text.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <mutex>
@@ -147,13 +148,18 @@ class AdapterReader final : public CheckpointReader {
       cached_index_ = index_of(t);
     }
     const LowRankUpdate& u = cached_;
+    // Each element sums its r products in order k = 0..r-1, a row at a time
+    // (contiguous in R's rows, so the compiler vectorises over j).
+    std::vector<double> acc(n);
     for (std::uint64_t i = 0; i < rows; ++i) {
       const double* left = u.left.data() + (first_row + i) * u.r;
-      for (std::uint64_t j = 0; j < n; ++j) {
-        double acc = 0;
-        for (std::uint64_t k = 0; k < u.r; ++k) acc += left[k] * u.right[k * n + j];
-        out[i * n + j] = static_cast<float>(w[i * n + j] + u.scale * acc);
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (std::uint64_t k = 0; k < u.r; ++k) {
+        const double l = left[k];
+        const double* right = u.right.data() + k * n;
+        for (std::uint64_t j = 0; j < n; ++j) acc[j] += l * right[j];
       }
+      for (std::uint64_t j = 0; j < n; ++j) out[i * n + j] = static_cast<float>(w[i * n + j] + u.scale * acc[j]);
     }
     store_from_f32(t.dtype, out.data(), out.size(), dst.data());
   }
