@@ -139,19 +139,20 @@ class AdapterReader final : public CheckpointReader {
                      path_.string(), t.name, first_row, first_row + rows);
     base_->read_rows(base_tensor, first_row, rows, dst);
     const std::uint64_t n = t.numel() / row_count(t);
-    std::vector<double> w(rows * n);
-    load_as_f64(t.dtype, dst.data(), w.size(), w.data());
-    std::vector<float> out(w.size());
     std::lock_guard lock(cache_mutex_);
     if (cached_index_ != index_of(t)) {
       cached_ = load_update(t, source.factors);
       cached_index_ = index_of(t);
     }
     const LowRankUpdate& u = cached_;
-    // Each element sums its r products in order k = 0..r-1, a row at a time
-    // (contiguous in R's rows, so the compiler vectorises over j).
-    std::vector<double> acc(n);
+    // Row by row, in place in dst: beyond the factors, O(n) scratch. Each
+    // element sums its r products in order k = 0..r-1, a row of R at a
+    // time (contiguous, so the compiler vectorises over j).
+    std::vector<double> w(n), acc(n);
+    std::vector<float> out(n);
     for (std::uint64_t i = 0; i < rows; ++i) {
+      std::byte* row = dst.data() + i * rb;
+      load_as_f64(t.dtype, row, n, w.data());
       const double* left = u.left.data() + (first_row + i) * u.r;
       std::fill(acc.begin(), acc.end(), 0.0);
       for (std::uint64_t k = 0; k < u.r; ++k) {
@@ -159,9 +160,9 @@ class AdapterReader final : public CheckpointReader {
         const double* right = u.right.data() + k * n;
         for (std::uint64_t j = 0; j < n; ++j) acc[j] += l * right[j];
       }
-      for (std::uint64_t j = 0; j < n; ++j) out[i * n + j] = static_cast<float>(w[i * n + j] + u.scale * acc[j]);
+      for (std::uint64_t j = 0; j < n; ++j) out[j] = static_cast<float>(w[j] + u.scale * acc[j]);
+      store_from_f32(t.dtype, out.data(), n, row);
     }
-    store_from_f32(t.dtype, out.data(), out.size(), dst.data());
   }
 
   std::string location(const TensorInfo& t) const override {
