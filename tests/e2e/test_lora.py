@@ -261,10 +261,21 @@ class Hostile(LoraBase):
         cases.append((a, ["k_proj", "lora_A without lora_B"]))
         a = self.adapter("ia3", extra_config={"peft_type": "IA3"})
         cases.append((a, ["peft_type", "LoRA adapters only"]))
+        a = self.adapter("embedding")
+        self.rewrite(a, lambda t: {**t, "base_model.model.model.embed_tokens.lora_embedding_A":
+                                   ("F32", np.zeros((4, 40), np.float32))})
+        cases.append((a, ["lora_embedding_A", "embedding layer"]))
+        a = self.adapter("prefix")
+        self.rewrite(a, lambda t: {k.replace("base_model.model.", "model.", 1): v for k, v in t.items()})
+        cases.append((a, ["model.model.layers.0", "base_model.model."]))
+        a = self.adapter("whole", whole={"score.weight": torch.zeros(2, 32)})
+        cases.append((a, ["score.weight", "has shape \\[2, 32\\]"]))
+        a = self.adapter("nonfinite", extra_config={"lora_alpha": "8"})
+        cases.append((a, ["lora_alpha", "not a finite number"]))
         jobs = []
-        for adapter, _ in cases:
+        for i, (adapter, _) in enumerate(cases):
             jobs.append((["convert", self.base + "+" + adapter, self.path(os.path.basename(adapter) + ".safetensors")],
-                         None))
+                         2 if i % 3 == 0 else None))
         jobs.append((["convert", cases[0][0], self.path("alone.safetensors")], None))
         jobs.append((["convert", self.base + "+" + self.path("nothing"), self.path("missing.safetensors")], None))
         procs = self.run_many(jobs)
