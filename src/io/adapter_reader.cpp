@@ -66,7 +66,7 @@ std::vector<double> read_as_f64(const CheckpointReader& reader, const TensorInfo
 class AdapterReader final : public CheckpointReader {
  public:
   AdapterReader(const fs::path& reference, std::unique_ptr<CheckpointReader> base, const fs::path& adapter_dir)
-      : CheckpointReader(reference), base_(std::move(base)), dir_(adapter_dir) {
+      : CheckpointReader(reference), base_(std::move(base)) {
     config_ = read_adapter_config(adapter_dir);
     const fs::path weights = adapter_weights_file(adapter_dir);
     adapter_ = open_checkpoint(weights);
@@ -240,7 +240,6 @@ class AdapterReader final : public CheckpointReader {
   }
 
   std::unique_ptr<CheckpointReader> base_, adapter_;
-  fs::path dir_;
   AdapterConfig config_;
   std::string format_;
   std::vector<Source> sources_;  // parallel to tensors_

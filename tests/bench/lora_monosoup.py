@@ -53,9 +53,9 @@ def make_inputs(workdir, layers, rank):
     return sum(v[1].size for v in base.values())
 
 
-def timed(args):
+def timed(args, workdir):
     """(seconds, peak RSS bytes) of one soupkit run (no mpirun)."""
-    rss = os.path.join(os.path.dirname(args[-1]) or ".", "rss.txt")
+    rss = os.path.join(workdir, "rss.txt")
     start = time.perf_counter()
     subprocess.run(["/usr/bin/time", "-q", "-f", "%M", "-o", rss, SOUPKIT, *args], check=True,
                    env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
@@ -77,7 +77,7 @@ def main():
     params = make_inputs(w, args.layers, args.rank)
     base, adapter = os.path.join(w, "base"), os.path.join(w, "adapter")
     w1 = os.path.join(w, "w1.safetensors")
-    t_convert, _ = timed(["convert", base + "+" + adapter, w1, "--quiet"])
+    t_convert, _ = timed(["convert", base + "+" + adapter, w1, "--quiet"], w)
     low = os.path.join(w, "low.safetensors")
     dense = os.path.join(w, "dense.safetensors")
     common = ["--quiet", "--overwrite", "--out-dtype", "F64"]
@@ -89,7 +89,7 @@ def main():
     rss = {}
     for i in range(args.repeat):  # alternating order; the machine is shared
         for tag in (["low", "dense"] if i % 2 == 0 else ["dense", "low"]):
-            seconds, peak = timed(runs[tag])
+            seconds, peak = timed(runs[tag], w)
             times[tag].append(seconds)
             rss[tag] = max(rss.get(tag, 0), peak)
     t_low, t_dense = min(times["low"]), min(times["dense"])
