@@ -285,6 +285,18 @@ class Hostile(LoraBase):
         self.assert_failed(procs[-2], [cases[0][0]], ["BASE\\+ADAPTER"])
         self.assert_failed(procs[-1], ["nothing"], ["not a LoRA adapter directory"])
 
+    def test_monosoup_refuses_non_finite_factors(self):
+        a = self.adapter("nan")
+        key = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
+        bad = np.full((32, 4), np.nan, np.float32)
+        self.rewrite(a, lambda t: {**t, key: ("F32", bad)})
+        outs = [self.path("nan%d.safetensors" % i) for i in range(2)]
+        procs = self.run_many([(["monosoup", "--base", self.base, "--finetuned", a, "--out", outs[0]], None),
+                               (["monosoup", "--base", self.base, "--finetuned", a, "--out", outs[1]], 2)])
+        for proc, out in zip(procs, outs):
+            self.assert_failed(proc, ["layers.0.self_attn.q_proj.weight"], ["NaN or Inf in the LoRA factors"])
+            self.assert_no_output(out)
+
     def test_a_path_with_a_plus_stays_a_path(self):
         plain = self.path("model+v2")
         shutil.copytree(self.base, plain)
