@@ -13,7 +13,7 @@ constexpr const char* kUsage =
 po::options_description named_options() {
   po::options_description desc("monosoup options");
   desc.add_options()("base", po::value<std::string>()->required(), "pretrained checkpoint W0")(
-      "finetuned", po::value<std::string>()->required(), "fine-tuned checkpoint W1")(
+      "finetuned", po::value<std::string>()->required(), "fine-tuned checkpoint W1: a model, BASE+ADAPTER, or a LoRA adapter directory (of --base)")(
       "out", po::value<std::string>()->required(), "output: .safetensors, .h5, or a directory")(
       "mode", po::value<std::string>()->default_value("effective-rank"), "effective-rank or variance")(
       "variance-threshold", number_value(0.8), "energy fraction R for --mode variance")(
@@ -23,6 +23,7 @@ po::options_description named_options() {
       "out-dtype", po::value<std::string>(), "write floating-point tensors as F64, F32, F16 or BF16 (default: as W1)")(
       "shard-size", po::value<std::string>()->default_value("5GB"), "largest shard of a directory output")(
       "overwrite", "replace an existing output")(
+      "materialise-adapter", "a LoRA adapter's W1 = W0 + s B A is reweighted as a dense matrix, not by its low-rank SVD")(
       "scalapack-min-dim", po::value<std::int64_t>()->default_value(0),
       "matrices whose smaller side is at least this use ScaLAPACK on a grid of all ranks (0: automatic)");
   add_engine_options(desc);
@@ -36,6 +37,8 @@ int run(const Communicator& comm, const Args& args) {
   MonosoupOptions options;
   options.base = (*vm)["base"].as<std::string>();
   options.finetuned = (*vm)["finetuned"].as<std::string>();
+  // A LoRA adapter alone is the update of --base: --base+ADAPTER.
+  if (is_adapter_directory(options.finetuned)) options.finetuned = options.base.string() + "+" + options.finetuned.string();
   options.output = output_option(*vm, "out");
   const auto mode = (*vm)["mode"].as<std::string>();
   SOUPKIT_INPUT_ERROR_IF(mode != "effective-rank" && mode != "variance",
@@ -51,6 +54,7 @@ int run(const Communicator& comm, const Args& args) {
   options.out_dtype = float_dtype_option(*vm, "out-dtype");
   options.shard_size = size_option(*vm, "shard-size");
   options.overwrite = vm->count("overwrite") > 0;
+  options.materialise_adapter = vm->count("materialise-adapter") > 0;
   options.scalapack_min_dim = (*vm)["scalapack-min-dim"].as<std::int64_t>();
   SOUPKIT_INPUT_ERROR_IF(options.scalapack_min_dim < 0, "--scalapack-min-dim: {} is negative", options.scalapack_min_dim);
   const auto engine = engine_settings(*vm, comm);

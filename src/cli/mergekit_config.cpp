@@ -3,6 +3,7 @@
 #include "options.hpp"
 #include "yaml_input.hpp"
 
+#include "soupkit/io/checkpoint.hpp"
 #include "soupkit/util/message_text.hpp"
 
 #include <fmt/ranges.h>
@@ -62,15 +63,20 @@ std::optional<DType> dtype_key(const YAML::Node& job, const char* key, const Pla
 }
 
 // A model reference: a local path. mergekit also takes Hugging Face hub ids
-// (org/name, perhaps @revision) and LoRA sums (model+adapter).
+// (org/name, perhaps @revision), refused here, and LoRA sums (model+adapter).
 fs::path model_path(const YAML::Node& node, const Place& where) {
   const std::string text = scalar_text(node, where);
   if (text.empty()) where.refuse("an empty model path");
   std::error_code ec;
   if (fs::exists(text, ec)) return text;
-  if (text.find('+') != std::string::npos)
-    where.refuse(fmt::format("'{}' does not exist; a LoRA sum (model+adapter) is not read by soupkit yet: merge the "
-                             "adapter into its model first", excerpt(text)));
+  // A LoRA sum (model+adapter): the model with the adapter merged in, read
+  // by open_checkpoint, which names a missing part.
+  if (text.find('+') != std::string::npos) {
+    for (auto plus = text.find('+'); plus != std::string::npos; plus = text.find('+', plus + 1))
+      if (fs::exists(text.substr(0, plus), ec) && is_adapter_directory(text.substr(plus + 1))) return text;
+    where.refuse(fmt::format("'{}' does not exist, and read as a LoRA sum (model+adapter) it is not an existing model "
+                             "and a LoRA adapter directory (with adapter_config.json)", excerpt(text)));
+  }
   const bool local_looking = text.front() == '/' || text.front() == '.' || text.front() == '~' ||
                              std::count(text.begin(), text.end(), '/') != 1;
   if (!local_looking)

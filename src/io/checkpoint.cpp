@@ -1,5 +1,6 @@
 #include "soupkit/io/checkpoint.hpp"
 
+#include "adapter_config.hpp"
 #include "checkpoint_formats.hpp"
 #include "partial_output.hpp"
 #include "torch_file.hpp"
@@ -124,11 +125,47 @@ std::vector<fs::path> opened_checkpoint_paths() {
   return opened_paths;
 }
 
+bool is_adapter_directory(const fs::path& path) {
+  std::error_code ec;
+  return fs::is_directory(path, ec) && fs::exists(path / "adapter_config.json", ec);
+}
+
+namespace {
+
+// "BASE+ADAPTER" (mergekit's LoRA sum) when no file has that very name: the
+// first '+' whose left side exists and whose right side is an adapter.
+std::unique_ptr<CheckpointReader> open_lora_sum(const fs::path& path) {
+  const std::string text = path.string();
+  std::error_code ec;
+  for (auto plus = text.find('+'); plus != std::string::npos; plus = text.find('+', plus + 1)) {
+    const fs::path base = text.substr(0, plus), adapter = text.substr(plus + 1);
+    if (!base.empty() && fs::exists(base, ec) && is_adapter_directory(adapter)) {
+      note_opened(adapter);  // the base is noted when it is opened
+      return detail::open_adapter_checkpoint(path, base, adapter);
+    }
+  }
+  const auto plus = text.find('+');
+  const fs::path base = text.substr(0, plus), adapter = text.substr(plus + 1);
+  if (!fs::exists(base, ec))
+    throw InputError(fmt::format("{}: no such file or directory (nor, read as BASE+ADAPTER, the base {})", text,
+                                 base.string()));
+  throw InputError(fmt::format("{}: no such file or directory (read as BASE+ADAPTER, {} is not a LoRA adapter "
+                               "directory with adapter_config.json)", text, adapter.string()));
+}
+
+}  // namespace
+
 std::unique_ptr<CheckpointReader> open_checkpoint(const fs::path& path) {
   note_opened(path);
   std::error_code ec;
   const auto status = fs::status(path, ec);
+  if (!fs::exists(status) && path.string().find('+') != std::string::npos) return open_lora_sum(path);
   SOUPKIT_INPUT_ERROR_IF(!fs::exists(status), "{}: no such file or directory", path.string());
+  const bool has_model = fs::exists(path / "model.safetensors", ec) || fs::exists(path / "model.safetensors.index.json", ec) ||
+                         fs::exists(path / "pytorch_model.bin", ec) || fs::exists(path / "pytorch_model.bin.index.json", ec);
+  SOUPKIT_INPUT_ERROR_IF(is_adapter_directory(path) && !has_model,
+                         "{}: a LoRA adapter (adapter_config.json), not a whole model: give it with the model it "
+                         "adapts as BASE+ADAPTER", path.string());
   if (fs::is_directory(status)) return detail::open_model_directory(path);
   File file = File::open_read(path);
   static constexpr unsigned char kHdf5Signature[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};

@@ -4,6 +4,7 @@
 #include "soupkit/io/cast.hpp"
 #include "soupkit/util/error.hpp"
 #include "soupkit/linalg/gram_svd.hpp"
+#include "soupkit/linalg/low_rank_svd.hpp"
 #include "soupkit/linalg/pgram_svd.hpp"
 #include "soupkit/util/log.hpp"
 
@@ -105,6 +106,13 @@ MethodPlan MonosoupMethod::plan(const PlanContext& context) {
   SOUPKIT_INPUT_ERROR_IF(fs::equivalent(options_.base, options_.finetuned, same_ec),
                          "--base and --finetuned are the same model ({}): there is no update to reweight",
                          options_.base.string());
+  // W1 = W0 + s B A with W0 this very base: MonoSoup of the rank-r update
+  // from its factors (the adapter's own base, not another model).
+  const CheckpointReader* adapter_base = finetuned_->low_rank_base();
+  std::error_code base_ec;
+  const bool low_rank_route = !options_.materialise_adapter && adapter_base &&
+                              fs::equivalent(adapter_base->path(), options_.base, base_ec);
+  std::vector<bool> low_rank;
   std::vector<std::string> problems;  // warnings, or errors with --strict
   std::vector<double> smaller_side;  // of each candidate matrix (0 for kept tensors)
   std::vector<std::string> reasons;
@@ -149,7 +157,18 @@ MethodPlan MonosoupMethod::plan(const PlanContext& context) {
     task.seconds = static_cast<double>(2 * t.nbytes() + out.nbytes()) / 1.5e9;
     // Kept tensors are streamed in row ranges of the engine's chunk size.
     task.peak_bytes = stream_copy_peak_bytes(t, out, context.chunk_bytes);
-    if (reason.empty()) {
+    const std::uint64_t update_rank = low_rank_route && reason.empty() ? finetuned_->low_rank_rank(t) : 0;
+    const bool route = update_rank > 0 && t.shape.size() == 2 && update_rank <= std::min(t.shape[0], t.shape[1]);
+    low_rank.push_back(route);
+    if (route) {
+      // Two thin QRs, an r x r SVD and one m x n x r product; W0 in float64.
+      const double m = static_cast<double>(t.shape[0]), n = static_cast<double>(t.shape[1]);
+      const double r = static_cast<double>(update_rank);
+      task.note = "reweighted (low-rank update)";
+      task.seconds += 2.5e-10 * (m + n) * r * r + 2e-10 * m * n * r;
+      task.peak_bytes = 8 * m * n + 32 * (m + n) * r + static_cast<double>(b->nbytes() + out.nbytes());
+      smaller_side.push_back(0);  // never worth a grid
+    } else if (reason.empty()) {
       const double m = static_cast<double>(t.shape[0]), n = static_cast<double>(t.numel()) / m;
       const double r = std::min(m, n);
       task.seconds += 6.3e-11 * m * n * r + 7.2e-11 * r * r * r;
@@ -212,7 +231,7 @@ MethodPlan MonosoupMethod::plan(const PlanContext& context) {
   if (!problems.empty())
     log::warn("monosoup: {} of {} matrices do not match the base and are kept unchanged ({}; first: {}); --strict "
               "refuses such a pair", problems.size(), matrices, why.empty() ? "dtype differs" : why, problems.front());
-  plan.set_state(MonosoupState{reasons});
+  plan.set_state(MonosoupState{reasons, low_rank});
   return plan;
 }
 
@@ -220,7 +239,9 @@ void MonosoupMethod::prepare(const MethodPlan& plan) {
   if (!base_) base_ = open_checkpoint(options_.base);
   if (!finetuned_) finetuned_ = open_checkpoint(options_.finetuned);
   spec_ = plan.output;
-  kept_reason_ = plan.get_state<MonosoupState>().kept_reason;
+  const auto state = plan.get_state<MonosoupState>();
+  kept_reason_ = state.kept_reason;
+  low_rank_ = state.low_rank;
   chunk_bytes_ = plan.context.chunk_bytes;
 }
 
@@ -244,6 +265,7 @@ nlohmann::json MonosoupMethod::compute(std::size_t index, CheckpointWriter& writ
     return record;
   }
 
+  if (low_rank_.at(index)) return compute_low_rank(index, writer, std::move(record));
   const TensorInfo& w0 = base_->planned(w1.name);
   std::vector<double>& delta = delta_;
   std::vector<double>& base = base_values_;
@@ -273,6 +295,55 @@ nlohmann::json MonosoupMethod::compute(std::size_t index, CheckpointWriter& writ
   store_from_f64(out_info.dtype, delta.data(), delta.size(), out_.data());
   writer.write(index, out_);
   describe(record, c, svd.r());
+  return record;
+}
+
+// W1 = W0 + dW with dW = s L R of rank r (a LoRA adapter): the SVD of dW
+// from its factors, the spectrum beyond r being zero, then the same
+// coefficients and W = W0 + sum_i lambda_i s_i u_i v_i^T.
+nlohmann::json MonosoupMethod::compute_low_rank(std::size_t index, CheckpointWriter& writer, nlohmann::json record) {
+  const auto [w0, w1, out_info, m, n] = inputs(index);
+  std::vector<double>& base = base_values_;
+  read_as_f64(*base_, w0, raw_, base);
+  if (const auto bad = first_non_finite(base); bad >= 0)
+    throw InputError(fmt::format("{}: NaN or Inf in the base weights (element {})", options_.base.string(), bad));
+  const auto update = finetuned_->low_rank_update(w1);
+  SOUPKIT_ERROR_IF(!update, "{}: tensor '{}' has no low-rank update since planning", options_.finetuned.string(), w1.name);
+  for (const auto* factor : {&update->left, &update->right})
+    for (double v : *factor)
+      SOUPKIT_INPUT_ERROR_IF(!std::isfinite(v), "{}: NaN or Inf in the LoRA factors of tensor '{}'",
+                             options_.finetuned.string(), w1.name);
+  const linalg::LowRankSvd svd = linalg::low_rank_svd(update->left.data(), update->right.data(), m, n,
+                                                      static_cast<std::int64_t>(update->r), update->scale);
+  record["route"] = "low-rank";
+  record["update_rank"] = update->r;
+  const double delta_norm = std::sqrt(energy(svd.singular));
+  record["delta_norm"] = delta_norm;
+  auto keep = [&](const std::string& reason) {
+    out_.resize(out_info.nbytes());
+    write_kept(*finetuned_, w1, out_info, out_);
+    writer.write(index, out_);
+    record["action"] = "kept";
+    record["reason"] = reason;
+    return record;
+  };
+  if (!std::isfinite(delta_norm)) throw InputError(fmt::format("update of tensor '{}' overflows to Inf", w1.name));
+  if (const auto reason = reason_to_keep(delta_norm, std::sqrt(sum_of_squares(base)), options_.min_rel_update);
+      !reason.empty())
+    return keep(reason);
+  if (energy(svd.singular) < kEps) return keep("zero update");
+  // All min(m, n) singular values: those past r are exactly zero.
+  std::vector<double> spectrum(static_cast<std::size_t>(std::min(m, n)), 0.0);
+  std::copy(svd.singular.begin(), svd.singular.end(), spectrum.begin());
+  const MonosoupCoefficients c = monosoup_coefficients(spectrum, options_.mode, options_.variance_threshold);
+  std::vector<double> weight(svd.singular.size());
+  for (std::size_t i = 0; i < weight.size(); ++i)
+    weight[i] = static_cast<std::int64_t>(i) < c.k ? c.lambda_high : c.lambda_low;
+  linalg::add_reweighted(svd, weight, base.data());
+  out_.resize(out_info.nbytes());
+  store_from_f64(out_info.dtype, base.data(), base.size(), out_.data());
+  writer.write(index, out_);
+  describe(record, c, static_cast<std::int64_t>(spectrum.size()));
   return record;
 }
 

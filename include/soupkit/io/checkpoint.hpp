@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <functional>
@@ -45,6 +46,16 @@ void check_aux_files(const std::vector<AuxFileInfo>& files, const std::string& w
 // model.safetensors.index.json): never carried, never overwritten by one.
 bool is_weight_file_name(std::string_view name);
 
+// W1 = W0 + scale * left @ right for one tensor viewed as a matrix [m, n]:
+// a LoRA adapter's update (left [m, r], right [r, n], row-major, the
+// adapter's values widened exactly to float64; B and A, or A^T and B^T for
+// fan_in_fan_out). scale is alpha / r, or alpha / sqrt(r) for rsLoRA.
+struct LowRankUpdate {
+  std::uint64_t m = 0, n = 0, r = 0;
+  double scale = 0;
+  std::vector<double> left, right;
+};
+
 // A name as it may appear in a one-line message: control characters (NUL,
 // newline, ...) are escaped (\0, \n, \x1b), nothing else.
 std::string printable(std::string_view name);
@@ -74,6 +85,14 @@ class CheckpointReader {
   // Reads the whole tensor.
   void read(const TensorInfo& t, std::span<std::byte> dst) const;
   std::vector<std::byte> read(const TensorInfo& t) const;
+
+  // For a base with a LoRA adapter (BASE+ADAPTER): the base's reader, and
+  // the adapter's update of tensor t (nullopt for a tensor it does not
+  // adapt). Other readers: nullptr and nullopt.
+  virtual const CheckpointReader* low_rank_base() const { return nullptr; }
+  virtual std::optional<LowRankUpdate> low_rank_update(const TensorInfo&) const { return std::nullopt; }
+  // The rank of that update without reading it (0: none).
+  virtual std::uint64_t low_rank_rank(const TensorInfo&) const { return 0; }
 
   // Where a tensor's bytes are, for plans and messages: "FILE@OFFSET" for
   // safetensors, "FILE:/tensors/NAME" for HDF5, "FILE:ARCHIVE/data/KEY+OFFSET"
@@ -105,13 +124,18 @@ class CheckpointReader {
 };
 
 // Opens any supported checkpoint, reading only headers. Throws InputError
-// naming the path and the problem.
+// naming the path and the problem. "BASE+ADAPTER" (as mergekit writes it)
+// is the base with a PEFT LoRA adapter directory merged in
+// (docs/formats.md, "LoRA adapters"), unless a file of that very name
+// exists; an adapter directory alone is refused, asking for BASE+ADAPTER.
 std::unique_ptr<CheckpointReader> open_checkpoint(const fs::path& path);
 
 // Every path open_checkpoint was given in this process, made absolute with
 // symbolic links resolved (fs::weakly_canonical), in the order opened: the
 // engine refuses an output that would replace one or land inside one.
 std::vector<fs::path> opened_checkpoint_paths();
+// A directory holding adapter_config.json (a PEFT adapter, not a model).
+bool is_adapter_directory(const fs::path& path);
 
 // Rows of a tensor seen as a matrix: shape[0], or 1 for a 0-d scalar.
 std::uint64_t row_count(const TensorInfo& t);

@@ -30,14 +30,18 @@ struct MonosoupOptions {
   // Matrices with min(m, n) >= this go to ScaLAPACK on a grid of all ranks;
   // 0 chooses automatically (see docs/monosoup.md).
   std::int64_t scalapack_min_dim = 0;
+  // A LoRA adapter's W1 = W0 + s B A is read as a dense matrix and goes the
+  // route of any checkpoint, instead of the low-rank SVD (docs/monosoup.md).
+  bool materialise_adapter = false;
 };
 
 // What every rank needs of the coordinator's plan: per output tensor, why it
 // is kept unchanged (empty: a MonoSoup candidate).
 struct MonosoupState {
   std::vector<std::string> kept_reason;
+  std::vector<bool> low_rank;  // per output tensor: W1 - W0 is the adapter's s B A (the low-rank route)
 };
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(MonosoupState, kept_reason)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(MonosoupState, kept_reason, low_rank)
 
 class MonosoupMethod final : public Method {
  public:
@@ -58,11 +62,13 @@ class MonosoupMethod final : public Method {
     std::int64_t m, n;
   };
   Inputs inputs(std::size_t index) const;
+  nlohmann::json compute_low_rank(std::size_t index, CheckpointWriter& writer, nlohmann::json record);
   MonosoupOptions options_;
   std::unique_ptr<CheckpointReader> base_, finetuned_;
   OutputSpec spec_;
   std::uint64_t chunk_bytes_ = 0;  // row ranges of kept tensors (the engine's)
   std::vector<std::string> kept_reason_;  // per output tensor; empty = a MonoSoup candidate
+  std::vector<bool> low_rank_;
   // Scratch reused from tensor to tensor (largest first, so they grow once).
   std::vector<std::byte> raw_, out_;
   CopyBuffers copy_buffers_;
