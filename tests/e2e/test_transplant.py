@@ -11,6 +11,7 @@ token matching written in Python (tokenizer_fixtures.py).
 """
 import json
 import os
+import re
 import unittest
 
 import numpy as np
@@ -168,6 +169,40 @@ class TestSyntheticTransplant(TransplantCase):
         self.assertEqual(report["tokens"]["special"], 3)  # <s>, </s>, <unk> by role
         for name, base in (("model.embed_tokens.weight", model.base_embed_raw), ("lm_head.weight", model.base_head_raw)):
             np.testing.assert_array_equal(tensors[name][1], base[:model.donor_vocab])
+
+
+class TestPlannedMemory(TransplantCase):
+    def test_dictionary_counted_once_per_node(self):
+        """--dry-run on 1 and 2 ranks of one node: the per-rank estimate falls by half the node's shared copy
+        (dictionary in float32 and the atoms' raw base rows) plus half the targets' share, as docs/transplant.md
+        states, with the shared-token count N and the tokens to approximate T from the independent matching."""
+        from soupkit_testlib import write_model_dir
+        words = ["w%d" % i for i in range(3000)]
+        donor_tok, base_tok = self.path("tok-donor"), self.path("tok-base")
+        write_tokenizer(donor_tok, *byte_level_tokenizer(words))
+        write_tokenizer(base_tok, *sentencepiece_tokenizer(words[:2500]))
+        shared = tokenizer_fixtures.shared_tokens(donor_tok, base_tok)
+        n_atoms = sum(1 for _, how in shared.values() if how == "exact")
+        donor_rows = vocab_size(load_json(donor_tok + "/tokenizer.json"))
+        base_rows = vocab_size(load_json(base_tok + "/tokenizer.json"))
+        targets = donor_rows - len(shared)
+        dd, db, k = 384, 512, 16
+        for d, tok, rows, hidden in (("donor", donor_tok, donor_rows, dd), ("base", base_tok, base_rows, db)):
+            write_model_dir(self.path(d), {"model.embed_tokens.weight": ("F32", np.zeros((rows, hidden), np.float32))},
+                            extra_files={name: read_bytes(os.path.join(tok, name)).decode()
+                                         for name in ("tokenizer.json", "tokenizer_config.json")})
+        estimate = {}
+        for ranks in (1, 2):
+            proc = run_soupkit(["transplant", "--base", self.path("base"), "--donor", self.path("donor"), "--out",
+                                self.path("out%d" % ranks), "--k", str(k), "--dry-run"], ranks=ranks)
+            line = [l for l in proc.stdout.splitlines() if l.split()[:1] == ["model.embed_tokens.weight"]][0]
+            value, unit = re.search(r" grid +[0-9.]+ +([0-9.]+) (KiB|MiB|GiB) ", line).groups()  # rank, est. s, est. mem
+            estimate[ranks] = float(value) * {"KiB": 2 ** 10, "MiB": 2 ** 20, "GiB": 2 ** 30}[unit]
+        self.assertFalse(os.path.exists(self.path("out1")))
+        node_copy = n_atoms * (4 * dd + 4 * db)
+        self.assertGreater(node_copy, 0.15 * estimate[1])  # a visible part of the estimate
+        fallen = estimate[1] - estimate[2]
+        self.assertAlmostEqual(fallen / (node_copy / 2 + targets / 2 * (4 * dd + 12 * k)), 1.0, delta=0.01)
 
 
 def replace_steps(component):
