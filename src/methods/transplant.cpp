@@ -280,8 +280,8 @@ MethodPlan TransplantMethod::plan(const PlanContext& context) {
                           2 * static_cast<double>(std::min(context.chunk_bytes, out.nbytes()));
     fit.peak_bytes = fit.grid_peak_bytes;
     fit.advice = fmt::format("fitting {} tokens over {} shared ones, with a {} dictionary held once per node and "
-                             "divided among its ranks (at least {} on every node); raise --memory-budget or run more "
-                             "ranks per node",
+                             "divided among its ranks (at least {} ranks on every node); raise --memory-budget or run "
+                             "more ranks per node",
                              mapping.approximate, atoms_.size(), human_bytes(static_cast<std::uint64_t>(node_shared)),
                              context.ranks_per_node);
     plan.tasks.push_back(std::move(fit));
@@ -377,8 +377,6 @@ nlohmann::json TransplantMethod::compute_grid(std::size_t index, const Communica
   // nodes' first ranks. Each rank reads its own targets.
   const Communicator node = group.split_shared();
   const Communicator leaders = group.split(node.is_root() ? 0 : 1, group.rank());
-  SOUPKIT_ERROR_IF(group.is_root() && !(node.is_root() && leaders.is_root()),
-                   "internal: the group's rank 0 is not its node's first rank");
   const std::size_t dictionary_bytes = atoms_.size() * dt.shape[1] * sizeof(float);
   const SharedWindow shared = node.allocate_shared(dictionary_bytes + base_ids.size() * row_bytes(bt));
   const std::span<float> dictionary(reinterpret_cast<float*>(shared.bytes().data()), atoms_.size() * dt.shape[1]);
@@ -386,6 +384,9 @@ nlohmann::json TransplantMethod::compute_grid(std::size_t index, const Communica
   std::vector<float> x;
   collectively(group, [&] {
     if (group.is_root()) {
+      // The reader must be the first rank of its node and of the leaders (split orders by group rank).
+      SOUPKIT_ERROR_IF(!node.is_root() || !leaders.is_root(),
+                       "internal: the group's rank 0 is not its node's first rank");
       read_rows_as_f32(*donor_, dt, atoms_, chunk_bytes_, dictionary);
       read_selected_rows(*base_, bt, base_ids, chunk_bytes_, base_raw);
       check_finite_rows(*base_, bt, base_ids, base_raw);
