@@ -336,7 +336,8 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
   const auto start = Clock::now();
   const std::uint64_t base_rss = current_rss_bytes();
 
-  const MethodPlan plan = share_plan(comm, method, make_plan_context(comm.size(), options.memory_budget, out));
+  const MethodPlan plan = share_plan(
+      comm, method, make_plan_context(comm.size(), options.memory_budget, out, fewest_ranks_per_node(comm)));
   const auto& tensors = plan.output.tensors;
   if (options.dry_run) {
     if (comm.is_root()) {

@@ -12,8 +12,8 @@ std::uint64_t chunk_bytes_for(std::uint64_t memory_budget) {
   return std::clamp<std::uint64_t>(memory_budget / 8, 64ull << 10, 64ull << 20);
 }
 
-PlanContext make_plan_context(int ranks, std::uint64_t memory_budget, const fs::path& output) {
-  return {ranks, memory_budget, chunk_bytes_for(memory_budget), output};
+PlanContext make_plan_context(int ranks, std::uint64_t memory_budget, const fs::path& output, int ranks_per_node) {
+  return {ranks, memory_budget, chunk_bytes_for(memory_budget), output, ranks_per_node};
 }
 
 void place_tasks(MethodPlan& plan, const PlanContext& context) {

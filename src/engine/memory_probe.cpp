@@ -102,4 +102,9 @@ std::uint64_t default_memory_budget(const Communicator& comm) {
   return static_cast<std::uint64_t>(-comm.max(-share));
 }
 
+int fewest_ranks_per_node(const Communicator& comm) {
+  const Communicator node_comm = comm.split_shared();
+  return static_cast<int>(-comm.max(-static_cast<double>(node_comm.size())));
+}
+
 }  // namespace soupkit

@@ -9,7 +9,7 @@ std::string encode_plan(const MethodPlan& plan) {
   for (const TaskPlan& t : plan.tasks)
     tasks.push_back({t.seconds, t.peak_bytes, t.grid_peak_bytes, t.wants_grid, t.on_grid()});
   const PlanContext& c = plan.context;
-  const nlohmann::json context = {c.ranks, c.memory_budget, c.chunk_bytes, c.output.string()};
+  const nlohmann::json context = {c.ranks, c.memory_budget, c.chunk_bytes, c.output.string(), c.ranks_per_node};
   return nlohmann::json{{"output", plan.output.to_json()}, {"tasks", tasks}, {"context", context}, {"state", plan.state}}
       .dump();
 }
@@ -29,7 +29,7 @@ MethodPlan decode_plan(const std::string& text) {
   }
   const auto& c = j.at("context");
   plan.context = {c.at(0).get<int>(), c.at(1).get<std::uint64_t>(), c.at(2).get<std::uint64_t>(),
-                  c.at(3).get<std::string>()};
+                  c.at(3).get<std::string>(), c.at(4).get<int>()};
   plan.state = j.at("state").get<std::string>();
   SOUPKIT_ERROR_IF(plan.tasks.size() != plan.output.tensors.size(), "internal: plan has {} tasks for {} tensors",
                    plan.tasks.size(), plan.output.tensors.size());

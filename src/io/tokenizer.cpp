@@ -260,23 +260,36 @@ Tokenizer read_tokenizer(const CheckpointReader& model) {
                              t.decoding == "sentencepiece";
   const auto prefix_it = m.find("continuing_subword_prefix");
   const std::string prefix = prefix_it != m.end() && prefix_it->is_string() ? prefix_it->get<std::string>() : "##";
-  for (std::size_t k = 0; k < vocab_count; ++k) {
-    const auto i = static_cast<std::size_t>(tokens[k].id);
-    const std::string& piece = tokens[k].piece;
+  // A piece decoded by the model's rules: a <0xNN> byte-fallback token, or text per the decoding.
+  auto decode_piece = [&](std::size_t i, const std::string& piece) {
     const auto byte = byte_fallback ? byte_fallback_value(piece) : std::nullopt;
-    t.pieces[i] = piece;
-    t.present[i] = true;
     t.byte_fallback[i] = byte.has_value();
     t.texts[i] = byte ? std::string(1, *byte) : text_of(t, piece, prefix);
+  };
+  for (std::size_t k = 0; k < vocab_count; ++k) {
+    const auto i = static_cast<std::size_t>(tokens[k].id);
+    t.pieces[i] = tokens[k].piece;
+    t.present[i] = true;
+    decode_piece(i, tokens[k].piece);
   }
-  // Added tokens stand for their content, whatever the model's alphabet.
+  // Added tokens stand for their content literally, except a non-special
+  // one whose id the vocabulary also has: the model produces that id from
+  // normalized text (Gemma 3 lists its whitespace runs, "\u2581\u2581", ...,
+  // both in the BPE vocabulary and as added tokens with normalized: false),
+  // so it decodes as the model decodes it, as Hugging Face's decoder does.
+  // Special tokens keep their own space whatever the vocabulary says.
+  const std::vector<bool> in_vocabulary = t.present;
   for (std::size_t k = vocab_count; k < tokens.size(); ++k) {
     const auto i = static_cast<std::size_t>(tokens[k].id);
     t.pieces[i] = tokens[k].piece;
-    t.texts[i] = tokens[k].piece;
     t.present[i] = true;
     t.special[i] = tokens[k].special;
-    t.byte_fallback[i] = false;
+    if (!tokens[k].special && in_vocabulary[i]) {
+      decode_piece(i, tokens[k].piece);
+    } else {
+      t.texts[i] = tokens[k].piece;
+      t.byte_fallback[i] = false;
+    }
   }
   SOUPKIT_INPUT_ERROR_IF(t.size() == 0, "{}: the vocabulary is empty", t.source);
 

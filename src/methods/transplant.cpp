@@ -102,13 +102,14 @@ std::string rewrite_config(json config, const std::optional<json>& donor_config,
   return config.dump(2) + "\n";
 }
 
-// Reads rows `ids` (ascending, unique) of a matrix, in contiguous spans of
-// at most `chunk_bytes`, packed in that order.
-std::vector<std::byte> read_selected_rows(const CheckpointReader& r, const TensorInfo& t,
-                                          const std::vector<std::int64_t>& ids, std::uint64_t chunk_bytes) {
+// Reads rows `ids` (ascending, unique) of a matrix into `out` (ids.size()
+// rows), in contiguous spans of at most `chunk_bytes`, packed in that order.
+void read_selected_rows(const CheckpointReader& r, const TensorInfo& t, std::span<const std::int64_t> ids,
+                        std::uint64_t chunk_bytes, std::span<std::byte> out) {
   const std::uint64_t rb = row_bytes(t);
+  SOUPKIT_ERROR_IF(out.size() != ids.size() * rb, "internal: {} bytes for {} rows of {}", out.size(), ids.size(), rb);
   const auto span_rows = static_cast<std::int64_t>(std::max<std::uint64_t>(1, chunk_bytes / rb));
-  std::vector<std::byte> out(ids.size() * rb), span;
+  std::vector<std::byte> span;
   for (std::size_t i = 0; i < ids.size();) {
     std::size_t j = i;
     while (j < ids.size() && ids[j] < ids[i] + span_rows) ++j;
@@ -119,25 +120,35 @@ std::vector<std::byte> read_selected_rows(const CheckpointReader& r, const Tenso
       std::copy_n(span.data() + (static_cast<std::uint64_t>(ids[k]) - first) * rb, rb, out.data() + k * rb);
     i = j;
   }
-  return out;
 }
 
-// Packed rows as float32; throws naming the file, tensor and row on NaN/Inf.
-std::vector<float> rows_as_f32(const CheckpointReader& r, const TensorInfo& t, const std::vector<std::int64_t>& ids,
-                               const std::vector<std::byte>& raw) {
-  const std::uint64_t cols = t.shape[1];
-  std::vector<float> out(ids.size() * cols);
-  load_as_f32(t.dtype, raw.data(), out.size(), out.data());
-  for (std::size_t e = 0; e < out.size(); ++e)
-    SOUPKIT_INPUT_ERROR_IF(!std::isfinite(out[e]), "{}: tensor '{}': NaN or Inf in row {}", r.path().string(), t.name,
-                           ids[e / cols]);
-  return out;
+// Rows `ids` (ascending, unique) of a matrix as float32 into `out`
+// (ids.size() x columns), read and converted a block of at most
+// `chunk_bytes` at a time (no raw copy of them all is held); throws naming
+// the file, tensor and row on NaN/Inf.
+void read_rows_as_f32(const CheckpointReader& r, const TensorInfo& t, std::span<const std::int64_t> ids,
+                      std::uint64_t chunk_bytes, std::span<float> out) {
+  const std::uint64_t cols = t.shape[1], rb = row_bytes(t);
+  SOUPKIT_ERROR_IF(out.size() != ids.size() * cols, "internal: {} floats for {} rows of {}", out.size(), ids.size(),
+                   cols);
+  const auto block = static_cast<std::size_t>(std::max<std::uint64_t>(1, chunk_bytes / rb));
+  std::vector<std::byte> raw;
+  for (std::size_t i = 0; i < ids.size(); i += block) {
+    const auto part = ids.subspan(i, std::min(block, ids.size() - i));
+    raw.resize(part.size() * rb);
+    read_selected_rows(r, t, part, chunk_bytes, raw);
+    float* dst = out.data() + i * cols;
+    load_as_f32(t.dtype, raw.data(), part.size() * cols, dst);
+    for (std::size_t e = 0; e < part.size() * cols; ++e)
+      SOUPKIT_INPUT_ERROR_IF(!std::isfinite(dst[e]), "{}: tensor '{}': NaN or Inf in row {}", r.path().string(),
+                             t.name, part[e / cols]);
+  }
 }
 
 // Throws naming the file, tensor and row if packed raw rows hold NaN/Inf
 // (converted a row at a time: no float copy of them is kept).
 void check_finite_rows(const CheckpointReader& r, const TensorInfo& t, const std::vector<std::int64_t>& ids,
-                       const std::vector<std::byte>& raw) {
+                       std::span<const std::byte> raw) {
   const std::uint64_t cols = t.shape[1], rb = row_bytes(t);
   std::vector<float> row(cols);
   for (std::size_t i = 0; i < ids.size(); ++i) {
@@ -255,20 +266,24 @@ MethodPlan TransplantMethod::plan(const PlanContext& context) {
     fit.sources = {base_->location(t), donor_->location(*donor_matrix)};
     fit.seconds = 2.0 * options_.k * n_atoms * dd * n_approx / 7e10 +
                   static_cast<double>(donor_matrix->nbytes() + t.nbytes() + out.nbytes()) / 1.5e9;
-    // Per rank: the dictionary (float32) and the atoms' base rows (raw),
-    // the correlation block, this rank's targets and fits, a chunk of I/O.
+    // Per rank: its share of the node's one copy of the dictionary
+    // (float32) and the atoms' base rows (raw), divided among the node's
+    // ranks (the fewest any node has: the tightest share), then the
+    // correlation block, this rank's targets and fits, a chunk of I/O.
     const double share = n_approx / context.ranks;
+    const double node_shared = n_atoms * (4 * dd + static_cast<double>(dtype_size(t.dtype)) * db);
     // The fit always runs on all ranks (each fits its share of the tokens).
     fit.wants_grid = true;
-    fit.grid_peak_bytes = n_atoms * (4 * dd + static_cast<double>(dtype_size(t.dtype)) * db) +
+    fit.grid_peak_bytes = node_shared / context.ranks_per_node +
                           n_atoms * 4 * std::clamp(33554432.0 / std::max(n_atoms, 1.0), 128.0, 1024.0) +
                           share * (4 * dd + 12.0 * options_.k) +
                           2 * static_cast<double>(std::min(context.chunk_bytes, out.nbytes()));
     fit.peak_bytes = fit.grid_peak_bytes;
-    // Every rank holds the whole dictionary: more ranks do not shrink it.
-    fit.advice = fmt::format("fitting {} tokens over {} shared ones, and the dictionary is held by every rank; raise "
-                             "--memory-budget or run fewer ranks per node",
-                             mapping.approximate, atoms_.size());
+    fit.advice = fmt::format("fitting {} tokens over {} shared ones, with a {} dictionary held once per node and "
+                             "divided among its ranks (at least {} ranks on every node); raise --memory-budget or run "
+                             "more ranks per node",
+                             mapping.approximate, atoms_.size(), human_bytes(static_cast<std::uint64_t>(node_shared)),
+                             context.ranks_per_node);
     plan.tasks.push_back(std::move(fit));
     state.rebuilds[index] = {donor_matrix->name, t.name};
   }
@@ -355,22 +370,36 @@ nlohmann::json TransplantMethod::compute_grid(std::size_t index, const Communica
   std::sort(base_ids.begin(), base_ids.end());
   base_ids.erase(std::unique(base_ids.begin(), base_ids.end()), base_ids.end());
 
-  // The dictionary and the base rows are read once, by the group's rank 0,
-  // and broadcast: P ranks reading gigabytes each from a shared file system
-  // would cost far more than the broadcast. Each rank reads its own targets.
-  std::vector<float> dictionary(atoms_.size() * dt.shape[1]), x;
-  std::vector<std::byte> base_raw(base_ids.size() * row_bytes(bt));
+  // The dictionary (float32) and the base rows (raw) are held once per
+  // node, in memory its ranks share, filled by the node's first rank: the
+  // group's rank 0 reads them (P ranks reading gigabytes each from a shared
+  // file system would cost far more) and broadcasts them to the other
+  // nodes' first ranks. Each rank reads its own targets.
+  const Communicator node = group.split_shared();
+  const Communicator leaders = group.split(node.is_root() ? 0 : 1, group.rank());
+  const std::size_t dictionary_bytes = atoms_.size() * dt.shape[1] * sizeof(float);
+  const SharedWindow shared = node.allocate_shared(dictionary_bytes + base_ids.size() * row_bytes(bt));
+  const std::span<float> dictionary(reinterpret_cast<float*>(shared.bytes().data()), atoms_.size() * dt.shape[1]);
+  const std::span<std::byte> base_raw = shared.bytes().subspan(dictionary_bytes);
+  std::vector<float> x;
   collectively(group, [&] {
     if (group.is_root()) {
-      dictionary = rows_as_f32(*donor_, dt, atoms_, read_selected_rows(*donor_, dt, atoms_, chunk_bytes_));
-      base_raw = read_selected_rows(*base_, bt, base_ids, chunk_bytes_);
+      // The reader must be the first rank of its node and of the leaders (split orders by group rank).
+      SOUPKIT_ERROR_IF(!node.is_root() || !leaders.is_root(),
+                       "internal: the group's rank 0 is not its node's first rank");
+      read_rows_as_f32(*donor_, dt, atoms_, chunk_bytes_, dictionary);
+      read_selected_rows(*base_, bt, base_ids, chunk_bytes_, base_raw);
       check_finite_rows(*base_, bt, base_ids, base_raw);
     }
   });
-  group.broadcast_bytes(std::as_writable_bytes(std::span(dictionary)));
-  group.broadcast_bytes(base_raw);
+  if (node.is_root()) {
+    leaders.broadcast_bytes(std::as_writable_bytes(dictionary));
+    leaders.broadcast_bytes(base_raw);
+  }
+  shared.publish();
   collectively(group, [&] {
-    x = rows_as_f32(*donor_, dt, targets, read_selected_rows(*donor_, dt, targets, chunk_bytes_));
+    x.resize(targets.size() * dt.shape[1]);
+    read_rows_as_f32(*donor_, dt, targets, chunk_bytes_, x);
   });
   const auto dd = static_cast<std::int64_t>(dt.shape[1]);
   const auto db = static_cast<std::size_t>(bt.shape[1]);

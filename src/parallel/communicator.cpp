@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <limits>
 #include <cstdlib>
 #include <string_view>
 
@@ -193,6 +194,63 @@ Communicator Communicator::split_shared() const {
   MPI_Comm node = MPI_COMM_NULL;
   SOUPKIT_MPI_CALL(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node));
   return adopt(node);
+}
+
+SharedWindow Communicator::allocate_shared(std::size_t bytes) const {
+  SOUPKIT_ERROR_IF(bytes > static_cast<std::size_t>(std::numeric_limits<MPI_Aint>::max()),
+                   "internal: a shared window of {} bytes", bytes);
+  // Contiguous, all on rank 0: every rank then addresses the same block.
+  void* mine = nullptr;
+  MPI_Win window = MPI_WIN_NULL;
+  SOUPKIT_MPI_CALL(MPI_Win_allocate_shared(static_cast<MPI_Aint>(rank_ == 0 ? bytes : 0), 1, MPI_INFO_NULL, comm_,
+                                           &mine, &window));
+  MPI_Aint size = 0;
+  int unit = 0;
+  void* base = nullptr;
+  SharedWindow shared(window, comm_, nullptr, bytes);  // frees the window if a call below fails
+  SOUPKIT_MPI_CALL(MPI_Win_shared_query(window, 0, &size, &unit, &base));
+  SOUPKIT_ERROR_IF(static_cast<std::size_t>(size) < bytes, "internal: a shared window of {} bytes has {}", bytes,
+                   static_cast<std::size_t>(size));
+  shared.base_ = static_cast<std::byte*>(base);
+  // A passive-target epoch on all ranks for the window's lifetime: loads and
+  // stores are then synchronised by MPI_Win_sync (publish()).
+  SOUPKIT_MPI_CALL(MPI_Win_lock_all(MPI_MODE_NOCHECK, window));
+  shared.locked_ = true;
+  return shared;
+}
+
+SharedWindow::SharedWindow(SharedWindow&& other) noexcept
+    : window_(std::exchange(other.window_, MPI_WIN_NULL)),
+      comm_(std::exchange(other.comm_, MPI_COMM_NULL)),
+      base_(std::exchange(other.base_, nullptr)),
+      size_(std::exchange(other.size_, 0)),
+      locked_(std::exchange(other.locked_, false)) {}
+
+SharedWindow& SharedWindow::operator=(SharedWindow&& other) noexcept {
+  if (this != &other) {
+    release();
+    window_ = std::exchange(other.window_, MPI_WIN_NULL);
+    comm_ = std::exchange(other.comm_, MPI_COMM_NULL);
+    base_ = std::exchange(other.base_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+    locked_ = std::exchange(other.locked_, false);
+  }
+  return *this;
+}
+
+SharedWindow::~SharedWindow() { release(); }
+
+void SharedWindow::release() noexcept {
+  if (window_ == MPI_WIN_NULL) return;
+  if (locked_) SOUPKIT_MPI_CALL_NOTHROW(MPI_Win_unlock_all(window_));
+  SOUPKIT_MPI_CALL_NOTHROW(MPI_Win_free(&window_));
+  window_ = MPI_WIN_NULL;
+}
+
+void SharedWindow::publish() const {
+  SOUPKIT_MPI_CALL(MPI_Win_sync(window_));
+  SOUPKIT_MPI_CALL(MPI_Barrier(comm_));
+  SOUPKIT_MPI_CALL(MPI_Win_sync(window_));
 }
 
 Communicator Communicator::duplicate_aborting_on_error() const {

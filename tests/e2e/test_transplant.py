@@ -11,6 +11,7 @@ token matching written in Python (tokenizer_fixtures.py).
 """
 import json
 import os
+import re
 import unittest
 
 import numpy as np
@@ -170,11 +171,89 @@ class TestSyntheticTransplant(TransplantCase):
             np.testing.assert_array_equal(tensors[name][1], base[:model.donor_vocab])
 
 
+class TestPlannedMemory(TransplantCase):
+    def test_dictionary_counted_once_per_node(self):
+        """--dry-run on 1 and 2 ranks of one node: the per-rank estimate falls by half the node's shared copy
+        (dictionary in float32 and the atoms' raw base rows) plus half the targets' share, as docs/transplant.md
+        states, with the shared-token count N and the tokens to approximate T from the independent matching."""
+        from soupkit_testlib import write_model_dir
+        words = ["w%d" % i for i in range(3000)]
+        donor_tok, base_tok = self.path("tok-donor"), self.path("tok-base")
+        write_tokenizer(donor_tok, *byte_level_tokenizer(words))
+        write_tokenizer(base_tok, *sentencepiece_tokenizer(words[:2500]))
+        shared = tokenizer_fixtures.shared_tokens(donor_tok, base_tok)
+        n_atoms = sum(1 for _, how in shared.values() if how == "exact")
+        donor_rows = vocab_size(load_json(donor_tok + "/tokenizer.json"))
+        base_rows = vocab_size(load_json(base_tok + "/tokenizer.json"))
+        targets = donor_rows - len(shared)
+        dd, db, k = 384, 512, 16
+        for d, tok, rows, hidden in (("donor", donor_tok, donor_rows, dd), ("base", base_tok, base_rows, db)):
+            write_model_dir(self.path(d), {"model.embed_tokens.weight": ("F32", np.zeros((rows, hidden), np.float32))},
+                            extra_files={name: read_bytes(os.path.join(tok, name)).decode()
+                                         for name in ("tokenizer.json", "tokenizer_config.json")})
+        estimate = {}
+        for ranks in (1, 2):
+            proc = run_soupkit(["transplant", "--base", self.path("base"), "--donor", self.path("donor"), "--out",
+                                self.path("out%d" % ranks), "--k", str(k), "--dry-run"], ranks=ranks)
+            line = [l for l in proc.stdout.splitlines() if l.split()[:1] == ["model.embed_tokens.weight"]][0]
+            value, unit = re.search(r" grid +[0-9.]+ +([0-9.]+) (KiB|MiB|GiB) ", line).groups()  # rank, est. s, est. mem
+            estimate[ranks] = float(value) * {"KiB": 2 ** 10, "MiB": 2 ** 20, "GiB": 2 ** 30}[unit]
+        self.assertFalse(os.path.exists(self.path("out1")))
+        node_copy = n_atoms * (4 * dd + 4 * db)
+        self.assertGreater(node_copy, 0.15 * estimate[1])  # a visible part of the estimate
+        fallen = estimate[1] - estimate[2]
+        self.assertAlmostEqual(fallen / (node_copy / 2 + targets / 2 * (4 * dd + 12 * k)), 1.0, delta=0.01)
+
+
+def replace_steps(component):
+    """The (pattern, content) string replacements of a normalizer or decoder, in order (Sequence flattened)."""
+    if component is None:
+        return []
+    if component["type"] == "Sequence":
+        return [step for c in component.get("normalizers", component.get("decoders", [])) for step in replace_steps(c)]
+    if component["type"] == "Replace":
+        return [(component["pattern"]["String"], component["content"])]
+    return []
+
+
+def apply_steps(steps, text):
+    for pattern, content in steps:
+        text = text.replace(pattern, content)
+    return text
+
+
 class TestRealTokenizers(TransplantCase):
     @classmethod
     def setUpClass(cls):
         cls.llama2 = tokenizer_fixtures.fetch("llama2")
         cls.llama3 = tokenizer_fixtures.fetch("llama3")
+        cls.gemma3 = tokenizer_fixtures.fetch("gemma3")
+
+    def transplant_real(self, donor_tok, donor_rows, base_tok, base_rows, seed):
+        """Random 8-wide embeddings under two real tokenizers, transplanted with --k 2 on 2 ranks:
+        (the base embedding, the output embedding, the report)."""
+        rng = np.random.default_rng(seed)
+        base_dir, donor_dir, out = self.path("base"), self.path("donor"), self.path("out")
+        from soupkit_testlib import write_model_dir
+        base_embed = rng.standard_normal((base_rows, 8)).astype(np.float32)
+        write_model_dir(base_dir, {"model.embed_tokens.weight": ("F32", base_embed)})
+        write_model_dir(donor_dir, {"transformer.wte.weight": ("F32", rng.standard_normal((donor_rows, 8)).astype(np.float32))})
+        for d, src in ((base_dir, base_tok), (donor_dir, donor_tok)):
+            for name in ("tokenizer.json", "tokenizer_config.json"):
+                with open(os.path.join(src, name), "rb") as f, open(os.path.join(d, name), "wb") as g:
+                    g.write(f.read())
+        report_path = out + ".json"
+        run_soupkit(["transplant", "--base", base_dir, "--donor", donor_dir, "--out", out, "--k", "2",
+                     "--report", report_path], ranks=2)
+        return base_embed, read_checkpoint(out)[0]["model.embed_tokens.weight"][1], load_json(report_path)
+
+    def check_shared(self, shared, donor_rows, base_embed, got, report):
+        """The report's counts and the copied rows against the independent matching `shared`."""
+        self.assertEqual(report["tokens"]["exact"], sum(1 for _, how in shared.values() if how == "exact"))
+        self.assertEqual(report["tokens"]["special"], sum(1 for _, how in shared.values() if how == "special"))
+        self.assertEqual(report["tokens"]["approximated"], donor_rows - len(shared))
+        ids = np.array(sorted(shared))
+        np.testing.assert_array_equal(got[ids], base_embed[[shared[i][0] for i in ids]])
 
     def test_llama2_into_llama3_planted(self):
         """Donor Llama 2 (SentencePiece), base Llama 3 (byte-level): counts and planted recovery."""
@@ -190,27 +269,39 @@ class TestRealTokenizers(TransplantCase):
 
     def test_llama3_into_llama2_counts(self):
         """Donor Llama 3, base Llama 2: shared counts, and shared rows copied, on the full 128k vocabulary."""
-        rng = np.random.default_rng(4)
         shared = tokenizer_fixtures.shared_tokens(self.llama3, self.llama2)
-        base_dir, donor_dir, out = self.path("base"), self.path("donor"), self.path("out")
-        from soupkit_testlib import write_model_dir
-        base_embed = rng.standard_normal((32000, 8)).astype(np.float32)
-        write_model_dir(base_dir, {"model.embed_tokens.weight": ("F32", base_embed)})
-        write_model_dir(donor_dir, {"transformer.wte.weight": ("F32", rng.standard_normal((128256, 8)).astype(np.float32))})
-        for d, src in ((base_dir, self.llama2), (donor_dir, self.llama3)):
-            for name in ("tokenizer.json", "tokenizer_config.json"):
-                with open(os.path.join(src, name), "rb") as f, open(os.path.join(d, name), "wb") as g:
-                    g.write(f.read())
-        report_path = out + ".json"
-        run_soupkit(["transplant", "--base", base_dir, "--donor", donor_dir, "--out", out, "--k", "2",
-                     "--report", report_path], ranks=2)
-        report = load_json(report_path)
-        self.assertEqual(report["tokens"]["exact"], sum(1 for _, how in shared.values() if how == "exact"))
-        self.assertEqual(report["tokens"]["special"], sum(1 for _, how in shared.values() if how == "special"))
-        self.assertEqual(report["tokens"]["approximated"], 128256 - len(shared))
-        got = read_checkpoint(out)[0]["model.embed_tokens.weight"][1]
-        ids = np.array(sorted(shared))
-        np.testing.assert_array_equal(got[ids], base_embed[[shared[i][0] for i in ids]])
+        base_embed, got, report = self.transplant_real(self.llama3, 128256, self.llama2, 32000, seed=4)
+        self.check_shared(shared, 128256, base_embed, got, report)
+
+    def test_llama2_into_gemma3_whitespace_runs(self):
+        """Donor Llama 2, base Gemma 3 (262145 tokens): the donor's 14 whitespace-run pieces take Gemma's rows.
+
+        Gemma lists its runs of U+2581 both in the BPE vocabulary and as non-special added tokens; they stand
+        for runs of spaces. Checked here along the encoding path, independently of the matching rules: the
+        donor piece decoded by the donor's decoder (its Replace steps, from its tokenizer.json) is n spaces,
+        and Gemma's normalizer (its Replace steps) turns n spaces into a piece of Gemma's vocabulary, whose id
+        gives the expected row."""
+        donor_json = load_json(os.path.join(self.llama2, "tokenizer.json"))
+        base_json = load_json(os.path.join(self.gemma3, "tokenizer.json"))
+        self.assertEqual(base_json["normalizer"]["type"], "Replace")  # the whole normalizer: a Replace step
+        donor_decode, base_normalize = replace_steps(donor_json["decoder"]), replace_steps(base_json["normalizer"])
+        base_vocab = base_json["model"]["vocab"]
+        runs = {}
+        for piece, donor_id in donor_json["model"]["vocab"].items():
+            text = apply_steps(donor_decode, piece)
+            if len(text) >= 2 and set(text) == {" "}:
+                runs[donor_id] = base_vocab[apply_steps(base_normalize, text)]
+        self.assertEqual(len(runs), 14)
+        added = {a["id"]: a for a in base_json["added_tokens"]}
+        self.assertTrue(all(b in added and not added[b]["normalized"] and not added[b]["special"]
+                            for b in runs.values()))  # the case the issue is about: they are added tokens too
+
+        shared = tokenizer_fixtures.shared_tokens(self.llama2, self.gemma3)
+        base_embed, got, report = self.transplant_real(self.llama2, 32000, self.gemma3, 262145, seed=7)
+        self.check_shared(shared, 32000, base_embed, got, report)
+        for donor_id, base_id in runs.items():
+            self.assertEqual(shared[donor_id], (base_id, "exact"))
+            np.testing.assert_array_equal(got[donor_id], base_embed[base_id], "whitespace run %d" % donor_id)
 
 
 if __name__ == "__main__":

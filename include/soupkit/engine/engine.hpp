@@ -28,13 +28,17 @@ struct PlanContext {
   // less, never more.
   std::uint64_t chunk_bytes = 64ull << 20;
   fs::path output;
+  // The fewest ranks any node of the job has (fewest_ranks_per_node): a
+  // method holding data once per node in shared memory (transplant's
+  // dictionary) counts 1/ranks_per_node of it per rank, the tightest share.
+  int ranks_per_node = 1;
 };
 
 // The engine's rule: an eighth of the budget (a streaming method holds a
 // few blocks at once), between 64 KiB and 64 MiB (larger blocks gain
 // nothing in throughput; docs/benchmarks.md).
 std::uint64_t chunk_bytes_for(std::uint64_t memory_budget);
-PlanContext make_plan_context(int ranks, std::uint64_t memory_budget, const fs::path& output);
+PlanContext make_plan_context(int ranks, std::uint64_t memory_budget, const fs::path& output, int ranks_per_node = 1);
 
 // Where an output tensor is computed: by one rank, or by all ranks together
 // on a process grid (ScaLAPACK, or any split of one tensor's work).
@@ -167,6 +171,8 @@ std::uint64_t current_rss_bytes();
 // of /proc/meminfo's MemAvailable and the memory limit of this process's
 // cgroup (Slurm's --mem, a container's limit), as cgroup_memory_limit finds it.
 std::uint64_t default_memory_budget(const Communicator& comm);
+// Collective: the fewest ranks that share a node (MPI_COMM_TYPE_SHARED), over all nodes of `comm`.
+int fewest_ranks_per_node(const Communicator& comm);
 
 // The tightest memory limit on the cgroup a process is in (v2 memory.max or
 // v1 memory.limit_in_bytes, of its cgroup and every ancestor), read from

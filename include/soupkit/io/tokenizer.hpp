@@ -9,8 +9,10 @@
 //     space and '<0xNN>' byte-fallback tokens are the byte NN;
 //   - WordPiece (BERT): '##x' continues a word ("x"), any other token starts
 //     one (" x");
-//   - added tokens: their content, literally; special ones live apart from
-//     ordinary text (a special "<s>" never matches the text "<s>").
+//   - added tokens: their content, literally, except that a non-special one
+//     whose id is in the model vocabulary decodes as the model decodes it
+//     (Gemma 3's "▁▁" added token is two spaces); special ones live apart
+//     from ordinary text (a special "<s>" never matches the text "<s>").
 // See docs/transplant.md for the rules.
 #include "soupkit/io/checkpoint.hpp"
 

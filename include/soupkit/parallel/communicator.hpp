@@ -84,6 +84,40 @@ class PendingSend {
   MPI_Request request_ = MPI_REQUEST_NULL;
 };
 
+// Memory shared by the ranks of one node: an MPI-3 shared-memory window
+// (MPI_Win_allocate_shared), all of it placed in the first rank's segment
+// and mapped by every rank, so a node holds one copy whatever its rank
+// count. Made by Communicator::allocate_shared on a communicator of one
+// node (split_shared). Move-only. Every rank may read and write all of it;
+// stores become visible to the other ranks at publish(). Freeing it is
+// collective (MPI_Win_free): all the node's ranks destroy it together, as
+// they do when an exception is agreed on every rank (collectively()).
+class SharedWindow {
+ public:
+  SharedWindow(SharedWindow&& other) noexcept;
+  SharedWindow& operator=(SharedWindow&& other) noexcept;
+  SharedWindow(const SharedWindow&) = delete;
+  SharedWindow& operator=(const SharedWindow&) = delete;
+  ~SharedWindow();
+
+  std::span<std::byte> bytes() const { return {base_, size_}; }
+  // Collective over the node: every rank's stores so far are seen by every
+  // rank's loads after it (MPI_Win_sync, barrier, MPI_Win_sync: the
+  // unified memory model's load/store synchronisation).
+  void publish() const;
+
+ private:
+  friend class Communicator;
+  SharedWindow(MPI_Win window, MPI_Comm comm, std::byte* base, std::size_t size)
+      : window_(window), comm_(comm), base_(base), size_(size) {}
+  void release() noexcept;
+  MPI_Win window_ = MPI_WIN_NULL;
+  MPI_Comm comm_ = MPI_COMM_NULL;  // not owned: the communicator it was made on outlives it
+  std::byte* base_ = nullptr;
+  std::size_t size_ = 0;
+  bool locked_ = false;  // in its passive-target epoch (MPI_Win_lock_all)
+};
+
 class Communicator {
  public:
   static constexpr int any_source = MPI_ANY_SOURCE;
@@ -112,6 +146,10 @@ class Communicator {
   Communicator split(int color, int key) const;
   // A new owning communicator of the ranks that share this rank's memory (its node).
   Communicator split_shared() const;
+  // Collective over a communicator whose ranks share memory (split_shared):
+  // `bytes` of node-shared memory, in this communicator's rank 0's segment,
+  // aligned for any scalar type (MPI's allocation). Uninitialised.
+  SharedWindow allocate_shared(std::size_t bytes) const;
   // A new owning copy whose MPI errors abort the job, for libraries that
   // never check MPI's return codes (BLACS, ScaLAPACK): a failure in them
   // must not go unnoticed.
