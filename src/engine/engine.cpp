@@ -7,6 +7,7 @@
 #include "plan_table.hpp"
 #include "soupkit/util/json_input.hpp"
 #include "progress.hpp"
+#include "tensor_progress_scope.hpp"
 #include "work_channel.hpp"
 #include "soupkit/util/error.hpp"
 #include "soupkit/util/log.hpp"
@@ -22,6 +23,7 @@
 #include <chrono>
 #include <fstream>
 #include <numeric>
+#include <optional>
 
 namespace soupkit {
 namespace {
@@ -29,6 +31,40 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// Reports of progress inside a tensor: the coordinator's own are handled
+// at once (a little work), a worker's become messages, at most two a
+// second (the coordinator may be busy computing and take them late).
+constexpr double kOwnReportInterval = 0.1;
+constexpr double kWorkerReportInterval = 0.5;
+
+// The tensor this rank is computing, for progress inside it: the scope of
+// its reports, and whether the rows it writes count (a tensor of its own;
+// on a grid a rank writes only its share).
+struct TensorUnderWay {
+  TensorProgressScope* scope = nullptr;
+  std::size_t index = 0;
+  bool count_rows = false;
+};
+
+// For the duration of one tensor's computation on this rank: reports go
+// to the coordinator's progress through the channel.
+class UnderWay {
+ public:
+  UnderWay(TensorUnderWay& slot, WorkChannel& channel, std::size_t index, bool count_rows, bool is_coordinator)
+      : slot_(slot),
+        scope_([&channel, index](double fraction) { channel.tensor_progress(index, fraction); },
+               std::chrono::duration<double>(is_coordinator ? kOwnReportInterval : kWorkerReportInterval)) {
+    slot_ = {&scope_, index, count_rows};
+  }
+  ~UnderWay() { slot_ = {}; }
+  UnderWay(const UnderWay&) = delete;
+  UnderWay& operator=(const UnderWay&) = delete;
+
+ private:
+  TensorUnderWay& slot_;
+  TensorProgressScope scope_;
+};
 
 
 // The identity of a job's output for its journal: everything that decides
@@ -236,11 +272,14 @@ std::set<std::size_t> resume_verified(const Communicator& comm, OpenedOutput& op
 // agreed over the group before anyone goes on to the checksum's reduction
 // (or the next task's collectives): every rank returns the same error.
 std::string compute_on_grid(Method& method, std::size_t index, const Communicator& group, CheckpointWriter& writer,
-                            WrittenChecksums& checksums, WorkChannel& channel) {
+                            WrittenChecksums& checksums, WorkChannel& channel, TensorUnderWay& under_way) {
   const auto t0 = Clock::now();
   nlohmann::json record;
   std::string local;
   try {
+    // The group's first rank (the coordinator) reports for the group.
+    std::optional<UnderWay> reporting;
+    if (group.is_root()) reporting.emplace(under_way, channel, index, false, true);
     record = method.compute_grid(index, group, writer);
   } catch (const std::exception& e) {
     local = e.what();
@@ -259,10 +298,14 @@ std::string compute_on_grid(Method& method, std::size_t index, const Communicato
 
 // 4b. A task of this rank's own; its error, or empty.
 std::string compute_on_rank(Method& method, std::size_t index, int rank, CheckpointWriter& writer,
-                            WrittenChecksums& checksums, WorkChannel& channel) {
+                            WrittenChecksums& checksums, WorkChannel& channel, TensorUnderWay& under_way) {
   try {
     const auto t0 = Clock::now();
-    nlohmann::json record = method.compute(index, writer);
+    nlohmann::json record;
+    {
+      const UnderWay reporting(under_way, channel, index, true, rank == 0);
+      record = method.compute(index, writer);
+    }
     if (record.is_object()) record["seconds"] = seconds_since(t0);
     channel.tensor_done(index, checksums.take(index), std::move(record));
     return {};
@@ -342,7 +385,9 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
   // The coordinator's view of finished tensors: journal, records, progress.
   std::uint64_t done_bytes = 0;
   for (auto i : done) done_bytes += tensors[i].nbytes();
-  Progress progress(method.name(), tensors.size(), total_bytes);
+  // Only the coordinator hears of every tensor: only it shows progress.
+  Progress progress(method.name(), tensors.size(), total_bytes,
+                    comm.is_root() ? options.progress : ProgressMode::None, options.progress_interval);
   progress.skip(done.size(), done_bytes);
   std::vector<nlohmann::json> records(comm.is_root() ? tensors.size() : 0);
   if (journal)
@@ -352,20 +397,24 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
   WorkChannel channel(comm, [&](std::size_t i, std::uint64_t checksum, nlohmann::json record) {
     journal->record(i, tensors[i].name, checksum, record);
     records.at(i) = std::move(record);
-    progress.advance(tensors[i].nbytes(), tensors[i].name);
+    progress.advance(i, tensors[i].nbytes(), tensors[i].name);
     if (kill_after > 0 && ++journaled_now == kill_after) std::raise(SIGKILL);
-  });
+  }, [&](std::size_t i, double fraction) { progress.partial(i, tensors[i].nbytes(), fraction, tensors[i].name); });
   std::string error;
-  WrittenChecksums checksums(*writer);
+  TensorUnderWay under_way;
+  WrittenChecksums checksums(*writer, [&](std::size_t i, std::uint64_t rows) {
+    if (under_way.scope && under_way.count_rows && under_way.index == i)
+      under_way.scope->rows_written(rows, row_count(tensors[i]));
+  });
   const auto busy_start = Clock::now();
   if (!grid_tasks.empty()) {
     const Communicator group = comm.split(0, comm.rank());
     for (auto i : grid_tasks)
-      if (!(error = compute_on_grid(method, i, group, *writer, checksums, channel)).empty()) break;
+      if (!(error = compute_on_grid(method, i, group, *writer, checksums, channel, under_way)).empty()) break;
   }
   for (auto i : mine) {
     if (!error.empty() || channel.stop_requested()) break;  // this rank, or another, failed: stop now
-    if (!(error = compute_on_rank(method, i, comm.rank(), *writer, checksums, channel)).empty()) channel.failed();
+    if (!(error = compute_on_rank(method, i, comm.rank(), *writer, checksums, channel, under_way)).empty()) channel.failed();
   }
   if (error.empty() && comm.is_root() && !channel.stop_requested()) {
     try {

@@ -5,6 +5,7 @@
 #include "soupkit/util/error.hpp"
 #include "soupkit/linalg/gram_svd.hpp"
 #include "soupkit/linalg/pgram_svd.hpp"
+#include "soupkit/engine/tensor_progress.hpp"
 #include "soupkit/util/log.hpp"
 
 #include <cmath>
@@ -64,6 +65,33 @@ void describe(nlohmann::json& record, const MonosoupCoefficients& c, std::int64_
 // Row blocks of this size are the unit of distribution on a grid (ScaLAPACK
 // block-cyclic rows) and of reading and writing there.
 constexpr int kGridBlock = 64;
+
+// Progress through one MonoSoup tensor (report_tensor_progress): its steps
+// weighted by a rough estimate of their cost, in flops: reading and writing
+// an element ~50 (memory and I/O bound, against BLAS-3's several GFlop/s),
+// the Gram product r^2 max(m, n), its eigensolver ~10 r^3, the reweighting
+// ~2 r m n (two products with at most r/2 vectors). Only the shares matter.
+class TensorSteps {
+ public:
+  TensorSteps(std::int64_t m, std::int64_t n) {
+    const double md = static_cast<double>(m), nd = static_cast<double>(n), r = std::min(md, nd);
+    io_ = 50 * md * nd;
+    svd_ = r * r * std::max(md, nd) + 10 * r * r * r;
+    reweight_ = 2 * r * md * nd;
+  }
+  void read(double fraction) { report(fraction * io_); }
+  void svd_done() { report(io_ + svd_); }
+  void reweight_done() { report(io_ + svd_ + reweight_); }
+  void write(double fraction) { report(io_ + svd_ + reweight_ + fraction * io_); }
+
+ private:
+  void report(double done) const {
+    constexpr double kUnits = 1e6;
+    report_tensor_progress(static_cast<std::uint64_t>(kUnits * done / (2 * io_ + svd_ + reweight_)),
+                           static_cast<std::uint64_t>(kUnits));
+  }
+  double io_, svd_, reweight_;
+};
 // Below this size a grid's communication outweighs its gain (measured in
 // docs/monosoup.md), whatever the balance of work.
 constexpr double kAutoGridMinDim = 1024;
@@ -264,11 +292,15 @@ nlohmann::json MonosoupMethod::compute(std::size_t index, CheckpointWriter& writ
     return keep(reason);
 
   const auto m = inputs(index).m, n = inputs(index).n;
+  TensorSteps steps(m, n);
+  steps.read(1);
   const linalg::GramSvd svd = linalg::dgram_svd(delta.data(), m, n);
+  steps.svd_done();
   if (energy(svd.singular) < kEps) return keep("zero update");
 
   const MonosoupCoefficients c = monosoup_coefficients(svd.singular, options_.mode, options_.variance_threshold);
   linalg::dspectral_reweight(delta.data(), svd, c.k, c.lambda_high, c.lambda_low);
+  steps.reweight_done();
   for (std::size_t i = 0; i < delta.size(); ++i) delta[i] += base[i];
   store_from_f64(out_info.dtype, delta.data(), delta.size(), out_.data());
   writer.write(index, out_);
@@ -302,8 +334,16 @@ nlohmann::json MonosoupMethod::compute_grid(std::size_t index, const Communicato
                       std::min<std::int64_t>(kGridBlock, xl.local_rows - lr)});
   const std::size_t lld = static_cast<std::size_t>(xl.lld());
   std::vector<double> x(std::max<std::size_t>(xl.local_size(), 1)), base(x.size());
+  // The group's first rank reports for the group (the others' reports do
+  // nothing): its share of the row blocks is as large as any rank's.
+  TensorSteps steps(m, n);
+  bool writing = false;
   auto for_each_block = [&](auto&& body) {
-    for (const auto& b : blocks) body(b);
+    for (std::size_t i = 0; i < blocks.size(); ++i) {
+      body(blocks[i]);
+      const double fraction = static_cast<double>(i + 1) / static_cast<double>(blocks.size());
+      writing ? steps.write(fraction) : steps.read(fraction);
+    }
   };
 
   // Read this rank's rows of W1 - W0 into its column-major local piece.
@@ -357,6 +397,7 @@ nlohmann::json MonosoupMethod::compute_grid(std::size_t index, const Communicato
     });
   };
   auto keep = [&](const std::string& reason) {
+    writing = true;
     write_rows(nullptr);
     record["action"] = "kept";
     record["reason"] = reason;
@@ -369,10 +410,13 @@ nlohmann::json MonosoupMethod::compute_grid(std::size_t index, const Communicato
   if (const auto reason = reason_to_keep(delta_norm, base_norm, options_.min_rel_update); !reason.empty())
     return keep(reason);
   const linalg::DistributedGramSvd svd = linalg::pdgram_svd(grid, xl, x.data());
+  steps.svd_done();
   if (energy(svd.singular) < kEps) return keep("zero update");
   const MonosoupCoefficients c = monosoup_coefficients(svd.singular, options_.mode, options_.variance_threshold);
   linalg::pdspectral_reweight(grid, xl, x.data(), svd, c.k, c.lambda_high, c.lambda_low);
+  steps.reweight_done();
   for (std::size_t i = 0; i < xl.local_size(); ++i) x[i] += base[i];
+  writing = true;
   write_rows(&x);
   describe(record, c, svd.r());
   return record;

@@ -1,4 +1,6 @@
 #include "soupkit/methods/transplant.hpp"
+
+#include "soupkit/engine/tensor_progress.hpp"
 #include "soupkit/methods/token_matching.hpp"
 
 #include "soupkit/io/side_file.hpp"
@@ -380,6 +382,12 @@ nlohmann::json TransplantMethod::compute_grid(std::size_t index, const Communica
   collectively(group, [&] {
     linalg::OmpOptions omp_options;
     omp_options.k = options_.k;
+    // The fits are nearly all of the time: they are the tensor's progress
+    // (this rank's share; the group's first rank reports for all, and the
+    // shares are equal), the writes after them its last percent.
+    omp_options.on_batch = [](std::int64_t done, std::int64_t total) {
+      report_tensor_progress(static_cast<std::uint64_t>(done) * 99, static_cast<std::uint64_t>(total) * 100);
+    };
     fit = linalg::batched_omp(dictionary.data(), static_cast<std::int64_t>(atoms_.size()), dd, x.data(),
                               static_cast<std::int64_t>(targets.size()), omp_options);
     for (std::size_t i = 0; i < base_ids.size(); ++i) base_pos[base_ids[i]] = i;

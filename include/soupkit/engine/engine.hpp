@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -134,6 +135,13 @@ class Method {
 // (deterministic for a given cost list and rank count).
 std::vector<int> assign_owners(const std::vector<double>& costs, int ranks);
 
+// How the coordinator shows progress (--progress): auto = a bar when the
+// user's terminal shows stderr, lines otherwise, nothing when the log level
+// is above info (--quiet); bar and lines are shown whatever the log level.
+enum class ProgressMode { Auto, Bar, Lines, None };
+// "auto", "bar", "lines", "none"; nullopt for anything else.
+std::optional<ProgressMode> parse_progress_mode(const std::string& text);
+
 struct RunOptions {
   // Bytes one rank may use (--memory-budget; default_memory_budget).
   std::uint64_t memory_budget = ~0ull;
@@ -142,6 +150,8 @@ struct RunOptions {
   // tensors are done; each is verified by checksum). Without a journal,
   // starts from scratch, so a requeued job can always pass it.
   bool resume = false;
+  ProgressMode progress = ProgressMode::Auto;
+  double progress_interval = 5;  // seconds between progress lines (--progress lines)
 };
 
 struct RunResult {
