@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <csignal>
+#include <ctime>
 #include <cstdlib>
 #include <set>
 #include <chrono>
@@ -73,6 +74,7 @@ class UnderWay {
 std::string output_fingerprint(const OutputSpec& spec) {
   nlohmann::json j = spec.to_json();
   j.erase("overwrite");
+  j["provenance"].erase("run");  // when, where and on how many ranks: how it is run
   return fingerprint_of(j);
 }
 
@@ -171,6 +173,19 @@ void check_fits_output_format(const MethodPlan& plan, const fs::path& out) {
   }
 }
 
+// The run's own facts for the output's provenance ("run"): not part of the
+// output's identity (a resumed run on another rank count continues it).
+nlohmann::json run_facts(int ranks) {
+  char host[256] = {};
+  if (::gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
+  const std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  ::gmtime_r(&now, &utc);
+  char started[32] = {};
+  std::strftime(started, sizeof started, "%Y-%m-%dT%H:%M:%SZ", &utc);
+  return {{"ranks", ranks}, {"host", std::string(host)}, {"started_utc", std::string(started)}};
+}
+
 // 1. The coordinator plans, validates and places every task; nobody does
 // heavy work before it says go. Every rank gets the plan; the coordinator
 // keeps the tasks' sources (for --dry-run and messages).
@@ -181,6 +196,11 @@ MethodPlan share_plan(const Communicator& comm, Method& method, const PlanContex
   on_root(comm, [&] {
     MethodPlan planned = method.plan(context);
     planned.context = context;
+    // Every output says what made it (the method's inputs and parameters,
+    // and here the version and the run).
+    if (!planned.output.provenance.is_object()) planned.output.provenance = nlohmann::json::object();
+    planned.output.provenance["soupkit_version"] = SOUPKIT_VERSION;
+    planned.output.provenance["run"] = run_facts(context.ranks);
     SOUPKIT_ERROR_IF(planned.tasks.size() != planned.output.tensors.size(),
                      "internal: {} planned {} tasks for {} output tensors", method.name(), planned.tasks.size(),
                      planned.output.tensors.size());
@@ -430,8 +450,10 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
 
   // 4. The report, before the commit: records read back from a journal are
   //    input, and if one is unusable the run must fail with no output.
-  if (error.empty() && comm.is_root() && !channel.stop_requested())
+  if (error.empty() && comm.is_root() && !channel.stop_requested()) {
+    method.set_provenance(plan.output.provenance);
     error = finish_method(method, records, seconds_since(start), opened.journaled.empty() ? nullptr : journal.get());
+  }
 
   // 5. Commit only if every rank succeeded. A reported error (bad input,
   //    I/O failure) discards the partial output: --resume is for runs that

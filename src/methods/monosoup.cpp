@@ -8,6 +8,7 @@
 #include "soupkit/engine/tensor_progress.hpp"
 #include "soupkit/util/log.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <numeric>
@@ -50,6 +51,34 @@ std::string reason_to_keep(double delta_norm, double base_norm, double min_rel_u
 }
 
 double energy(const std::vector<double>& singular) { return sum_of_squares(singular); }
+
+// ||a + b||^2 and ||a + b|| (W1 = D + W0, before D is reweighted in place).
+double square_of_norm_of_sum(const std::vector<double>& a, const std::vector<double>& b) {
+  double s = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) s += (a[i] + b[i]) * (a[i] + b[i]);
+  return s;
+}
+double norm_of_sum(const std::vector<double>& a, const std::vector<double>& b) {
+  return std::sqrt(square_of_norm_of_sum(a, b));
+}
+
+// How far the result W is from W0 and W1 (Frobenius norms, for the report
+// and the summary): ||W - W0|| is the reweighted update's norm, measured on
+// it; ||W - W1|| = ||D' - D|| follows from the spectrum, since D' scales
+// the top k singular directions of D by lambda_high and the rest by
+// lambda_low: sum over i of (1 - lambda_i)^2 s_i^2.
+void record_distances(nlohmann::json& record, double reweighted_norm, const std::vector<double>& singular,
+                      const MonosoupCoefficients& c, double base_norm, double finetuned_norm) {
+  double to_finetuned = 0;
+  for (std::size_t i = 0; i < singular.size(); ++i) {
+    const double lambda = static_cast<std::int64_t>(i) < c.k ? c.lambda_high : c.lambda_low;
+    to_finetuned += (1 - lambda) * (1 - lambda) * singular[i] * singular[i];
+  }
+  record["base_norm"] = base_norm;
+  record["finetuned_norm"] = finetuned_norm;
+  record["distance_to_base"] = reweighted_norm;
+  record["distance_to_finetuned"] = std::sqrt(to_finetuned);
+}
 
 void describe(nlohmann::json& record, const MonosoupCoefficients& c, std::int64_t r) {
   record["action"] = "monosoup";
@@ -127,7 +156,10 @@ MethodPlan MonosoupMethod::plan(const PlanContext& context) {
   plan.output.provenance = {{"method", "monosoup"},
                             {"base", options_.base.string()},
                             {"finetuned", options_.finetuned.string()},
+                            {"inputs", {{{"role", "base"}}, {{"role", "finetuned"}}}},
                             {"parameters", params}};
+  plan.output.provenance["inputs"][0].update(describe_input(options_.base, *base_));
+  plan.output.provenance["inputs"][1].update(describe_input(options_.finetuned, *finetuned_));
 
   std::error_code same_ec;
   SOUPKIT_INPUT_ERROR_IF(fs::equivalent(options_.base, options_.finetuned, same_ec),
@@ -292,6 +324,7 @@ nlohmann::json MonosoupMethod::compute(std::size_t index, CheckpointWriter& writ
     return keep(reason);
 
   const auto m = inputs(index).m, n = inputs(index).n;
+  const double finetuned_norm = norm_of_sum(delta, base);
   TensorSteps steps(m, n);
   steps.read(1);
   const linalg::GramSvd svd = linalg::dgram_svd(delta.data(), m, n);
@@ -301,7 +334,9 @@ nlohmann::json MonosoupMethod::compute(std::size_t index, CheckpointWriter& writ
   const MonosoupCoefficients c = monosoup_coefficients(svd.singular, options_.mode, options_.variance_threshold);
   linalg::dspectral_reweight(delta.data(), svd, c.k, c.lambda_high, c.lambda_low);
   steps.reweight_done();
+  const double reweighted_norm = std::sqrt(sum_of_squares(delta));
   for (std::size_t i = 0; i < delta.size(); ++i) delta[i] += base[i];
+  record_distances(record, reweighted_norm, svd.singular, c, std::sqrt(sum_of_squares(base)), finetuned_norm);
   store_from_f64(out_info.dtype, delta.data(), delta.size(), out_.data());
   writer.write(index, out_);
   describe(record, c, svd.r());
@@ -409,13 +444,16 @@ nlohmann::json MonosoupMethod::compute_grid(std::size_t index, const Communicato
   record["delta_norm"] = delta_norm;
   if (const auto reason = reason_to_keep(delta_norm, base_norm, options_.min_rel_update); !reason.empty())
     return keep(reason);
+  const double finetuned_norm = std::sqrt(group.sum(square_of_norm_of_sum(x, base)));
   const linalg::DistributedGramSvd svd = linalg::pdgram_svd(grid, xl, x.data());
   steps.svd_done();
   if (energy(svd.singular) < kEps) return keep("zero update");
   const MonosoupCoefficients c = monosoup_coefficients(svd.singular, options_.mode, options_.variance_threshold);
   linalg::pdspectral_reweight(grid, xl, x.data(), svd, c.k, c.lambda_high, c.lambda_low);
   steps.reweight_done();
+  const double reweighted_norm = std::sqrt(group.sum(sum_of_squares(x)));
   for (std::size_t i = 0; i < xl.local_size(); ++i) x[i] += base[i];
+  record_distances(record, reweighted_norm, svd.singular, c, base_norm, finetuned_norm);
   writing = true;
   write_rows(&x);
   describe(record, c, svd.r());
@@ -445,12 +483,30 @@ void MonosoupMethod::finish(const std::vector<nlohmann::json>& records, double s
                             {"kept_reasons", kept},
                             {"mode", mode_name(options_.mode)},
                             {"seconds", seconds}};
+  // Over the reweighted matrices: how far the result is from each input,
+  // relative to that input's norm, and how much of the update's norm it keeps.
+  double to_base = 0, to_finetuned = 0, base_sq = 0, finetuned_sq = 0, update_sq = 0;
+  std::vector<const nlohmann::json*> reweighted;
+  for (const auto& r : records) {
+    if (r.value("action", "") != "monosoup") continue;
+    reweighted.push_back(&r);
+    auto sq = [&](const char* key) { return r[key].get<double>() * r[key].get<double>(); };
+    to_base += sq("distance_to_base");
+    to_finetuned += sq("distance_to_finetuned");
+    base_sq += sq("base_norm");
+    finetuned_sq += sq("finetuned_norm");
+    update_sq += sq("delta_norm");
+  }
   if (processed) {
     summary["mean_k"] = sum_k / static_cast<double>(processed);
     summary["mean_lambda_high"] = sum_lambda_high / static_cast<double>(processed);
+    if (base_sq > 0) summary["relative_distance_to_base"] = std::sqrt(to_base / base_sq);
+    if (finetuned_sq > 0) summary["relative_distance_to_finetuned"] = std::sqrt(to_finetuned / finetuned_sq);
+    if (update_sq > 0) summary["update_kept"] = std::sqrt(to_base / update_sq);
   }
   if (options_.report) {
-    const nlohmann::json report = {{"tensors", records}, {"summary", summary}};
+    const nlohmann::json report = {
+        {"provenance", report_provenance(seconds)}, {"tensors", records}, {"summary", summary}};
     write_side_file(*options_.report, report.dump(2) + "\n");
   }
   std::string reasons;
@@ -460,6 +516,32 @@ void MonosoupMethod::finish(const std::vector<nlohmann::json>& records, double s
   if (processed)
     log::info("monosoup: mean k {:.1f}, mean lambda_high {:.3f} ({} mode)", sum_k / static_cast<double>(processed),
               sum_lambda_high / static_cast<double>(processed), mode_name(options_.mode));
+  explain(summary, reweighted);
+}
+
+// What MonoSoup did, in words for someone new to it: the distances, what
+// k and the lambdas mean on a few matrices, and where the details are.
+void MonosoupMethod::explain(const nlohmann::json& summary, const std::vector<const nlohmann::json*>& reweighted) const {
+  if (reweighted.empty() || !summary.contains("relative_distance_to_base") ||
+      !summary.contains("relative_distance_to_finetuned") || !summary.contains("update_kept"))
+    return;
+  log::info("monosoup: over the {} reweighted matrices the result is {:.3g}% away from the base (relative to the "
+            "base's size, Frobenius norm) and {:.3g}% away from the fine-tuned model: it keeps {:.3g}% of the "
+            "fine-tuning update's size",
+            reweighted.size(), 100 * summary["relative_distance_to_base"].get<double>(),
+            100 * summary["relative_distance_to_finetuned"].get<double>(), 100 * summary["update_kept"].get<double>());
+  log::info("monosoup: in each matrix the update W1 - W0 is split into directions (its singular vectors); the k "
+            "strongest are kept at lambda_high, the rest are scaled by lambda_low, e.g.");
+  std::vector<std::size_t> picks = {0, reweighted.size() / 2, reweighted.size() - 1};
+  picks.erase(std::unique(picks.begin(), picks.end()), picks.end());
+  for (const auto i : picks) {
+    const nlohmann::json& r = *reweighted[i];
+    log::info("monosoup:   {}: k = {} of {} directions, strongest x{:.3f}, the rest x{:.3f}",
+              printable(r["name"].get<std::string>()), r["k"].get<std::int64_t>(), r["rank"].get<std::int64_t>(),
+              r["lambda_high"].get<double>(), r["lambda_low"].get<double>());
+  }
+  if (options_.report)
+    log::info("monosoup: every matrix's k, lambdas and distances: {}", options_.report->string());
 }
 
 }  // namespace soupkit

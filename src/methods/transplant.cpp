@@ -232,6 +232,7 @@ MethodPlan TransplantMethod::plan(const PlanContext& context) {
   plan.output.provenance = {{"method", "transplant"},
                             {"base", options_.base.string()},
                             {"donor", options_.donor.string()},
+                            {"inputs", {describe_input(options_.base, *base_), describe_input(options_.donor, *donor_)}},
                             {"parameters", {{"k", options_.k}, {"pad_to_multiple_of", pad}}}};
   const auto n_atoms = static_cast<double>(atoms_.size()), n_approx = static_cast<double>(mapping.approximate);
   TransplantState state;
@@ -487,7 +488,11 @@ void TransplantMethod::finish(const std::vector<nlohmann::json>& records, double
               s.value("p50", 0.0), s.value("p90", 0.0), s.value("max", 0.0));
   }
   if (options_.report) {
-    const json report = {{"tokens", counts_}, {"k", options_.k}, {"matrices", matrices}, {"seconds", seconds}};
+    const json report = {{"provenance", report_provenance(seconds)},
+                         {"tokens", counts_},
+                         {"k", options_.k},
+                         {"matrices", matrices},
+                         {"seconds", seconds}};
     write_side_file(*options_.report, report.dump(2) + "\n");
   }
   log::info("transplant: {} exact, {} special, {} approximated tokens in {:.2f} s", counts_["exact"].get<std::size_t>(),

@@ -129,6 +129,21 @@ class Method {
     (void)records;
     (void)seconds;
   }
+  // Set by the engine on the coordinator just before finish(): the
+  // output's provenance as planned, with the soupkit version and the run
+  // ("run": ranks, host, start time), for the method's JSON report.
+  void set_provenance(nlohmann::json provenance) { provenance_ = std::move(provenance); }
+
+ protected:
+  // The provenance for a JSON report of a run that took `seconds`.
+  nlohmann::json report_provenance(double seconds) const {
+    nlohmann::json p = provenance_;
+    if (p.is_object()) p["run"]["seconds"] = seconds;
+    return p;
+  }
+
+ private:
+  nlohmann::json provenance_ = nlohmann::json::object();
 };
 
 // Assigns tasks to ranks, largest cost first onto the least-loaded rank
