@@ -52,32 +52,33 @@ std::string reason_to_keep(double delta_norm, double base_norm, double min_rel_u
 
 double energy(const std::vector<double>& singular) { return sum_of_squares(singular); }
 
-// ||a + b||^2 and ||a + b|| (W1 = D + W0, before D is reweighted in place).
-double square_of_norm_of_sum(const std::vector<double>& a, const std::vector<double>& b) {
+// sum of (a_i - b_i)^2 over the first `count` elements.
+double squared_distance(const double* a, const double* b, std::size_t count) {
   double s = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) s += (a[i] + b[i]) * (a[i] + b[i]);
+  for (std::size_t i = 0; i < count; ++i) s += (a[i] - b[i]) * (a[i] - b[i]);
   return s;
 }
-double norm_of_sum(const std::vector<double>& a, const std::vector<double>& b) {
-  return std::sqrt(square_of_norm_of_sum(a, b));
+
+// The values as the output holds them (rounded to its dtype), in place, a
+// block at a time (no second copy of the tensor).
+void round_through(DType dtype, double* values, std::size_t count) {
+  constexpr std::size_t kBlock = 4096;
+  std::vector<std::byte> bytes(std::min(count, kBlock) * dtype_size(dtype));
+  for (std::size_t first = 0; first < count; first += kBlock) {
+    const std::size_t n = std::min(kBlock, count - first);
+    store_from_f64(dtype, values + first, n, bytes.data());
+    load_as_f64(dtype, bytes.data(), n, values + first);
+  }
 }
 
-// How far the result W is from W0 and W1 (Frobenius norms, for the report
-// and the summary): ||W - W0|| is the reweighted update's norm, measured on
-// it; ||W - W1|| = ||D' - D|| follows from the spectrum, since D' scales
-// the top k singular directions of D by lambda_high and the rest by
-// lambda_low: sum over i of (1 - lambda_i)^2 s_i^2.
-void record_distances(nlohmann::json& record, double reweighted_norm, const std::vector<double>& singular,
-                      const MonosoupCoefficients& c, double base_norm, double finetuned_norm) {
-  double to_finetuned = 0;
-  for (std::size_t i = 0; i < singular.size(); ++i) {
-    const double lambda = static_cast<std::int64_t>(i) < c.k ? c.lambda_high : c.lambda_low;
-    to_finetuned += (1 - lambda) * (1 - lambda) * singular[i] * singular[i];
-  }
-  record["base_norm"] = base_norm;
-  record["finetuned_norm"] = finetuned_norm;
-  record["distance_to_base"] = reweighted_norm;
-  record["distance_to_finetuned"] = std::sqrt(to_finetuned);
+// How far the result W, as written, is from W0 and W1 (Frobenius norms, for
+// the report and the summary's relative distances).
+void record_distances(nlohmann::json& record, double to_base_sq, double to_finetuned_sq, double base_sq,
+                      double finetuned_sq) {
+  record["base_norm"] = std::sqrt(base_sq);
+  record["finetuned_norm"] = std::sqrt(finetuned_sq);
+  record["distance_to_base"] = std::sqrt(to_base_sq);
+  record["distance_to_finetuned"] = std::sqrt(to_finetuned_sq);
 }
 
 void describe(nlohmann::json& record, const MonosoupCoefficients& c, std::int64_t r) {
@@ -324,7 +325,6 @@ nlohmann::json MonosoupMethod::compute(std::size_t index, CheckpointWriter& writ
     return keep(reason);
 
   const auto m = inputs(index).m, n = inputs(index).n;
-  const double finetuned_norm = norm_of_sum(delta, base);
   TensorSteps steps(m, n);
   steps.read(1);
   const linalg::GramSvd svd = linalg::dgram_svd(delta.data(), m, n);
@@ -334,11 +334,16 @@ nlohmann::json MonosoupMethod::compute(std::size_t index, CheckpointWriter& writ
   const MonosoupCoefficients c = monosoup_coefficients(svd.singular, options_.mode, options_.variance_threshold);
   linalg::dspectral_reweight(delta.data(), svd, c.k, c.lambda_high, c.lambda_low);
   steps.reweight_done();
-  const double reweighted_norm = std::sqrt(sum_of_squares(delta));
   for (std::size_t i = 0; i < delta.size(); ++i) delta[i] += base[i];
-  record_distances(record, reweighted_norm, svd.singular, c, std::sqrt(sum_of_squares(base)), finetuned_norm);
   store_from_f64(out_info.dtype, delta.data(), delta.size(), out_.data());
   writer.write(index, out_);
+  // The distances of what was written: W read back from its bytes; W1 read
+  // again into W0's place (W0 is done with; no third buffer).
+  load_as_f64(out_info.dtype, out_.data(), delta.size(), delta.data());
+  const double to_base_sq = squared_distance(delta.data(), base.data(), delta.size()), base_sq = sum_of_squares(base);
+  read_as_f64(*finetuned_, w1, raw_, base);
+  record_distances(record, to_base_sq, squared_distance(delta.data(), base.data(), delta.size()), base_sq,
+                   sum_of_squares(base));
   describe(record, c, svd.r());
   return record;
 }
@@ -444,18 +449,37 @@ nlohmann::json MonosoupMethod::compute_grid(std::size_t index, const Communicato
   record["delta_norm"] = delta_norm;
   if (const auto reason = reason_to_keep(delta_norm, base_norm, options_.min_rel_update); !reason.empty())
     return keep(reason);
-  const double finetuned_norm = std::sqrt(group.sum(square_of_norm_of_sum(x, base)));
   const linalg::DistributedGramSvd svd = linalg::pdgram_svd(grid, xl, x.data());
   steps.svd_done();
   if (energy(svd.singular) < kEps) return keep("zero update");
   const MonosoupCoefficients c = monosoup_coefficients(svd.singular, options_.mode, options_.variance_threshold);
   linalg::pdspectral_reweight(grid, xl, x.data(), svd, c.k, c.lambda_high, c.lambda_low);
   steps.reweight_done();
-  const double reweighted_norm = std::sqrt(group.sum(sum_of_squares(x)));
   for (std::size_t i = 0; i < xl.local_size(); ++i) x[i] += base[i];
-  record_distances(record, reweighted_norm, svd.singular, c, base_norm, finetuned_norm);
   writing = true;
   write_rows(&x);
+  // The distances of what was written: this rank's rows of W as stored, and
+  // of W1 read again block by block (as at the start), summed over the group.
+  round_through(out_info.dtype, x.data(), xl.local_size());
+  double sums[3] = {squared_distance(x.data(), base.data(), xl.local_size()), 0, 0};  // W-W0, W-W1, W1
+  collectively(group, [&] {
+    std::vector<std::byte> raw;
+    std::vector<double> rows1;
+    for (const RowBlock& b : blocks) {
+      const std::size_t count = static_cast<std::size_t>(b.rows * n);
+      raw.resize(count * dtype_size(w1.dtype));
+      finetuned_->read_rows(w1, b.global_row, b.rows, raw);
+      rows1.resize(count);
+      load_as_f64(w1.dtype, raw.data(), count, rows1.data());
+      for (std::size_t e = 0; e < count; ++e) {
+        const double w = x[static_cast<std::size_t>(b.local_row) + e / static_cast<std::size_t>(n) +
+                           (e % static_cast<std::size_t>(n)) * lld];
+        sums[1] += (w - rows1[e]) * (w - rows1[e]);
+        sums[2] += rows1[e] * rows1[e];
+      }
+    }
+  });
+  record_distances(record, group.sum(sums[0]), group.sum(sums[1]), base_norm * base_norm, group.sum(sums[2]));
   describe(record, c, svd.r());
   return record;
 }
