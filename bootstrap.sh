@@ -92,3 +92,14 @@ set -x
 "${mpirun_2[@]}" "$soupkit" run jobs/monosoup.yaml --overwrite
 "${mpirun_2[@]}" "$soupkit" run jobs/convert.yaml --overwrite
 "$soupkit" inspect demo/monosoup-bf16
+set +x
+# What to try next (MonoSoup's own lines above say what it did and where its report is).
+cat <<EOF
+
+bootstrap: the demo wrote demo/monosoup.h5, demo/monosoup-bf16/ and MonoSoup's report demo/monosoup-report.json
+(every matrix's k, lambdas and distances to the base and the fine-tuned model). To try next:
+  $soupkit run jobs/monosoup.yaml --dry-run --overwrite   # what MonoSoup will do with each tensor, and why
+  ${mpirun_2[*]} $soupkit monosoup --base demo/base --finetuned demo/finetuned --out demo/variance.h5 \\
+      --mode variance --variance-threshold 0.5 --report demo/variance-report.json --overwrite   # keep fewer directions
+  $soupkit soup uniform --out demo/average.safetensors demo/base demo/finetuned --overwrite   # a plain average, to compare
+EOF

@@ -22,7 +22,7 @@ namespace po = boost::program_options;
 
 // Adds --log-level/--quiet/--help to a command's options.
 inline void add_common_options(po::options_description& desc) {
-  desc.add_options()("help,h", "show this help")("quiet,q", "print errors only")(
+  desc.add_options()("help,h", "show this help")("quiet,q", "print errors only (and progress, if --progress bar or lines is given)")(
       "log-level", po::value<std::string>()->default_value("info"), "debug, info, warning, error or quiet");
 }
 
@@ -119,7 +119,12 @@ inline void add_engine_options(po::options_description& desc) {
       "memory-budget", po::value<std::string>(),
       "memory one rank may use, e.g. 8GB (default: 80% of the node's available memory, shared by its ranks)")(
       "resume", "continue the partial output of an interrupted run of the same job (finished tensors are verified by "
-                "checksum and kept); starts from scratch when there is nothing to resume");
+                "checksum and kept); starts from scratch when there is nothing to resume")(
+      "progress", po::value<std::string>()->default_value("auto"),
+      "auto, bar, lines or none: a redrawn bar (percentage, rate, ETA), a line every --progress-interval seconds "
+      "(batch logs), or nothing; auto: a bar when stderr reaches a terminal (also under mpirun), else lines, none "
+      "with --quiet")(
+      "progress-interval", number_value(5), "seconds between progress lines");
 }
 
 struct EngineSettings {
@@ -132,6 +137,14 @@ inline EngineSettings engine_settings(const po::variables_map& vm, const Communi
   s.run.dry_run = vm.count("dry-run") > 0;
   s.run.resume = vm.count("resume") > 0;
   s.run.memory_budget = vm.count("memory-budget") ? size_option(vm, "memory-budget") : default_memory_budget(comm);
+  const auto& progress = vm["progress"].as<std::string>();
+  const auto mode = parse_progress_mode(progress);
+  SOUPKIT_INPUT_ERROR_IF(!mode, "--progress: '{}' is not one of auto, bar, lines, none", progress);
+  s.run.progress = *mode;
+  s.run.progress_interval = vm["progress-interval"].as<double>();
+  SOUPKIT_INPUT_ERROR_IF(!(s.run.progress_interval > 0 && s.run.progress_interval <= 86400),
+                         "--progress-interval: {} is not a number of seconds between 0 and 86400 (exclusive of 0)",
+                         s.run.progress_interval);
   return s;
 }
 

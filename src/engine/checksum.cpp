@@ -55,10 +55,12 @@ std::uint64_t checksum_rows(std::uint64_t first_row, std::uint64_t rows, std::ui
   return sum;
 }
 
-WrittenChecksums::WrittenChecksums(CheckpointWriter& writer) : writer_(writer) {
+WrittenChecksums::WrittenChecksums(CheckpointWriter& writer, OnRows on_rows)
+    : writer_(writer), on_rows_(std::move(on_rows)) {
   writer_.observe_rows([this](std::size_t index, std::uint64_t first_row, std::uint64_t rows,
                               std::span<const std::byte> data) {
     sums_[index] += checksum_rows(first_row, rows, row_bytes(writer_.spec().tensors.at(index)), data);
+    if (on_rows_) on_rows_(index, rows);
   });
 }
 

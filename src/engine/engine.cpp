@@ -7,6 +7,7 @@
 #include "plan_table.hpp"
 #include "soupkit/util/json_input.hpp"
 #include "progress.hpp"
+#include "tensor_progress_scope.hpp"
 #include "work_channel.hpp"
 #include "soupkit/util/error.hpp"
 #include "soupkit/util/log.hpp"
@@ -17,11 +18,13 @@
 
 #include <algorithm>
 #include <csignal>
+#include <ctime>
 #include <cstdlib>
 #include <set>
 #include <chrono>
 #include <fstream>
 #include <numeric>
+#include <optional>
 
 namespace soupkit {
 namespace {
@@ -30,6 +33,40 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
+// Reports of progress inside a tensor: the coordinator's own are handled
+// at once (a little work), a worker's become messages, at most two a
+// second (the coordinator may be busy computing and take them late).
+constexpr double kOwnReportInterval = 0.1;
+constexpr double kWorkerReportInterval = 0.5;
+
+// The tensor this rank is computing, for progress inside it: the scope of
+// its reports, and whether the rows it writes count (a tensor of its own;
+// on a grid a rank writes only its share).
+struct TensorUnderWay {
+  TensorProgressScope* scope = nullptr;
+  std::size_t index = 0;
+  bool count_rows = false;
+};
+
+// For the duration of one tensor's computation on this rank: reports go
+// to the coordinator's progress through the channel.
+class UnderWay {
+ public:
+  UnderWay(TensorUnderWay& slot, WorkChannel& channel, std::size_t index, bool count_rows, bool is_coordinator)
+      : slot_(slot),
+        scope_([&channel, index](double fraction) { channel.tensor_progress(index, fraction); },
+               std::chrono::duration<double>(is_coordinator ? kOwnReportInterval : kWorkerReportInterval)) {
+    slot_ = {&scope_, index, count_rows};
+  }
+  ~UnderWay() { slot_ = {}; }
+  UnderWay(const UnderWay&) = delete;
+  UnderWay& operator=(const UnderWay&) = delete;
+
+ private:
+  TensorUnderWay& slot_;
+  TensorProgressScope scope_;
+};
+
 
 // The identity of a job's output for its journal: everything that decides
 // the output's bytes (tensors, dtypes, shapes, metadata, method parameters
@@ -37,6 +74,7 @@ double seconds_since(Clock::time_point t0) { return std::chrono::duration<double
 std::string output_fingerprint(const OutputSpec& spec) {
   nlohmann::json j = spec.to_json();
   j.erase("overwrite");
+  j["provenance"].erase("run");  // when, where and on how many ranks: how it is run
   return fingerprint_of(j);
 }
 
@@ -161,6 +199,19 @@ void check_output_apart_from_inputs(const fs::path& out) {
   }
 }
 
+// The run's own facts for the output's provenance ("run"): not part of the
+// output's identity (a resumed run on another rank count continues it).
+nlohmann::json run_facts(int ranks) {
+  char host[256] = {};
+  if (::gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
+  const std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  ::gmtime_r(&now, &utc);
+  char started[32] = {};
+  std::strftime(started, sizeof started, "%Y-%m-%dT%H:%M:%SZ", &utc);
+  return {{"ranks", ranks}, {"host", std::string(host)}, {"started_utc", std::string(started)}};
+}
+
 // 1. The coordinator plans, validates and places every task; nobody does
 // heavy work before it says go. Every rank gets the plan; the coordinator
 // keeps the tasks' sources (for --dry-run and messages).
@@ -171,6 +222,11 @@ MethodPlan share_plan(const Communicator& comm, Method& method, const PlanContex
   on_root(comm, [&] {
     MethodPlan planned = method.plan(context);
     planned.context = context;
+    // Every output says what made it (the method's inputs and parameters,
+    // and here the version and the run).
+    if (!planned.output.provenance.is_object()) planned.output.provenance = nlohmann::json::object();
+    planned.output.provenance["soupkit_version"] = SOUPKIT_VERSION;
+    planned.output.provenance["run"] = run_facts(context.ranks);
     SOUPKIT_ERROR_IF(planned.tasks.size() != planned.output.tensors.size(),
                      "internal: {} planned {} tasks for {} output tensors", method.name(), planned.tasks.size(),
                      planned.output.tensors.size());
@@ -263,11 +319,14 @@ std::set<std::size_t> resume_verified(const Communicator& comm, OpenedOutput& op
 // agreed over the group before anyone goes on to the checksum's reduction
 // (or the next task's collectives): every rank returns the same error.
 std::string compute_on_grid(Method& method, std::size_t index, const Communicator& group, CheckpointWriter& writer,
-                            WrittenChecksums& checksums, WorkChannel& channel) {
+                            WrittenChecksums& checksums, WorkChannel& channel, TensorUnderWay& under_way) {
   const auto t0 = Clock::now();
   nlohmann::json record;
   std::string local;
   try {
+    // The group's first rank (the coordinator) reports for the group.
+    std::optional<UnderWay> reporting;
+    if (group.is_root()) reporting.emplace(under_way, channel, index, false, true);
     record = method.compute_grid(index, group, writer);
   } catch (const std::exception& e) {
     local = e.what();
@@ -286,10 +345,14 @@ std::string compute_on_grid(Method& method, std::size_t index, const Communicato
 
 // 4b. A task of this rank's own; its error, or empty.
 std::string compute_on_rank(Method& method, std::size_t index, int rank, CheckpointWriter& writer,
-                            WrittenChecksums& checksums, WorkChannel& channel) {
+                            WrittenChecksums& checksums, WorkChannel& channel, TensorUnderWay& under_way) {
   try {
     const auto t0 = Clock::now();
-    nlohmann::json record = method.compute(index, writer);
+    nlohmann::json record;
+    {
+      const UnderWay reporting(under_way, channel, index, true, rank == 0);
+      record = method.compute(index, writer);
+    }
     if (record.is_object()) record["seconds"] = seconds_since(t0);
     channel.tensor_done(index, checksums.take(index), std::move(record));
     return {};
@@ -375,7 +438,9 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
   // The coordinator's view of finished tensors: journal, records, progress.
   std::uint64_t done_bytes = 0;
   for (auto i : done) done_bytes += tensors[i].nbytes();
-  Progress progress(method.name(), tensors.size(), total_bytes);
+  // Only the coordinator hears of every tensor: only it shows progress.
+  Progress progress(method.name(), tensors.size(), total_bytes,
+                    comm.is_root() ? options.progress : ProgressMode::None, options.progress_interval);
   progress.skip(done.size(), done_bytes);
   std::vector<nlohmann::json> records(comm.is_root() ? tensors.size() : 0);
   if (journal)
@@ -385,20 +450,24 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
   WorkChannel channel(comm, [&](std::size_t i, std::uint64_t checksum, nlohmann::json record) {
     journal->record(i, tensors[i].name, checksum, record);
     records.at(i) = std::move(record);
-    progress.advance(tensors[i].nbytes(), tensors[i].name);
+    progress.advance(i, tensors[i].nbytes(), tensors[i].name);
     if (kill_after > 0 && ++journaled_now == kill_after) std::raise(SIGKILL);
-  });
+  }, [&](std::size_t i, double fraction) { progress.partial(i, tensors[i].nbytes(), fraction, tensors[i].name); });
   std::string error;
-  WrittenChecksums checksums(*writer);
+  TensorUnderWay under_way;
+  WrittenChecksums checksums(*writer, [&](std::size_t i, std::uint64_t rows) {
+    if (under_way.scope && under_way.count_rows && under_way.index == i)
+      under_way.scope->rows_written(rows, row_count(tensors[i]));
+  });
   const auto busy_start = Clock::now();
   if (!grid_tasks.empty()) {
     const Communicator group = comm.split(0, comm.rank());
     for (auto i : grid_tasks)
-      if (!(error = compute_on_grid(method, i, group, *writer, checksums, channel)).empty()) break;
+      if (!(error = compute_on_grid(method, i, group, *writer, checksums, channel, under_way)).empty()) break;
   }
   for (auto i : mine) {
     if (!error.empty() || channel.stop_requested()) break;  // this rank, or another, failed: stop now
-    if (!(error = compute_on_rank(method, i, comm.rank(), *writer, checksums, channel)).empty()) channel.failed();
+    if (!(error = compute_on_rank(method, i, comm.rank(), *writer, checksums, channel, under_way)).empty()) channel.failed();
   }
   if (error.empty() && comm.is_root() && !channel.stop_requested()) {
     try {
@@ -414,8 +483,10 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
 
   // 4. The report, before the commit: records read back from a journal are
   //    input, and if one is unusable the run must fail with no output.
-  if (error.empty() && comm.is_root() && !channel.stop_requested())
+  if (error.empty() && comm.is_root() && !channel.stop_requested()) {
+    method.set_provenance(plan.output.provenance);
     error = finish_method(method, records, seconds_since(start), opened.journaled.empty() ? nullptr : journal.get());
+  }
 
   // 5. Commit only if every rank succeeded. A reported error (bad input,
   //    I/O failure) discards the partial output: --resume is for runs that

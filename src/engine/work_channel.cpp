@@ -8,8 +8,17 @@ constexpr int kWorkerTag = 7001;       // to the coordinator: done, failed, fini
 constexpr int kCoordinatorTag = 7002;  // to a worker: stop, release
 }  // namespace
 
-WorkChannel::WorkChannel(const Communicator& comm, OnDone on_done)
-    : comm_(comm.split(0, comm.rank())), on_done_(std::move(on_done)) {}
+WorkChannel::WorkChannel(const Communicator& comm, OnDone on_done, OnProgress on_progress)
+    : comm_(comm.split(0, comm.rank())), on_done_(std::move(on_done)), on_progress_(std::move(on_progress)) {}
+
+void WorkChannel::tensor_progress(std::size_t index, double fraction) {
+  if (comm_.is_root()) {
+    progress(index, fraction);
+    poll();
+  } else if (!finished_) {
+    send(0, kWorkerTag, {{"progress", index}, {"fraction", fraction}});
+  }
+}
 
 void WorkChannel::tensor_done(std::size_t index, std::uint64_t checksum, nlohmann::json record) {
   if (comm_.is_root()) {
@@ -79,9 +88,20 @@ bool WorkChannel::handle_one(bool block) {
     ++finished_ranks_;
   else if (message.contains("failed"))
     stop_everyone();
+  else if (message.contains("progress"))
+    progress(message["progress"].get<std::size_t>(), message["fraction"].get<double>());
   else
     done(message["done"].get<std::size_t>(), message["checksum"].get<std::uint64_t>(), std::move(message["record"]));
   return true;
+}
+
+// Never throws: a display that fails is not worth stopping the job for.
+void WorkChannel::progress(std::size_t index, double fraction) {
+  if (!on_progress_ || !error_.empty()) return;
+  try {
+    on_progress_(index, fraction);
+  } catch (const std::exception&) {
+  }
 }
 
 // Never throws: the coordinator must keep answering the other ranks.

@@ -2,8 +2,8 @@
 // Messages between workers and the coordinator while tensors are computed,
 // on a communicator of their own (so nothing left over can reach another
 // run), as small JSON texts: each finished tensor with its checksum and
-// record (for progress, the journal and the report), a failure, and "this
-// rank is done". When any rank fails, the coordinator tells every rank to
+// record (for progress, the journal and the report), the fraction done of a
+// tensor under way (progress), a failure, and "this rank is done". When any rank fails, the coordinator tells every rank to
 // stop after its current tensor, so a failure stops the job promptly.
 //
 // The run ends with a handshake, so that every message sent is received:
@@ -27,9 +27,12 @@ class WorkChannel {
  public:
   // Called on the coordinator for every finished tensor (its own too).
   using OnDone = std::function<void(std::size_t index, std::uint64_t checksum, nlohmann::json record)>;
+  // Called on the coordinator when a rank reports the fraction done of a
+  // tensor it is computing (its own too).
+  using OnProgress = std::function<void(std::size_t index, double fraction)>;
 
   // Collective over `comm`.
-  WorkChannel(const Communicator& comm, OnDone on_done);
+  WorkChannel(const Communicator& comm, OnDone on_done, OnProgress on_progress = {});
   // Never blocks. After rank_finished() every send is complete; before it
   // (an exception escaped) the sends still under way are left to MPI.
   ~WorkChannel() = default;
@@ -41,6 +44,12 @@ class WorkChannel {
 
   // Any rank: tensor `index` is done.
   void tensor_done(std::size_t index, std::uint64_t checksum, nlohmann::json record);
+  // Any rank: `fraction` of tensor `index` is done. Never blocks: a
+  // worker's goes on the same tag as its "done", so it arrives before it
+  // and is taken wherever the coordinator takes messages (between its own
+  // tensors, in its own reports, at the handshake); the coordinator's own
+  // is handled at once, and it takes the others' waiting then too.
+  void tensor_progress(std::size_t index, double fraction);
   // Any rank: this rank failed (and will stop).
   void failed();
   // Should this rank stop before its next tensor? After rank_finished(),
@@ -60,9 +69,11 @@ class WorkChannel {
   void poll();
   bool handle_one(bool block);
   void done(std::size_t index, std::uint64_t checksum, nlohmann::json record);
+  void progress(std::size_t index, double fraction);
 
   Communicator comm_;
   OnDone on_done_;
+  OnProgress on_progress_;
   std::vector<PendingSend> sends_;
   int finished_ranks_ = 0;
   bool stopping_ = false;

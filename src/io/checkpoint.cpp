@@ -18,6 +18,19 @@ namespace soupkit {
 
 std::string printable(std::string_view name) { return excerpt(name, std::string_view::npos); }
 
+nlohmann::json describe_input(const fs::path& given, const CheckpointReader& reader) {
+  std::error_code ec;
+  fs::path resolved = fs::weakly_canonical(given, ec);
+  if (ec) resolved = fs::absolute(given, ec);
+  std::uint64_t bytes = 0;
+  for (const auto& t : reader.tensors()) bytes += t.nbytes();
+  return {{"path", given.string()},
+          {"resolved", resolved.string()},
+          {"format", std::string(reader.format_name())},
+          {"tensors", reader.tensors().size()},
+          {"tensor_bytes", bytes}};
+}
+
 bool is_weight_file_name(std::string_view name) {
   static const std::set<std::string, std::less<>> weight_exts = {
       ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".hdf5", ".msgpack", ".gguf", ".partial"};

@@ -20,6 +20,19 @@ struct Shard {
 
 // Hugging Face's rule: fill shards in order up to shard_size; a tensor larger
 // than shard_size gets a shard of its own.
+// The header's metadata: the output's, and its provenance under
+// "soupkit_provenance" (replacing one an input carried), without the run's
+// facts: a resumed run (another rank count, a later start) must lay out the
+// same header bytes as the run it continues. Those facts are in the JSON
+// reports and the HDF5 attribute.
+StringMap header_metadata(const OutputSpec& spec) {
+  StringMap metadata = spec.metadata;
+  nlohmann::json provenance = spec.provenance;
+  if (provenance.is_object()) provenance.erase("run");
+  if (!provenance.empty()) metadata["soupkit_provenance"] = provenance.dump();
+  return metadata;
+}
+
 std::vector<Shard> plan_shards(const OutputSpec& spec, bool directory) {
   std::vector<Shard> shards;
   std::uint64_t filled = 0;
@@ -56,7 +69,7 @@ class SafetensorsWriter final : public CheckpointWriter {
     for (std::size_t s = 0; s < shards_.size(); ++s) {
       std::vector<TensorInfo> infos;
       for (auto i : shards_[s].tensors) infos.push_back(spec_.tensors[i]);
-      layouts_.push_back(layout_safetensors(infos, spec_.metadata));
+      layouts_.push_back(layout_safetensors(infos, header_metadata(spec_)));
       for (std::size_t k = 0; k < shards_[s].tensors.size(); ++k)
         location_[shards_[s].tensors[k]] = {s, layouts_[s].offsets[k]};
     }

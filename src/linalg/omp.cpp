@@ -179,6 +179,7 @@ OmpResult batched_omp(const float* dictionary, std::int64_t n_atoms, std::int64_
         result.relative_residual[static_cast<std::size_t>(first + b)] = norm / f.target_norm;
       }
     }
+    if (options.on_batch) options.on_batch(first + count, n_targets);
   }
   return result;
 }

@@ -13,7 +13,10 @@ MethodPlan ConvertMethod::plan(const PlanContext& context) {
   plan.output.overwrite = options_.overwrite;
   nlohmann::json params = nlohmann::json::object();
   if (options_.dtype) params["dtype"] = std::string(dtype_name(*options_.dtype));
-  plan.output.provenance = {{"method", "convert"}, {"source", options_.input.string()}, {"parameters", params}};
+  plan.output.provenance = {{"method", "convert"},
+                            {"source", options_.input.string()},
+                            {"inputs", {describe_input(options_.input, *reader_)}},
+                            {"parameters", params}};
   for (const auto& t : reader_->tensors()) {
     TensorInfo out = t;
     if (options_.dtype && is_float_arith(t.dtype)) out.dtype = *options_.dtype;

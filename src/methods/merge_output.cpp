@@ -79,16 +79,22 @@ std::string model_list(const MergeInputs& in) {
   return text;
 }
 
-std::string model_card(const MergeMethodSpec& spec, const MergeInputs& in, const std::string& config) {
+// The card's provenance is the plan's, without the run's facts (ranks,
+// host, start): the card's size is part of the plan a resumed run must
+// match. Those are in the HDF5 attribute and the JSON reports.
+std::string model_card(const MergeMethodSpec& spec, const MergeInputs& in, const std::string& config,
+                       const nlohmann::json& provenance) {
   const std::string base = in.base() ? fmt::format(", with {} as the base", in.base_path().string()) : "";
   return fmt::format(
       "---\nlibrary_name: transformers\ntags:\n- merge\n- soupkit\n---\n\n"
       "This model is a merge of pre-trained models made with soupkit {} (merge_method `{}`: {}).\n\n"
       "It was merged with the {} method{}.\n\n"
       "The following models were included in the merge:\n{}\n"
-      "The following configuration (also in {}) produced it:\n\n```yaml\n{}```\n",
+      "The following configuration (also in {}) produced it:\n\n```yaml\n{}```\n\n"
+      "## Provenance\n\nWhat soupkit read and how (also in each weight file's metadata, `soupkit_provenance`):\n\n"
+      "```json\n{}\n```\n",
       SOUPKIT_VERSION, spec.merge_methods.front(), spec.summary, spec.merge_methods.front(), base, model_list(in),
-      kMergeConfigName, config);
+      kMergeConfigName, config, provenance.dump(2));
 }
 
 }  // namespace
@@ -111,7 +117,8 @@ std::string equivalent_config(const MergeMethodSpec& spec, const MergeInputs& in
 }
 
 std::map<std::string, std::string> describe_merge_output(const MergeMethodSpec& spec, const MergeInputs& in,
-                                                         const CheckpointReader& reference, OutputSpec& out) {
+                                                         const CheckpointReader& reference,
+                                                         const nlohmann::json& inputs, OutputSpec& out) {
   out.metadata = reference.metadata();
   if (out.metadata.empty()) out.metadata["format"] = "pt";
   out.shard_size = in.shard_size;
@@ -129,6 +136,7 @@ std::map<std::string, std::string> describe_merge_output(const MergeMethodSpec& 
   if (in.compute_dtype) out.provenance["dtype"] = dtype_name(*in.compute_dtype);
   if (in.out_dtype) out.provenance["out_dtype"] = dtype_name(*in.out_dtype);
   if (spec.uses_random_seed) out.provenance["random_seed"] = in.random_seed;
+  out.provenance["inputs"] = inputs;
 
   std::map<std::string, std::string> made;
   const bool directory = output_kind(in.output) == OutputKind::ModelDirectory;
@@ -138,7 +146,7 @@ std::map<std::string, std::string> describe_merge_output(const MergeMethodSpec& 
     std::erase_if(files, [](const AuxFileInfo& f) { return f.name == kModelCardName || f.name == kMergeConfigName; });
     const std::string config = in.job_text.empty() ? equivalent_config(spec, in) : in.job_text;
     made[kMergeConfigName] = config;
-    made[kModelCardName] = model_card(spec, in, config.ends_with('\n') ? config : config + "\n");
+    made[kModelCardName] = model_card(spec, in, config.ends_with('\n') ? config : config + "\n", out.provenance);
   }
   const auto dtype = float_output_dtype(out);
   const auto layers = in.slices.empty() ? std::nullopt : layer_count(out);

@@ -6,8 +6,10 @@
 #include "soupkit/linalg/gram_svd.hpp"
 #include "soupkit/linalg/low_rank_svd.hpp"
 #include "soupkit/linalg/pgram_svd.hpp"
+#include "soupkit/engine/tensor_progress.hpp"
 #include "soupkit/util/log.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <numeric>
@@ -51,6 +53,35 @@ std::string reason_to_keep(double delta_norm, double base_norm, double min_rel_u
 
 double energy(const std::vector<double>& singular) { return sum_of_squares(singular); }
 
+// sum of (a_i - b_i)^2 over the first `count` elements.
+double squared_distance(const double* a, const double* b, std::size_t count) {
+  double s = 0;
+  for (std::size_t i = 0; i < count; ++i) s += (a[i] - b[i]) * (a[i] - b[i]);
+  return s;
+}
+
+// The values as the output holds them (rounded to its dtype), in place, a
+// block at a time (no second copy of the tensor).
+void round_through(DType dtype, double* values, std::size_t count) {
+  constexpr std::size_t kBlock = 4096;
+  std::vector<std::byte> bytes(std::min(count, kBlock) * dtype_size(dtype));
+  for (std::size_t first = 0; first < count; first += kBlock) {
+    const std::size_t n = std::min(kBlock, count - first);
+    store_from_f64(dtype, values + first, n, bytes.data());
+    load_as_f64(dtype, bytes.data(), n, values + first);
+  }
+}
+
+// How far the result W, as written, is from W0 and W1 (Frobenius norms, for
+// the report and the summary's relative distances).
+void record_distances(nlohmann::json& record, double to_base_sq, double to_finetuned_sq, double base_sq,
+                      double finetuned_sq) {
+  record["base_norm"] = std::sqrt(base_sq);
+  record["finetuned_norm"] = std::sqrt(finetuned_sq);
+  record["distance_to_base"] = std::sqrt(to_base_sq);
+  record["distance_to_finetuned"] = std::sqrt(to_finetuned_sq);
+}
+
 void describe(nlohmann::json& record, const MonosoupCoefficients& c, std::int64_t r) {
   record["action"] = "monosoup";
   record["k"] = c.k;
@@ -65,6 +96,33 @@ void describe(nlohmann::json& record, const MonosoupCoefficients& c, std::int64_
 // Row blocks of this size are the unit of distribution on a grid (ScaLAPACK
 // block-cyclic rows) and of reading and writing there.
 constexpr int kGridBlock = 64;
+
+// Progress through one MonoSoup tensor (report_tensor_progress): its steps
+// weighted by a rough estimate of their cost, in flops: reading and writing
+// an element ~50 (memory and I/O bound, against BLAS-3's several GFlop/s),
+// the Gram product r^2 max(m, n), its eigensolver ~10 r^3, the reweighting
+// ~2 r m n (two products with at most r/2 vectors). Only the shares matter.
+class TensorSteps {
+ public:
+  TensorSteps(std::int64_t m, std::int64_t n) {
+    const double md = static_cast<double>(m), nd = static_cast<double>(n), r = std::min(md, nd);
+    io_ = 50 * md * nd;
+    svd_ = r * r * std::max(md, nd) + 10 * r * r * r;
+    reweight_ = 2 * r * md * nd;
+  }
+  void read(double fraction) { report(fraction * io_); }
+  void svd_done() { report(io_ + svd_); }
+  void reweight_done() { report(io_ + svd_ + reweight_); }
+  void write(double fraction) { report(io_ + svd_ + reweight_ + fraction * io_); }
+
+ private:
+  void report(double done) const {
+    constexpr double kUnits = 1e6;
+    report_tensor_progress(static_cast<std::uint64_t>(kUnits * done / (2 * io_ + svd_ + reweight_)),
+                           static_cast<std::uint64_t>(kUnits));
+  }
+  double io_, svd_, reweight_;
+};
 // Below this size a grid's communication outweighs its gain (measured in
 // docs/monosoup.md), whatever the balance of work.
 constexpr double kAutoGridMinDim = 1024;
@@ -100,7 +158,10 @@ MethodPlan MonosoupMethod::plan(const PlanContext& context) {
   plan.output.provenance = {{"method", "monosoup"},
                             {"base", options_.base.string()},
                             {"finetuned", options_.finetuned.string()},
+                            {"inputs", {{{"role", "base"}}, {{"role", "finetuned"}}}},
                             {"parameters", params}};
+  plan.output.provenance["inputs"][0].update(describe_input(options_.base, *base_));
+  plan.output.provenance["inputs"][1].update(describe_input(options_.finetuned, *finetuned_));
 
   std::error_code same_ec;
   SOUPKIT_INPUT_ERROR_IF(fs::equivalent(options_.base, options_.finetuned, same_ec),
@@ -286,14 +347,25 @@ nlohmann::json MonosoupMethod::compute(std::size_t index, CheckpointWriter& writ
     return keep(reason);
 
   const auto m = inputs(index).m, n = inputs(index).n;
+  TensorSteps steps(m, n);
+  steps.read(1);
   const linalg::GramSvd svd = linalg::dgram_svd(delta.data(), m, n);
+  steps.svd_done();
   if (energy(svd.singular) < kEps) return keep("zero update");
 
   const MonosoupCoefficients c = monosoup_coefficients(svd.singular, options_.mode, options_.variance_threshold);
   linalg::dspectral_reweight(delta.data(), svd, c.k, c.lambda_high, c.lambda_low);
+  steps.reweight_done();
   for (std::size_t i = 0; i < delta.size(); ++i) delta[i] += base[i];
   store_from_f64(out_info.dtype, delta.data(), delta.size(), out_.data());
   writer.write(index, out_);
+  // The distances of what was written: W read back from its bytes; W1 read
+  // again into W0's place (W0 is done with; no third buffer).
+  load_as_f64(out_info.dtype, out_.data(), delta.size(), delta.data());
+  const double to_base_sq = squared_distance(delta.data(), base.data(), delta.size()), base_sq = sum_of_squares(base);
+  read_as_f64(*finetuned_, w1, raw_, base);
+  record_distances(record, to_base_sq, squared_distance(delta.data(), base.data(), delta.size()), base_sq,
+                   sum_of_squares(base));
   describe(record, c, svd.r());
   return record;
 }
@@ -373,8 +445,16 @@ nlohmann::json MonosoupMethod::compute_grid(std::size_t index, const Communicato
                       std::min<std::int64_t>(kGridBlock, xl.local_rows - lr)});
   const std::size_t lld = static_cast<std::size_t>(xl.lld());
   std::vector<double> x(std::max<std::size_t>(xl.local_size(), 1)), base(x.size());
+  // The group's first rank reports for the group (the others' reports do
+  // nothing): its share of the row blocks is as large as any rank's.
+  TensorSteps steps(m, n);
+  bool writing = false;
   auto for_each_block = [&](auto&& body) {
-    for (const auto& b : blocks) body(b);
+    for (std::size_t i = 0; i < blocks.size(); ++i) {
+      body(blocks[i]);
+      const double fraction = static_cast<double>(i + 1) / static_cast<double>(blocks.size());
+      writing ? steps.write(fraction) : steps.read(fraction);
+    }
   };
 
   // Read this rank's rows of W1 - W0 into its column-major local piece.
@@ -428,6 +508,7 @@ nlohmann::json MonosoupMethod::compute_grid(std::size_t index, const Communicato
     });
   };
   auto keep = [&](const std::string& reason) {
+    writing = true;
     write_rows(nullptr);
     record["action"] = "kept";
     record["reason"] = reason;
@@ -440,11 +521,36 @@ nlohmann::json MonosoupMethod::compute_grid(std::size_t index, const Communicato
   if (const auto reason = reason_to_keep(delta_norm, base_norm, options_.min_rel_update); !reason.empty())
     return keep(reason);
   const linalg::DistributedGramSvd svd = linalg::pdgram_svd(grid, xl, x.data());
+  steps.svd_done();
   if (energy(svd.singular) < kEps) return keep("zero update");
   const MonosoupCoefficients c = monosoup_coefficients(svd.singular, options_.mode, options_.variance_threshold);
   linalg::pdspectral_reweight(grid, xl, x.data(), svd, c.k, c.lambda_high, c.lambda_low);
+  steps.reweight_done();
   for (std::size_t i = 0; i < xl.local_size(); ++i) x[i] += base[i];
+  writing = true;
   write_rows(&x);
+  // The distances of what was written: this rank's rows of W as stored, and
+  // of W1 read again block by block (as at the start), summed over the group.
+  round_through(out_info.dtype, x.data(), xl.local_size());
+  double sums[3] = {squared_distance(x.data(), base.data(), xl.local_size()), 0, 0};  // W-W0, W-W1, W1
+  collectively(group, [&] {
+    std::vector<std::byte> raw;
+    std::vector<double> rows1;
+    for (const RowBlock& b : blocks) {
+      const std::size_t count = static_cast<std::size_t>(b.rows * n);
+      raw.resize(count * dtype_size(w1.dtype));
+      finetuned_->read_rows(w1, b.global_row, b.rows, raw);
+      rows1.resize(count);
+      load_as_f64(w1.dtype, raw.data(), count, rows1.data());
+      for (std::size_t e = 0; e < count; ++e) {
+        const double w = x[static_cast<std::size_t>(b.local_row) + e / static_cast<std::size_t>(n) +
+                           (e % static_cast<std::size_t>(n)) * lld];
+        sums[1] += (w - rows1[e]) * (w - rows1[e]);
+        sums[2] += rows1[e] * rows1[e];
+      }
+    }
+  });
+  record_distances(record, group.sum(sums[0]), group.sum(sums[1]), base_norm * base_norm, group.sum(sums[2]));
   describe(record, c, svd.r());
   return record;
 }
@@ -472,12 +578,30 @@ void MonosoupMethod::finish(const std::vector<nlohmann::json>& records, double s
                             {"kept_reasons", kept},
                             {"mode", mode_name(options_.mode)},
                             {"seconds", seconds}};
+  // Over the reweighted matrices: how far the result is from each input,
+  // relative to that input's norm, and how much of the update's norm it keeps.
+  double to_base = 0, to_finetuned = 0, base_sq = 0, finetuned_sq = 0, update_sq = 0;
+  std::vector<const nlohmann::json*> reweighted;
+  for (const auto& r : records) {
+    if (r.value("action", "") != "monosoup") continue;
+    reweighted.push_back(&r);
+    auto sq = [&](const char* key) { return r[key].get<double>() * r[key].get<double>(); };
+    to_base += sq("distance_to_base");
+    to_finetuned += sq("distance_to_finetuned");
+    base_sq += sq("base_norm");
+    finetuned_sq += sq("finetuned_norm");
+    update_sq += sq("delta_norm");
+  }
   if (processed) {
     summary["mean_k"] = sum_k / static_cast<double>(processed);
     summary["mean_lambda_high"] = sum_lambda_high / static_cast<double>(processed);
+    if (base_sq > 0) summary["relative_distance_to_base"] = std::sqrt(to_base / base_sq);
+    if (finetuned_sq > 0) summary["relative_distance_to_finetuned"] = std::sqrt(to_finetuned / finetuned_sq);
+    if (update_sq > 0) summary["update_kept"] = std::sqrt(to_base / update_sq);
   }
   if (options_.report) {
-    const nlohmann::json report = {{"tensors", records}, {"summary", summary}};
+    const nlohmann::json report = {
+        {"provenance", report_provenance(seconds)}, {"tensors", records}, {"summary", summary}};
     write_side_file(*options_.report, report.dump(2) + "\n");
   }
   std::string reasons;
@@ -487,6 +611,32 @@ void MonosoupMethod::finish(const std::vector<nlohmann::json>& records, double s
   if (processed)
     log::info("monosoup: mean k {:.1f}, mean lambda_high {:.3f} ({} mode)", sum_k / static_cast<double>(processed),
               sum_lambda_high / static_cast<double>(processed), mode_name(options_.mode));
+  explain(summary, reweighted);
+}
+
+// What MonoSoup did, in words for someone new to it: the distances, what
+// k and the lambdas mean on a few matrices, and where the details are.
+void MonosoupMethod::explain(const nlohmann::json& summary, const std::vector<const nlohmann::json*>& reweighted) const {
+  if (reweighted.empty() || !summary.contains("relative_distance_to_base") ||
+      !summary.contains("relative_distance_to_finetuned") || !summary.contains("update_kept"))
+    return;
+  log::info("monosoup: over the {} reweighted matrices the result is {:.3g}% away from the base (relative to the "
+            "base's size, Frobenius norm) and {:.3g}% away from the fine-tuned model: it keeps {:.3g}% of the "
+            "fine-tuning update's size",
+            reweighted.size(), 100 * summary["relative_distance_to_base"].get<double>(),
+            100 * summary["relative_distance_to_finetuned"].get<double>(), 100 * summary["update_kept"].get<double>());
+  log::info("monosoup: in each matrix the update W1 - W0 is split into directions (its singular vectors); the k "
+            "strongest are kept at lambda_high, the rest are scaled by lambda_low, e.g.");
+  std::vector<std::size_t> picks = {0, reweighted.size() / 2, reweighted.size() - 1};
+  picks.erase(std::unique(picks.begin(), picks.end()), picks.end());
+  for (const auto i : picks) {
+    const nlohmann::json& r = *reweighted[i];
+    log::info("monosoup:   {}: k = {} of {} directions, strongest x{:.3f}, the rest x{:.3f}",
+              printable(r["name"].get<std::string>()), r["k"].get<std::int64_t>(), r["rank"].get<std::int64_t>(),
+              r["lambda_high"].get<double>(), r["lambda_low"].get<double>());
+  }
+  if (options_.report)
+    log::info("monosoup: every matrix's k, lambdas and distances: {}", options_.report->string());
 }
 
 }  // namespace soupkit

@@ -124,7 +124,10 @@ MethodPlan SoupMethod::plan(const PlanContext& context) {
   for (const auto& p : ing) sources.push_back(p.string());
   nlohmann::json params = {{"weights", options_.weights}, {"accumulate", dtype_name(options_.accumulate)}};
   if (options_.out_dtype) params["out_dtype"] = dtype_name(*options_.out_dtype);
-  plan.output.provenance = {{"method", options_.label}, {"ingredients", sources}, {"parameters", params}};
+  nlohmann::json inputs = nlohmann::json::array();
+  for (std::size_t i = 0; i < ing.size(); ++i) inputs.push_back(describe_input(ing[i], *readers_[i]));
+  plan.output.provenance = {
+      {"method", options_.label}, {"ingredients", sources}, {"inputs", inputs}, {"parameters", params}};
 
   const double acc_size = static_cast<double>(dtype_size(options_.accumulate));
   for (const auto& t : first.tensors()) {

@@ -229,7 +229,9 @@ MethodPlan TensorMerge::plan_tensors(const PlanContext& context) {
     plan.output.tensors.push_back(out);
   }
   resolve_all_parameters();
-  made_files_ = describe_merge_output(spec_entry_, in_, *models_[reference()], plan.output);
+  nlohmann::json inputs = nlohmann::json::array();
+  for (std::size_t i = 0; i < models_.size(); ++i) inputs.push_back(describe_input(in_.models[i], *models_[i]));
+  made_files_ = describe_merge_output(spec_entry_, in_, *models_[reference()], inputs, plan.output);
   for (std::size_t index = 0; index < plan.output.tensors.size(); ++index) {
     const TensorInfo& out = plan.output.tensors[index];
     const Inputs in = inputs_of(index);

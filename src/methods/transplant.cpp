@@ -1,4 +1,6 @@
 #include "soupkit/methods/transplant.hpp"
+
+#include "soupkit/engine/tensor_progress.hpp"
 #include "soupkit/methods/token_matching.hpp"
 
 #include "soupkit/io/side_file.hpp"
@@ -241,6 +243,7 @@ MethodPlan TransplantMethod::plan(const PlanContext& context) {
   plan.output.provenance = {{"method", "transplant"},
                             {"base", options_.base.string()},
                             {"donor", options_.donor.string()},
+                            {"inputs", {describe_input(options_.base, *base_), describe_input(options_.donor, *donor_)}},
                             {"parameters", {{"k", options_.k}, {"pad_to_multiple_of", pad}}}};
   const auto n_atoms = static_cast<double>(atoms_.size()), n_approx = static_cast<double>(mapping.approximate);
   TransplantState state;
@@ -409,6 +412,12 @@ nlohmann::json TransplantMethod::compute_grid(std::size_t index, const Communica
   collectively(group, [&] {
     linalg::OmpOptions omp_options;
     omp_options.k = options_.k;
+    // The fits are nearly all of the time: they are the tensor's progress
+    // (this rank's share; the group's first rank reports for all, and the
+    // shares are equal), the writes after them its last percent.
+    omp_options.on_batch = [](std::int64_t done, std::int64_t total) {
+      report_tensor_progress(static_cast<std::uint64_t>(done) * 99, static_cast<std::uint64_t>(total) * 100);
+    };
     fit = linalg::batched_omp(dictionary.data(), static_cast<std::int64_t>(atoms_.size()), dd, x.data(),
                               static_cast<std::int64_t>(targets.size()), omp_options);
     for (std::size_t i = 0; i < base_ids.size(); ++i) base_pos[base_ids[i]] = i;
@@ -508,7 +517,11 @@ void TransplantMethod::finish(const std::vector<nlohmann::json>& records, double
               s.value("p50", 0.0), s.value("p90", 0.0), s.value("max", 0.0));
   }
   if (options_.report) {
-    const json report = {{"tokens", counts_}, {"k", options_.k}, {"matrices", matrices}, {"seconds", seconds}};
+    const json report = {{"provenance", report_provenance(seconds)},
+                         {"tokens", counts_},
+                         {"k", options_.k},
+                         {"matrices", matrices},
+                         {"seconds", seconds}};
     write_side_file(*options_.report, report.dump(2) + "\n");
   }
   log::info("transplant: {} exact, {} special, {} approximated tokens in {:.2f} s", counts_["exact"].get<std::size_t>(),

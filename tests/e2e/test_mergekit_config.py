@@ -145,6 +145,7 @@ class Semantics(MergekitConfigBase):
         with open(os.path.join(out, "mergekit_config.yml")) as f:
             self.assertEqual(yaml.safe_load(f), mc.localise(config, self.paths))
         _, metadata = read_checkpoint(out)
+        self.assertEqual(json.loads(metadata.pop("soupkit_provenance"))["method"], "linear")  # test_provenance
         self.assertEqual(metadata, {"format": "pt"})
         # From the command line: the equivalent configuration, which mergekit could read.
         cli = self.out("card-cli")

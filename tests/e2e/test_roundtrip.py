@@ -84,6 +84,8 @@ class RoundTrip(TempDirTestCase):
                 run_soupkit(["convert", h5, back, "--shard-size", "300KB"], ranks=ranks)
                 got, metadata = read_checkpoint(back)
                 self.assert_same_tensors(got)
+                # (the output's provenance, test_provenance.py; the input's metadata otherwise)
+                self.assertEqual(json.loads(metadata.pop("soupkit_provenance"))["method"], "convert")
                 self.assertEqual(metadata, {"format": "pt"})
                 with open(os.path.join(back, "model.safetensors.index.json")) as f:
                     index = json.load(f)

@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <unordered_map>
 
@@ -22,10 +23,13 @@ std::uint64_t checksum_rows(std::uint64_t first_row, std::uint64_t rows, std::ui
                             std::span<const std::byte> data);
 
 // This rank's checksums of the rows it writes through `writer`, per tensor,
-// kept by observing the writer for as long as this object lives.
+// kept by observing the writer for as long as this object lives. The
+// writer has one observer: `on_rows`, if given, is told of every write too
+// (the engine's progress inside a tensor).
 class WrittenChecksums {
  public:
-  explicit WrittenChecksums(CheckpointWriter& writer);
+  using OnRows = std::function<void(std::size_t index, std::uint64_t rows)>;
+  explicit WrittenChecksums(CheckpointWriter& writer, OnRows on_rows = {});
   ~WrittenChecksums();
   WrittenChecksums(const WrittenChecksums&) = delete;
   WrittenChecksums& operator=(const WrittenChecksums&) = delete;
@@ -35,6 +39,7 @@ class WrittenChecksums {
 
  private:
   CheckpointWriter& writer_;
+  OnRows on_rows_;
   std::unordered_map<std::size_t, std::uint64_t> sums_;
 };
 

@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <optional>
 #include <span>
 #include <optional>
 #include <string>
@@ -133,11 +134,33 @@ class Method {
     (void)records;
     (void)seconds;
   }
+  // Set by the engine on the coordinator just before finish(): the
+  // output's provenance as planned, with the soupkit version and the run
+  // ("run": ranks, host, start time), for the method's JSON report.
+  void set_provenance(nlohmann::json provenance) { provenance_ = std::move(provenance); }
+
+ protected:
+  // The provenance for a JSON report of a run that took `seconds`.
+  nlohmann::json report_provenance(double seconds) const {
+    nlohmann::json p = provenance_;
+    if (p.is_object()) p["run"]["seconds"] = seconds;
+    return p;
+  }
+
+ private:
+  nlohmann::json provenance_ = nlohmann::json::object();
 };
 
 // Assigns tasks to ranks, largest cost first onto the least-loaded rank
 // (deterministic for a given cost list and rank count).
 std::vector<int> assign_owners(const std::vector<double>& costs, int ranks);
+
+// How the coordinator shows progress (--progress): auto = a bar when the
+// user's terminal shows stderr, lines otherwise, nothing when the log level
+// is above info (--quiet); bar and lines are shown whatever the log level.
+enum class ProgressMode { Auto, Bar, Lines, None };
+// "auto", "bar", "lines", "none"; nullopt for anything else.
+std::optional<ProgressMode> parse_progress_mode(const std::string& text);
 
 struct RunOptions {
   // Bytes one rank may use (--memory-budget; default_memory_budget).
@@ -147,6 +170,8 @@ struct RunOptions {
   // tensors are done; each is verified by checksum). Without a journal,
   // starts from scratch, so a requeued job can always pass it.
   bool resume = false;
+  ProgressMode progress = ProgressMode::Auto;
+  double progress_interval = 5;  // seconds between progress lines (--progress lines)
 };
 
 struct RunResult {

@@ -60,6 +60,7 @@ struct LowRankUpdate {
 // newline, ...) are escaped (\0, \n, \x1b), nothing else.
 std::string printable(std::string_view name);
 
+
 class CheckpointReader {
  public:
   virtual ~CheckpointReader() = default;
@@ -122,6 +123,10 @@ class CheckpointReader {
   std::unordered_map<std::string, std::size_t> by_name_;
   std::vector<std::string> where_;
 };
+
+// An input for an output's provenance: the path as given and as resolved
+// (symlinks followed), its format, tensor count and tensor bytes.
+nlohmann::json describe_input(const fs::path& given, const CheckpointReader& reader);
 
 // Opens any supported checkpoint, reading only headers. Throws InputError
 // naming the path and the problem. "BASE+ADAPTER" (as mergekit writes it)

@@ -8,6 +8,7 @@
 // residual vanishes (relative norm <= tolerance) or the next atom is
 // linearly dependent on those already chosen.
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace soupkit::linalg {
@@ -20,6 +21,8 @@ struct OmpOptions {
   // stays at most ~128 MB.
   std::int64_t batch = 0;
   double tolerance = 1e-6;           // stop once ||residual|| <= tolerance ||target||
+  // Told after each batch how many targets are fitted (progress); may be empty.
+  std::function<void(std::int64_t done, std::int64_t total)> on_batch;
 };
 
 struct OmpResult {

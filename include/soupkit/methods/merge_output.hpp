@@ -19,10 +19,13 @@ inline constexpr const char* kModelCardName = "README.md";
 inline constexpr const char* kMergeConfigName = "mergekit_config.yml";
 
 // Fills out's metadata, shard size, overwrite, carried files and provenance
-// (out.tensors must be set: their dtypes decide torch_dtype). Returns the
-// files soupkit makes, by name (the others are copies of the reference's).
+// (out.tensors must be set: their dtypes decide torch_dtype; `inputs`: each
+// model's describe_input). Returns the files soupkit makes, by name (the
+// others are copies of the reference's); a directory's model card carries
+// the provenance.
 std::map<std::string, std::string> describe_merge_output(const MergeMethodSpec& spec, const MergeInputs& in,
-                                                         const CheckpointReader& reference, OutputSpec& out);
+                                                         const CheckpointReader& reference,
+                                                         const nlohmann::json& inputs, OutputSpec& out);
 // The configuration (YAML) a command line's inputs amount to, in mergekit's keys.
 std::string equivalent_config(const MergeMethodSpec& spec, const MergeInputs& in);
 

@@ -55,6 +55,7 @@ class MonosoupMethod final : public Method {
   void finish(const std::vector<nlohmann::json>& records, double seconds) override;
 
  private:
+  void explain(const nlohmann::json& summary, const std::vector<const nlohmann::json*>& reweighted) const;
   struct Inputs {
     const TensorInfo& w0;
     const TensorInfo& w1;
