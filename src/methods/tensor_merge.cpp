@@ -213,9 +213,10 @@ MethodPlan TensorMerge::plan_tensors(const PlanContext& context) {
       if (i != reference()) check_same_tensors(i);
   plan_sources();
   MethodPlan plan;
-  for (const auto& source : sources_) {
-    TensorInfo out = source.out;
-    if (is_float_arith(out.dtype)) out.dtype = in_.out_dtype.value_or(in_.compute_dtype.value_or(out.dtype));
+  for (std::size_t index = 0; index < sources_.size(); ++index) {
+    TensorInfo out = sources_[index].out;
+    if (is_float_arith(out.dtype))
+      out.dtype = in_.out_dtype ? *in_.out_dtype : result_dtype(inputs_of(index), in_.compute_dtype.value_or(out.dtype));
     plan.output.tensors.push_back(out);
   }
   resolve_all_parameters();
@@ -299,6 +300,21 @@ void TensorMerge::read_rows(std::size_t k, const Inputs& in, std::uint64_t first
     store_from_f64(*in_.compute_dtype, dst.data(), dst.size(), raw_.data());
     load_as_f64(*in_.compute_dtype, raw_.data(), dst.size(), dst.data());
   }
+}
+
+DType TensorMerge::read_dtype(const Inputs& in, std::size_t k) const {
+  return in_.compute_dtype.value_or(in.at(k)->dtype);
+}
+
+DType TensorMerge::promoted_dtype(const Inputs& in, DType dtype) const {
+  const auto promote = [](DType a, DType b) {
+    if (a == b) return a;
+    if (a == DType::F64 || b == DType::F64) return DType::F64;
+    return DType::F32;  // (float32 with a 16-bit type, or float16 with bfloat16)
+  };
+  for (std::size_t k = 0; k < in.size(); ++k)
+    if (in[k] && is_float_arith(in[k]->dtype)) dtype = promote(dtype, read_dtype(in, k));
+  return dtype;
 }
 
 void TensorMerge::read_task_vector_rows(std::size_t k, const Inputs& in, std::uint64_t first, std::uint64_t count,

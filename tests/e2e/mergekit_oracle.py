@@ -206,8 +206,47 @@ def merge_slices(config, checkpoints):
         view = dict(config, parameters=dict(top, **(sl.get("parameters") or {})))
         g, p = resolve(parameters, view, [src.get("parameters") or {} for src in sl["sources"]], base_index, name, t)
         merged = function(tensors, base_index, p, g, name)
-        out[name] = (out_dtype or dtype or ref_dtype, store(out_dtype or dtype or ref_dtype, merged).reshape(np.shape(raw)))
+        target = out_dtype or result_dtype(config["merge_method"], dtype or ref_dtype,
+                                           [dtype or checkpoints[m][n][0] for m, n in sources], base_index)
+        out[name] = (target, store(target, merged).reshape(np.shape(raw)))
     return out
+
+
+# mergekit writes what its method returns unless out_dtype is set (io/tasks.py
+# SaveTensor casts to out_dtype only): read from each method's torch code, for
+# the input dtypes after `dtype` (in model order) and the base's index.
+def promote(*dtypes):
+    """torch's type promotion of float dtypes (float16 with bfloat16 is float32)."""
+    if len(set(dtypes)) == 1:
+        return dtypes[0]
+    return "F64" if "F64" in dtypes else "F32"
+
+
+def _promoted(ref, dtypes, base_index):
+    return promote(ref, *dtypes)
+
+
+def _multislerp(ref, dtypes, base_index):
+    others = [d for i, d in enumerate(dtypes) if i != base_index]
+    return others[0] if len(others) == 1 else promote(ref, *dtypes)
+
+
+def _arcee_fusion(ref, dtypes, base_index):
+    # its mask is float32 ((scores >= h).float()); the base alone is returned as it is
+    return dtypes[0] if len(dtypes) == 1 else promote("F32", *dtypes)
+
+
+RESULT_DTYPES = {"linear": _promoted, "sce": _promoted, "nuslerp": _promoted, "model_stock": _promoted,
+                 "nearswap": _promoted, "multislerp": _multislerp, "arcee_fusion": _arcee_fusion,
+                 "karcher": lambda ref, dtypes, base_index: dtypes[0]}
+
+
+def result_dtype(method, ref, dtypes, base_index):
+    """The dtype mergekit's `method` returns; by default the base's (the task vector methods
+    and slerp cast to it), else the reference's."""
+    if method in RESULT_DTYPES:
+        return RESULT_DTYPES[method](ref, dtypes, base_index)
+    return dtypes[base_index] if base_index is not None else ref
 
 
 def merge(config, checkpoints):
@@ -227,7 +266,8 @@ def merge(config, checkpoints):
         if ref_dtype not in FLOATS:
             out[name] = (ref_dtype, raw)
             continue
-        target = out_dtype or dtype or ref_dtype
+        target = out_dtype or result_dtype(config["merge_method"], dtype or ref_dtype,
+                                           [dtype or checkpoints[m][name][0] for m in models], base_index)
         tensors = []
         for m in models:
             d, r = checkpoints[m][name]
