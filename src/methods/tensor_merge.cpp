@@ -73,7 +73,8 @@ void TensorMerge::resolve_all_parameters() {
     ParameterSources sources = in_.parameters;
     sources.per_model = slice.source_parameters;
     sources.slice = slice.parameters;
-    tensor_parameters_.push_back(resolve_parameters(spec_entry_.parameters, sources, source.out.name, source.t));
+    tensor_parameters_.push_back(
+        resolve_parameters(spec_entry_.parameters, sources, source.out.name, source.t, source.names));
   }
 }
 

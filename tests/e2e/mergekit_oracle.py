@@ -102,11 +102,13 @@ def model_list(config):
     return models, settings, base_index
 
 
-def resolve(parameters, config, settings, base_index, tensor, t):
-    """(global dict, per-model dicts) for one tensor (mergekit's ConfigReader.parameter)."""
+def resolve(parameters, config, settings, base_index, tensor, t, model_tensors=None):
+    """(global dict, per-model dicts) for one tensor (mergekit's ConfigReader.parameter);
+    per-model parameters match their filters against each model's own name of the tensor
+    (model_tensors, with slices: plan_layer's weight_in.name), global ones the output's."""
     top = config.get("parameters") or {}
 
-    def look(where, name):
+    def look(where, name, tensor=tensor):
         return evaluate_setting(tensor, where[name], t) if name in where else None
 
     global_, per_model = {}, [dict() for _ in settings]
@@ -118,9 +120,10 @@ def resolve(parameters, config, settings, base_index, tensor, t):
             global_[name] = value
             continue
         for i, own in enumerate(settings):
-            value = look(own, name)
+            input_name = model_tensors[i] if model_tensors else tensor
+            value = look(own, name, input_name)
             if value is None:
-                value = look(top, name)
+                value = look(top, name, input_name)
             if value is None:
                 value = default
             if value is REQUIRED:
@@ -204,7 +207,8 @@ def merge_slices(config, checkpoints):
         top = dict(config.get("parameters") or {})
         # (slice parameters come before the global ones: a merged view)
         view = dict(config, parameters=dict(top, **(sl.get("parameters") or {})))
-        g, p = resolve(parameters, view, [src.get("parameters") or {} for src in sl["sources"]], base_index, name, t)
+        g, p = resolve(parameters, view, [src.get("parameters") or {} for src in sl["sources"]], base_index, name, t,
+                       [n for _, n in sources])
         merged = function(tensors, base_index, p, g, name)
         target = out_dtype or result_dtype(config["merge_method"], dtype or ref_dtype,
                                            [dtype or checkpoints[m][n][0] for m, n in sources], base_index)
