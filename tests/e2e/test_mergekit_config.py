@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import unittest
 
+import numpy as np
 import yaml
 
 import mergekit_cases as mc
@@ -28,6 +29,15 @@ EXAMPLES = os.path.join(HERE, "mergekit_examples")
 CONFIG_JSON = json.dumps({"architectures": ["LlamaForCausalLM"], "torch_dtype": "bfloat16", "num_hidden_layers": 4})
 
 
+def write_tokenizer(path, pieces):
+    """A minimal BPE tokenizer.json with `pieces` as its vocabulary (ids in order)."""
+    tok = {"version": "1.0", "added_tokens": [], "normalizer": None, "pre_tokenizer": None, "decoder": None,
+           "model": {"type": "BPE", "dropout": None, "unk_token": None, "vocab": {p: i for i, p in enumerate(pieces)},
+                     "merges": []}}
+    with open(os.path.join(path, "tokenizer.json"), "w") as f:
+        json.dump(tok, f)
+
+
 class MergekitConfigBase(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -36,6 +46,8 @@ class MergekitConfigBase(unittest.TestCase):
         models = {"base": base, "a": mc.llama_like(1, "BF16", base=base), "b": mc.llama_like(2, "F16", base=base),
                   "c": mc.llama_like(3, "F32", base=base)}
         cls.paths = mc.write_models(cls.tmp, models, config_json=CONFIG_JSON)
+        for path in cls.paths.values():  # one token per embedding row (40), as mergekit's tokenizer_source needs
+            write_tokenizer(path, [f"t{i}" for i in range(40)])
 
     @classmethod
     def tearDownClass(cls):
@@ -180,7 +192,7 @@ class Refusals(MergekitConfigBase):
         self.refused(dict(ok, models=[{"model": self.paths["a"] + "+lora", "parameters": {"weight": 1}}]),
                      ["models[0].model", "LoRA"], "lora")
         self.refused(dict(ok, parameters={"normalise": True}), ["parameters.normalise", "no parameter"], "typo")
-        self.refused(dict(ok, parameters={"normalize": 1}), ["parameters.normalize", "true or false"], "bool")
+        self.refused(dict(ok, parameters={"normalize": 2}), ["parameters.normalize", "true or false"], "bool")
         self.refused(dict(ok, tokenizer_source="union"), ["tokenizer_source", "soupkit transplant"], "union")
         self.refused(dict(ok, tokenizer_source="b"), ["tokenizer_source", "permuted"], "tok-other")
         self.refused(dict(ok, dtype="int8"), ["dtype", "'int8'"], "dtype")
@@ -191,6 +203,72 @@ class Refusals(MergekitConfigBase):
         self.refused({"merge_method": "linear", "models": [{"model": "a", "parameters": {"weight": 1}},
                                                            {"model": "c", "parameters": {"weight": -1}}]},
                      ["sum to 0", "normalize"], "zero-sum")
+
+
+class CheckedAgainstMergekitCode(MergekitConfigBase):
+    """Differences found by reading mergekit's code (docs/mergekit.md, "Checked against mergekit's code")."""
+
+    def test_arcee_fusion_writes_float32_unless_out_dtype(self):
+        # mergekit's fusion mask is (scores >= h).float(): base + delta * mask is float32, and only
+        # out_dtype casts what a method returns (dtype sets the inputs).
+        config = {"merge_method": "arcee_fusion", "base_model": "base", "models": ["a"], "dtype": "bfloat16"}
+        out = self.check(config, "fusion-f32")
+        self.assertEqual({d for d, _ in read_checkpoint(out)[0].values()}, {"F32", "I64"})
+        out = self.check(dict(config, out_dtype="bfloat16"), "fusion-out-bf16")
+        self.assertEqual({d for d, _ in read_checkpoint(out)[0].values()}, {"BF16", "I64"})
+        # The base alone is returned as it is.
+        out = self.check({"merge_method": "arcee_fusion", "base_model": "base", "models": ["base"]}, "fusion-alone")
+        self.assertEqual({d for d, _ in read_checkpoint(out)[0].values()}, {"BF16", "I64"})
+
+    def test_flags_and_numbers_as_pydantic_reads_them(self):
+        # pydantic reads every setting as a float (true: 1.0) and a flag back as a bool (0 or 1 only).
+        models = [{"model": "a", "parameters": {"weight": True}}, {"model": "c", "parameters": {"weight": 0.25}}]
+        off = self.check({"merge_method": "linear", "models": models, "parameters": {"normalize": 0}}, "flag-0")
+        plain = self.check({"merge_method": "linear", "models": [dict(models[0], parameters={"weight": 1.0}), models[1]],
+                            "parameters": {"normalize": False}}, "flag-false")
+        self.assertEqual(read_checkpoint(off)[0]["lm_head.weight"][1].tobytes(),
+                         read_checkpoint(plain)[0]["lm_head.weight"][1].tobytes())
+        self.check({"merge_method": "ties", "base_model": "base", "models": [
+            {"model": "a", "parameters": {"weight": 1, "density": 0.5}}], "parameters": {"normalize": 1}}, "flag-1")
+
+    def test_slice_source_filters_match_the_source_layer_name(self):
+        # plan_layer resolves per-model parameters for weight_in.name (the source's layer 2 here, the
+        # output's layer 0), global ones for the output's name.
+        weight = [{"filter": "layers.2.", "value": 5}, {"value": 1}]
+        config = {"merge_method": "linear", "parameters": {"normalize": [{"filter": "layers.0.", "value": False},
+                                                                         {"value": True}]},
+                  "slices": [{"sources": [{"model": "a", "layer_range": [2, 4], "parameters": {"weight": weight}},
+                                          {"model": "c", "layer_range": [2, 4], "parameters": {"weight": 1}}]}]}
+        out = self.check(config, "slice-filters")
+        got = read_checkpoint(out)[0]
+        a, c = (read_checkpoint(self.paths[m])[0]["model.layers.2.mlp.up_proj.weight"] for m in ("a", "c"))
+        want = 5 * mc.as_float64(*a) + mc.as_float64(*c)  # not normalised (layers.0. of the output)
+        self.assertTrue(np.allclose(mc.as_float64(*got["model.layers.0.mlp.up_proj.weight"]), want, rtol=1e-2))
+
+    def test_tokenizer_source_only_where_mergekit_keeps_the_embeddings(self):
+        ok = {"merge_method": "linear", "models": [{"model": "a", "parameters": {"weight": 1}},
+                                                   {"model": "c", "parameters": {"weight": 2}}]}
+        self.check(dict(ok, tokenizer_source="a", base_model="a"), "tok-base")  # ("base" is a model name here)
+        other = os.path.join(self.tmp, "other-vocab")
+        shutil.copytree(self.paths["c"], other, dirs_exist_ok=True)
+        write_tokenizer(other, [f"u{i}" for i in range(40)])
+        self.refused({"merge_method": "linear", "tokenizer_source": self.paths["a"], "base_model": self.paths["a"],
+                      "models": [{"model": self.paths["a"], "parameters": {"weight": 1}},
+                                 {"model": other, "parameters": {"weight": 1}}]},
+                     ["tokenizer_source", "not the vocabulary", "permute"], "tok-vocab")
+        bare = os.path.join(self.tmp, "no-tokenizer")
+        shutil.copytree(self.paths["c"], bare, dirs_exist_ok=True)
+        os.remove(os.path.join(bare, "tokenizer.json"))
+        self.refused({"merge_method": "linear", "tokenizer_source": self.paths["a"],
+                      "models": [{"model": self.paths["a"], "parameters": {"weight": 1}},
+                                 {"model": bare, "parameters": {"weight": 1}}]},
+                     ["tokenizer_source", "tokenizer.json"], "tok-none")
+        short = os.path.join(self.tmp, "short-vocab")
+        shutil.copytree(self.paths["a"], short, dirs_exist_ok=True)
+        write_tokenizer(short, [f"t{i}" for i in range(32)])
+        self.refused({"merge_method": "linear", "tokenizer_source": short,
+                      "models": [{"model": short, "parameters": {"weight": 1}}]},
+                     ["tokenizer_source", "model.embed_tokens.weight", "40 rows", "32 tokens"], "tok-rows")
 
 
 # mergekit's example configurations (tests/e2e/mergekit_examples, unchanged),
