@@ -220,6 +220,25 @@ class CheckedAgainstMergekitCode(MergekitConfigBase):
         out = self.check({"merge_method": "arcee_fusion", "base_model": "base", "models": ["base"]}, "fusion-alone")
         self.assertEqual({d for d, _ in read_checkpoint(out)[0].values()}, {"BF16", "I64"})
 
+    def test_mixed_dtypes_without_dtype_give_what_mergekit_returns(self):
+        # base BF16, a BF16, b F16, c F32: torch promotes (F16 with BF16 is F32); GTA casts to the
+        # base; karcher keeps its first model's.
+        def dtypes(out):
+            return {d for d, _ in read_checkpoint(out)[0].values()} - {"I64"}
+        def w():  # (a fresh mapping each time: PyYAML would write a shared one as an alias)
+            return {"weight": 1}
+        cases = [
+            ({"merge_method": "linear", "models": [{"model": "a", "parameters": w()}, {"model": "b", "parameters": w()}]},
+             "F32"),
+            ({"merge_method": "task_arithmetic", "base_model": "base",
+              "models": [{"model": "b", "parameters": w()}, {"model": "c", "parameters": w()}]}, "BF16"),
+            ({"merge_method": "karcher", "base_model": "base", "models": ["b", "c"]}, "F16"),
+            ({"merge_method": "nearswap", "base_model": "base", "models": ["c"], "parameters": {"t": 0.01}}, "F32"),
+        ]
+        for i, (config, want) in enumerate(cases):
+            with self.subTest(config["merge_method"]):
+                self.assertEqual(dtypes(self.check(config, f"mixed-{i}")), {want})
+
     def test_flags_and_numbers_as_pydantic_reads_them(self):
         # pydantic reads every setting as a float (true: 1.0) and a flag back as a bool (0 or 1 only).
         models = [{"model": "a", "parameters": {"weight": True}}, {"model": "c", "parameters": {"weight": 0.25}}]
