@@ -253,6 +253,16 @@ def result_dtype(method, ref, dtypes, base_index):
     return dtypes[base_index] if base_index is not None else ref
 
 
+# mergekit's Llama-family architectures: lm_head.weight is optional and tied
+# to model.embed_tokens.weight (LoadTensor falls back to a tied name).
+HEAD, TIED = "lm_head.weight", "model.embed_tokens.weight"
+
+
+def tensor_of(checkpoint, name):
+    """A model's tensor `name`, or for the head its tied embeddings."""
+    return checkpoint[name] if name in checkpoint or name != HEAD else checkpoint[TIED]
+
+
 def merge(config, checkpoints):
     """The expected output {name: (dtype, raw)} of `config`; checkpoints maps
     each model path of the configuration to {name: (dtype, raw)}
@@ -264,17 +274,21 @@ def merge(config, checkpoints):
     ref = checkpoints[models[base_index if base_index is not None else 0]]
     dtype = DTYPE_NAMES.get(config.get("dtype"), config.get("dtype"))
     out_dtype = DTYPE_NAMES.get(config.get("out_dtype"), config.get("out_dtype"))
-    positions = layer_positions(list(ref))
+    names = list(ref)
+    if HEAD not in ref and any(HEAD in checkpoints[m] for m in models):
+        names.append(HEAD)  # an optional weight is written when any model has it
+    positions = layer_positions(names)
     out = {}
-    for name, (ref_dtype, raw) in ref.items():
+    for name in names:
+        ref_dtype, raw = tensor_of(ref, name)
         if ref_dtype not in FLOATS:
             out[name] = (ref_dtype, raw)
             continue
         target = out_dtype or result_dtype(config["merge_method"], dtype or ref_dtype,
-                                           [dtype or checkpoints[m][name][0] for m in models], base_index)
+                                           [dtype or tensor_of(checkpoints[m], name)[0] for m in models], base_index)
         tensors = []
         for m in models:
-            d, r = checkpoints[m][name]
+            d, r = tensor_of(checkpoints[m], name)
             x = as_float64(d, r)
             tensors.append(round_to(dtype, x) if dtype else x)
         g, p = resolve(parameters, config, settings, base_index, name, positions[name])

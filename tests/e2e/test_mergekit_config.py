@@ -239,6 +239,26 @@ class CheckedAgainstMergekitCode(MergekitConfigBase):
             with self.subTest(config["merge_method"]):
                 self.assertEqual(dtypes(self.check(config, f"mixed-{i}")), {want})
 
+    def test_a_tied_head_stands_for_the_missing_lm_head(self):
+        # mergekit's llama.json: lm_head.weight optional, tied_names [model.embed_tokens.weight].
+        tied = os.path.join(self.tmp, "tied")
+        tensors = {n: v for n, v in read_checkpoint(self.paths["c"])[0].items() if n != "lm_head.weight"}
+        mc.write_models(self.tmp, {"tied": tensors}, config_json=CONFIG_JSON)
+        for order in (["a", tied], [tied, "a"]):  # the reference with and without a head
+            config = {"merge_method": "linear",
+                      "models": [{"model": order[0], "parameters": {"weight": 1}},
+                                 {"model": order[1], "parameters": {"weight": 3}}]}
+            out = self.check(config, "tied-" + str(order[0] == tied))
+            head = mc.as_float64(*read_checkpoint(out)[0]["lm_head.weight"])
+            a = mc.as_float64(*read_checkpoint(self.paths["a"])[0]["lm_head.weight"])
+            e = mc.as_float64(*tensors["model.embed_tokens.weight"])
+            w_a, w_t = (1, 3) if order[0] == "a" else (3, 1)
+            self.assertTrue(np.allclose(head, (w_a * a + w_t * e) / 4, rtol=1e-2, atol=1e-2))
+        # Every model tied: no head, as mergekit skips an optional weight no model has.
+        out = self.check({"merge_method": "linear", "models": [{"model": tied, "parameters": {"weight": 1}}]},
+                         "tied-only")
+        self.assertNotIn("lm_head.weight", read_checkpoint(out)[0])
+
     def test_flags_and_numbers_as_pydantic_reads_them(self):
         # pydantic reads every setting as a float (true: 1.0) and a flag back as a bool (0 or 1 only).
         models = [{"model": "a", "parameters": {"weight": True}}, {"model": "c", "parameters": {"weight": 0.25}}]
