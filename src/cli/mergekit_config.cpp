@@ -4,10 +4,12 @@
 #include "yaml_input.hpp"
 
 #include "soupkit/io/checkpoint.hpp"
+#include "soupkit/io/tokenizer.hpp"
 #include "soupkit/util/message_text.hpp"
 
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 
@@ -103,15 +105,22 @@ std::string parameter_names(const MergeMethodSpec& spec, bool per_model_only) {
 ParameterValue scalar_value(const MethodParameter& p, const YAML::Node& node, const Place& where) {
   const std::string text = scalar_text(node, where);
   switch (p.kind) {
+    // mergekit's pydantic reads every setting as a float (true is 1.0,
+    // false 0.0) and a flag back as a bool (only 0 and 1 are flags), so
+    // `weight: true` is 1 and `normalize: 0` is false there too.
     case ParameterKind::Number: {
+      bool flag = false;
+      if (YAML::convert<bool>::decode(node, flag)) return flag ? 1.0 : 0.0;
       const auto value = parse_number(text);
       if (!value || !std::isfinite(*value)) where.refuse(fmt::format("'{}' is not a finite number", excerpt(text)));
       return *value;
     }
     case ParameterKind::Bool: {
       bool flag = false;
-      if (!YAML::convert<bool>::decode(node, flag)) where.refuse(fmt::format("'{}' is not true or false", excerpt(text)));
-      return flag;
+      if (YAML::convert<bool>::decode(node, flag)) return flag;
+      const auto value = parse_number(text);
+      if (value && (*value == 0 || *value == 1)) return *value == 1;
+      where.refuse(fmt::format("'{}' is not true or false (or 1 or 0)", excerpt(text)));
     }
     case ParameterKind::Size: {
       const auto value = parse_number(text);
@@ -315,6 +324,60 @@ void read_slices(const MergeMethodSpec& spec, const YAML::Node& slices, const Pl
   }
 }
 
+// mergekit's embedding tensors (its architectures' is_embed weights: input
+// embeddings and the head), which a tokenizer_source rebuilds.
+bool is_embedding(const TensorInfo& t) {
+  if (t.shape.size() != 2) return false;
+  for (const char* word : {"embed_tokens", "wte", "word_embeddings", "tok_embeddings", "embed_in", "embed_out",
+                           "lm_head"})
+    if (t.name.find(word) != std::string::npos) return true;
+  return false;
+}
+
+// With a tokenizer_source mergekit rebuilds every model's embeddings on the
+// output vocabulary (tokenizer/embed.py: one row per token of
+// tokenizer.get_vocab(), each model's row of that token): the identity only
+// when every model has the reference's vocabulary and its embeddings one
+// row per token. Anything else (padded rows dropped, rows permuted or
+// invented) soupkit does not do in a merge: refused.
+Tokenizer tokenizer_of(const CheckpointReader& model, const Place& where) {
+  try {
+    return read_tokenizer(model);
+  } catch (const InputError& e) {
+    where.refuse(fmt::format("mergekit builds the output's vocabulary from every model's tokenizer: {}", e.what()));
+  }
+}
+
+void check_embeddings_follow_the_vocabulary(const MergeInputs& in, std::size_t reference, const Place& where) {
+  const auto ref_model = open_checkpoint(in.models.at(reference));
+  const Tokenizer vocabulary = tokenizer_of(*ref_model, where);
+  for (std::size_t id = 0; id < vocabulary.pieces.size(); ++id)
+    if (!vocabulary.present[id])
+      where.refuse(fmt::format("{} has no token of id {}: mergekit would rebuild the embeddings on its {} tokens; "
+                               "soupkit merges embeddings as they are (leave out tokenizer_source, or use 'soupkit "
+                               "transplant')",
+                               vocabulary.source, id, std::count(vocabulary.present.begin(), vocabulary.present.end(),
+                                                                 true)));
+  for (std::size_t k = 0; k < in.models.size(); ++k) {
+    const auto model = k == reference ? nullptr : open_checkpoint(in.models[k]);
+    const CheckpointReader& reader = model ? *model : *ref_model;
+    if (model) {
+      const Tokenizer own = tokenizer_of(reader, where);
+      if (own.pieces != vocabulary.pieces)
+        where.refuse(fmt::format("{} is not the vocabulary of {}: mergekit would permute that model's embeddings to "
+                                 "it; soupkit does that with 'soupkit transplant'",
+                                 own.source, vocabulary.source));
+    }
+    for (const auto& t : reader.tensors())
+      if (is_embedding(t) && t.shape[0] != vocabulary.pieces.size())
+        where.refuse(fmt::format("tensor '{}' of {} has {} rows but {} has {} tokens: with a tokenizer_source "
+                                 "mergekit rebuilds the embeddings with one row per token; soupkit merges them as "
+                                 "they are (leave out tokenizer_source, or use 'soupkit transplant')",
+                                 t.name, in.models[k].string(), t.shape[0], vocabulary.source,
+                                 vocabulary.pieces.size()));
+  }
+}
+
 // tokenizer_source: the output carries the reference model's tokenizer (the
 // base's, else the first model's): `base` and that model's path mean it;
 // any other source would need mergekit's embedding permutation.
@@ -329,12 +392,12 @@ void check_tokenizer_source(const YAML::Node& job, const Place& top, const Merge
   const std::size_t reference = in.base().value_or(0);
   if (text == "base") {
     if (!in.base()) where.refuse("'base' needs a base_model");
-    return;
-  }
-  if (!same_model(text, in.models.at(reference)))
+  } else if (!same_model(text, in.models.at(reference))) {
     where.refuse(fmt::format("the output carries the tokenizer of {} (the {}); another model's vocabulary would need "
                              "its embeddings permuted, which soupkit does with 'soupkit transplant'",
                              in.models.at(reference).string(), in.base() ? "base model" : "first model"));
+  }
+  check_embeddings_follow_the_vocabulary(in, reference, where);
 }
 
 }  // namespace

@@ -124,6 +124,12 @@ class ArceeFusionMethod final : public BaseModelMerge {
     return selection_cap() + (caches_divergences(out) ? vectors(out) * sizeof(double) : 0);
   }
   void check_tensor(const Inputs& in, const TensorParameters& p) const override;
+  // mergekit's fusion mask is float32 ((scores >= h).float()), and B + (M - B) x mask
+  // promotes to it: a fused bfloat16 or float16 tensor is written as float32 (float64
+  // stays). The base alone is returned as it is.
+  DType result_dtype(const Inputs& in, DType dtype) const override {
+    return others(in).empty() ? dtype : promoted_dtype(in, DType::F32);
+  }
   void merge_tensor(std::size_t index, const Inputs& in, const TensorInfo& out, CheckpointWriter& writer) override;
 
   std::size_t selection_cap() const { return std::max<std::size_t>(chunk_bytes(), linalg::kMinSelectionBytes); }

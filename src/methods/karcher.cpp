@@ -126,6 +126,13 @@ class KarcherMethod final : public SphericalMerge {
 
  private:
   // Every model's rows and the output.
+  // mergekit's mean u starts as zeros_like(the first model's unit vector) and keeps its dtype: the
+  // first model's (in normalize_config's order: the models, then the base), not the base's.
+  DType result_dtype(const Inputs& in, DType dtype) const override {
+    for (std::size_t k = 0; k < in.size(); ++k)
+      if (in[k]) return read_dtype(in, k);
+    return dtype;
+  }
   std::uint64_t working_values_per_element() const override { return model_count() + 1; }
   double passes_over_inputs() const override { return 2; }
   void merge_tensor(std::size_t index, const Inputs& in, const TensorInfo& out, CheckpointWriter& writer) override {

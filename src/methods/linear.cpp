@@ -32,6 +32,8 @@ class LinearMethod final : public TensorMerge {
   }
 
  private:
+  // mergekit's arithmetic between the inputs promotes their dtypes (torch).
+  DType result_dtype(const Inputs& in, DType dtype) const override { return promoted_dtype(in, dtype); }
   std::uint64_t working_values_per_element() const override { return 2; }  // one model's values, the sum
   void check_tensor(const Inputs& in, const TensorParameters& p) const override { (void)divisor(in, p); }
   void merge_tensor(std::size_t index, const Inputs& in, const TensorInfo& out, CheckpointWriter& writer) override;

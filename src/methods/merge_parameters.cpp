@@ -98,7 +98,11 @@ std::optional<ParameterValue> lookup(const ParameterSettings& settings, std::str
 }  // namespace
 
 TensorParameters resolve_parameters(const std::vector<MethodParameter>& parameters, const ParameterSources& sources,
-                                    std::string_view tensor, double t) {
+                                    std::string_view tensor, double t,
+                                    const std::vector<std::optional<std::string>>& model_tensors) {
+  const auto name_in = [&](std::size_t i) -> std::string_view {
+    return i < model_tensors.size() && model_tensors[i] ? std::string_view(*model_tensors[i]) : tensor;
+  };
   TensorParameters out;
   out.per_model.resize(sources.per_model.size());
   for (const auto& p : parameters) {
@@ -112,14 +116,15 @@ TensorParameters resolve_parameters(const std::vector<MethodParameter>& paramete
       continue;
     }
     for (std::size_t i = 0; i < sources.per_model.size(); ++i) {
-      auto value = lookup(sources.per_model[i], p.name, tensor, t);
-      if (!value) value = lookup(sources.slice, p.name, tensor, t);
-      if (!value) value = lookup(sources.global, p.name, tensor, t);
+      const std::string_view own = name_in(i);
+      auto value = lookup(sources.per_model[i], p.name, own, t);
+      if (!value) value = lookup(sources.slice, p.name, own, t);
+      if (!value) value = lookup(sources.global, p.name, own, t);
       if (!value) value = p.default_value;
       if (!value && sources.base_index == i) continue;  // mergekit: not required of the base
       SOUPKIT_INPUT_ERROR_IF(!value, "{}: parameter '{}' is required and has no value for tensor '{}' (set it in "
                              "the model's parameters or in the global parameters)",
-                             sources.model_names.at(i), p.name, tensor);
+                             sources.model_names.at(i), p.name, own);
       out.per_model[i].set(p.name, *value);
     }
   }

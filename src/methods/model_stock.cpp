@@ -65,6 +65,8 @@ class ModelStockMethod final : public BaseModelMerge {
 
  private:
   // The base's values (then the result), each other model's, and one row of their task vectors.
+  // mergekit's arithmetic between the inputs promotes their dtypes (torch).
+  DType result_dtype(const Inputs& in, DType dtype) const override { return promoted_dtype(in, dtype); }
   std::uint64_t working_values_per_element() const override { return model_count(); }
   double passes_over_inputs() const override { return 2; }
   void check_tensor(const Inputs& in, const TensorParameters& p) const override;

@@ -73,6 +73,10 @@ class MultislerpMethod final : public SphericalMerge {
 
  private:
   // Every operand's rows, the base's, the output.
+  // mergekit's arithmetic promotes the inputs' dtypes (torch); a single model is returned as it is.
+  DType result_dtype(const Inputs& in, DType dtype) const override {
+    return ops_.models.size() == 1 ? read_dtype(in, ops_.models[0]) : promoted_dtype(in, dtype);
+  }
   std::uint64_t working_values_per_element() const override { return ops_.models.size() + 2; }
   double passes_over_inputs() const override { return 2; }
   void check_tensor(const Inputs& in, const TensorParameters& p) const override { (void)weights(in[0]->name, p); }

@@ -34,6 +34,8 @@ class NearswapMethod final : public BaseModelMerge {
   }
 
  private:
+  // mergekit's arithmetic between the inputs promotes their dtypes (torch).
+  DType result_dtype(const Inputs& in, DType dtype) const override { return promoted_dtype(in, dtype); }
   std::uint64_t working_values_per_element() const override { return 2; }  // the base's values (then W), M's
   void check_tensor(const Inputs& in, const TensorParameters& p) const override;
   void merge_tensor(std::size_t index, const Inputs& in, const TensorInfo& out, CheckpointWriter& writer) override;

@@ -83,6 +83,8 @@ class NuslerpMethod final : public SphericalMerge {
   // v0, v1, the base, the output; and, so that the estimate covers the
   // column layout's state (3 compensated sums and a PairSlerp, 11 float64 a
   // column) even when a block is a single row, 11 more.
+  // mergekit's arithmetic between the inputs promotes their dtypes (torch).
+  DType result_dtype(const Inputs& in, DType dtype) const override { return promoted_dtype(in, dtype); }
   std::uint64_t working_values_per_element() const override { return 4 + 11; }
   double passes_over_inputs() const override { return 2; }
   void merge_tensor(std::size_t index, const Inputs& in, const TensorInfo& out, CheckpointWriter& writer) override;

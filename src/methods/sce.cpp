@@ -54,6 +54,8 @@ class SceMethod final : public TensorMerge {
 
  private:
   // Base, every task vector, the variance and output, a mask (rounded up).
+  // mergekit's arithmetic between the inputs promotes their dtypes (torch).
+  DType result_dtype(const Inputs& in, DType dtype) const override { return promoted_dtype(in, dtype); }
   std::uint64_t working_values_per_element() const override { return model_count() + 4; }
   double passes_over_inputs() const override { return inputs().parameters.global.count("select_topk") ? 6 : 2; }
   std::uint64_t held_bytes(const Inputs&, const TensorParameters& p) const override {

@@ -50,19 +50,40 @@ void TensorMerge::open_inputs() {
   for (const auto& p : in_.models) models_.push_back(open_checkpoint(p));
 }
 
-// Model i must hold exactly the reference's tensors, with the same shapes; a
-// floating-point tensor may be of another float dtype (all are widened),
-// anything else must be of the reference's dtype.
+namespace {
+
+// mergekit's architectures of the Llama family (llama, mistral, qwen2, ...)
+// declare the head optional and tied to the input embeddings: a model
+// without its own lm_head.weight gives its model.embed_tokens.weight
+// (LoadTensor's tied_names), and the output has a head when any model has one.
+constexpr std::string_view kHead = "lm_head.weight";
+constexpr std::string_view kTiedEmbedding = "model.embed_tokens.weight";
+
+// Model m's tensor that stands for `name`: its own, or for the head its tied embeddings.
+const TensorInfo* stand_in(const CheckpointReader& m, std::string_view name) {
+  if (const TensorInfo* t = m.find(name)) return t;
+  return name == kHead ? m.find(kTiedEmbedding) : nullptr;
+}
+
+}  // namespace
+
+// Model i must hold exactly the reference's tensors (a head may stand for
+// the other's tied embeddings), with the same shapes; a floating-point
+// tensor may be of another float dtype (all are widened), anything else
+// must be of the reference's dtype.
 void TensorMerge::check_same_tensors(std::size_t i) const {
   const std::size_t r = reference();
   const std::string ref = model_name(r), model = model_name(i);
   for (const auto& t : models_[i]->tensors())
-    SOUPKIT_INPUT_ERROR_IF(!models_[r]->find(t.name), "tensor '{}' is in {} but not in {}", t.name, model, ref);
-  for (const auto& t : models_[r]->tensors()) {
-    const TensorInfo* other = models_[i]->find(t.name);
+    SOUPKIT_INPUT_ERROR_IF(!stand_in(*models_[r], t.name), "tensor '{}' is in {} but not in {}", t.name, model, ref);
+  std::vector<TensorInfo> expected = models_[r]->tensors();
+  if (!models_[r]->find(kHead) && models_[i]->find(kHead))
+    if (const TensorInfo* tied = models_[r]->find(kTiedEmbedding)) expected.push_back(*tied);
+  for (const auto& t : expected) {
+    const TensorInfo* other = stand_in(*models_[i], t.name);
     SOUPKIT_INPUT_ERROR_IF(!other, "tensor '{}' is in {} but not in {}", t.name, ref, model);
-    SOUPKIT_INPUT_ERROR_IF(other->shape != t.shape, "tensor '{}' has shape {} in {} but {} in {}", t.name,
-                           shape_string(t.shape), ref, shape_string(other->shape), model);
+    SOUPKIT_INPUT_ERROR_IF(other->shape != t.shape, "tensor '{}' has shape {} in {} but {} in {} (as '{}')", t.name,
+                           shape_string(t.shape), ref, shape_string(other->shape), model, other->name);
     const bool both_float = is_float_arith(t.dtype) && is_float_arith(other->dtype);
     SOUPKIT_INPUT_ERROR_IF(!both_float && other->dtype != t.dtype, "tensor '{}' is {} in {} but {} in {}", t.name,
                            dtype_name(t.dtype), ref, dtype_name(other->dtype), model);
@@ -81,7 +102,8 @@ void TensorMerge::resolve_all_parameters() {
     ParameterSources sources = in_.parameters;
     sources.per_model = slice.source_parameters;
     sources.slice = slice.parameters;
-    tensor_parameters_.push_back(resolve_parameters(spec_entry_.parameters, sources, source.out.name, source.t));
+    tensor_parameters_.push_back(
+        resolve_parameters(spec_entry_.parameters, sources, source.out.name, source.t, source.names));
   }
 }
 
@@ -104,8 +126,23 @@ void TensorMerge::plan_sources() {
   const LayerPositions layers(ref.tensors());
   std::vector<std::size_t> all(model_count());
   for (std::size_t k = 0; k < all.size(); ++k) all[k] = k;
-  for (const auto& t : ref.tensors())
-    sources_.push_back({t, std::vector<std::optional<std::string>>(model_count(), t.name), all, layers.t(t.name), 0});
+  const auto names_of = [&](std::string_view name) {
+    std::vector<std::optional<std::string>> names(model_count());
+    for (std::size_t k = 0; k < names.size(); ++k) {
+      const TensorInfo* t = stand_in(*models_[k], name);
+      SOUPKIT_INPUT_ERROR_IF(!t, "tensor '{}' is not in {}", name, model_name(k));  // (checked when planning)
+      names[k] = t->name;
+    }
+    return names;
+  };
+  for (const auto& t : ref.tensors()) sources_.push_back({t, names_of(t.name), all, layers.t(t.name), 0});
+  // The reference's head is tied (it has none) but another model has one: mergekit writes a head.
+  const bool any_head = std::any_of(models_.begin(), models_.end(), [](const auto& m) { return m->find(kHead); });
+  if (!ref.find(kHead) && any_head && ref.find(kTiedEmbedding)) {
+    TensorInfo head = *ref.find(kTiedEmbedding);
+    head.name = std::string(kHead);
+    sources_.push_back({head, names_of(kHead), all, 0, 0});
+  }
 }
 
 // Member k's tensor must exist with the output's shape; a floating-point
@@ -223,9 +260,10 @@ MethodPlan TensorMerge::plan_tensors(const PlanContext& context) {
       if (i != reference()) check_same_tensors(i);
   plan_sources();
   MethodPlan plan;
-  for (const auto& source : sources_) {
-    TensorInfo out = source.out;
-    if (is_float_arith(out.dtype)) out.dtype = in_.out_dtype.value_or(in_.compute_dtype.value_or(out.dtype));
+  for (std::size_t index = 0; index < sources_.size(); ++index) {
+    TensorInfo out = sources_[index].out;
+    if (is_float_arith(out.dtype))
+      out.dtype = in_.out_dtype ? *in_.out_dtype : result_dtype(inputs_of(index), in_.compute_dtype.value_or(out.dtype));
     plan.output.tensors.push_back(out);
   }
   resolve_all_parameters();
@@ -311,6 +349,21 @@ void TensorMerge::read_rows(std::size_t k, const Inputs& in, std::uint64_t first
     store_from_f64(*in_.compute_dtype, dst.data(), dst.size(), raw_.data());
     load_as_f64(*in_.compute_dtype, raw_.data(), dst.size(), dst.data());
   }
+}
+
+DType TensorMerge::read_dtype(const Inputs& in, std::size_t k) const {
+  return in_.compute_dtype.value_or(in.at(k)->dtype);
+}
+
+DType TensorMerge::promoted_dtype(const Inputs& in, DType dtype) const {
+  const auto promote = [](DType a, DType b) {
+    if (a == b) return a;
+    if (a == DType::F64 || b == DType::F64) return DType::F64;
+    return DType::F32;  // (float32 with a 16-bit type, or float16 with bfloat16)
+  };
+  for (std::size_t k = 0; k < in.size(); ++k)
+    if (in[k] && is_float_arith(in[k]->dtype)) dtype = promote(dtype, read_dtype(in, k));
+  return dtype;
 }
 
 void TensorMerge::read_task_vector_rows(std::size_t k, const Inputs& in, std::uint64_t first, std::uint64_t count,

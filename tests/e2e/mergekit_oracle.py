@@ -102,11 +102,13 @@ def model_list(config):
     return models, settings, base_index
 
 
-def resolve(parameters, config, settings, base_index, tensor, t):
-    """(global dict, per-model dicts) for one tensor (mergekit's ConfigReader.parameter)."""
+def resolve(parameters, config, settings, base_index, tensor, t, model_tensors=None):
+    """(global dict, per-model dicts) for one tensor (mergekit's ConfigReader.parameter);
+    per-model parameters match their filters against each model's own name of the tensor
+    (model_tensors, with slices: plan_layer's weight_in.name), global ones the output's."""
     top = config.get("parameters") or {}
 
-    def look(where, name):
+    def look(where, name, tensor=tensor):
         return evaluate_setting(tensor, where[name], t) if name in where else None
 
     global_, per_model = {}, [dict() for _ in settings]
@@ -118,9 +120,10 @@ def resolve(parameters, config, settings, base_index, tensor, t):
             global_[name] = value
             continue
         for i, own in enumerate(settings):
-            value = look(own, name)
+            input_name = model_tensors[i] if model_tensors else tensor
+            value = look(own, name, input_name)
             if value is None:
-                value = look(top, name)
+                value = look(top, name, input_name)
             if value is None:
                 value = default
             if value is REQUIRED:
@@ -204,10 +207,60 @@ def merge_slices(config, checkpoints):
         top = dict(config.get("parameters") or {})
         # (slice parameters come before the global ones: a merged view)
         view = dict(config, parameters=dict(top, **(sl.get("parameters") or {})))
-        g, p = resolve(parameters, view, [src.get("parameters") or {} for src in sl["sources"]], base_index, name, t)
+        g, p = resolve(parameters, view, [src.get("parameters") or {} for src in sl["sources"]], base_index, name, t,
+                       [n for _, n in sources])
         merged = function(tensors, base_index, p, g, name)
-        out[name] = (out_dtype or dtype or ref_dtype, store(out_dtype or dtype or ref_dtype, merged).reshape(np.shape(raw)))
+        target = out_dtype or result_dtype(config["merge_method"], dtype or ref_dtype,
+                                           [dtype or checkpoints[m][n][0] for m, n in sources], base_index)
+        out[name] = (target, store(target, merged).reshape(np.shape(raw)))
     return out
+
+
+# mergekit writes what its method returns unless out_dtype is set (io/tasks.py
+# SaveTensor casts to out_dtype only): read from each method's torch code, for
+# the input dtypes after `dtype` (in model order) and the base's index.
+def promote(*dtypes):
+    """torch's type promotion of float dtypes (float16 with bfloat16 is float32)."""
+    if len(set(dtypes)) == 1:
+        return dtypes[0]
+    return "F64" if "F64" in dtypes else "F32"
+
+
+def _promoted(ref, dtypes, base_index):
+    return promote(ref, *dtypes)
+
+
+def _multislerp(ref, dtypes, base_index):
+    others = [d for i, d in enumerate(dtypes) if i != base_index]
+    return others[0] if len(others) == 1 else promote(ref, *dtypes)
+
+
+def _arcee_fusion(ref, dtypes, base_index):
+    # its mask is float32 ((scores >= h).float()); the base alone is returned as it is
+    return dtypes[0] if len(dtypes) == 1 else promote("F32", *dtypes)
+
+
+RESULT_DTYPES = {"linear": _promoted, "sce": _promoted, "nuslerp": _promoted, "model_stock": _promoted,
+                 "nearswap": _promoted, "multislerp": _multislerp, "arcee_fusion": _arcee_fusion,
+                 "karcher": lambda ref, dtypes, base_index: dtypes[0]}
+
+
+def result_dtype(method, ref, dtypes, base_index):
+    """The dtype mergekit's `method` returns; by default the base's (the task vector methods
+    and slerp cast to it), else the reference's."""
+    if method in RESULT_DTYPES:
+        return RESULT_DTYPES[method](ref, dtypes, base_index)
+    return dtypes[base_index] if base_index is not None else ref
+
+
+# mergekit's Llama-family architectures: lm_head.weight is optional and tied
+# to model.embed_tokens.weight (LoadTensor falls back to a tied name).
+HEAD, TIED = "lm_head.weight", "model.embed_tokens.weight"
+
+
+def tensor_of(checkpoint, name):
+    """A model's tensor `name`, or for the head its tied embeddings."""
+    return checkpoint[name] if name in checkpoint or name != HEAD else checkpoint[TIED]
 
 
 def merge(config, checkpoints):
@@ -221,16 +274,21 @@ def merge(config, checkpoints):
     ref = checkpoints[models[base_index if base_index is not None else 0]]
     dtype = DTYPE_NAMES.get(config.get("dtype"), config.get("dtype"))
     out_dtype = DTYPE_NAMES.get(config.get("out_dtype"), config.get("out_dtype"))
-    positions = layer_positions(list(ref))
+    names = list(ref)
+    if HEAD not in ref and any(HEAD in checkpoints[m] for m in models):
+        names.append(HEAD)  # an optional weight is written when any model has it
+    positions = layer_positions(names)
     out = {}
-    for name, (ref_dtype, raw) in ref.items():
+    for name in names:
+        ref_dtype, raw = tensor_of(ref, name)
         if ref_dtype not in FLOATS:
             out[name] = (ref_dtype, raw)
             continue
-        target = out_dtype or dtype or ref_dtype
+        target = out_dtype or result_dtype(config["merge_method"], dtype or ref_dtype,
+                                           [dtype or tensor_of(checkpoints[m], name)[0] for m in models], base_index)
         tensors = []
         for m in models:
-            d, r = checkpoints[m][name]
+            d, r = tensor_of(checkpoints[m], name)
             x = as_float64(d, r)
             tensors.append(round_to(dtype, x) if dtype else x)
         g, p = resolve(parameters, config, settings, base_index, name, positions[name])

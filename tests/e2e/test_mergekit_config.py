@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import unittest
 
+import numpy as np
 import yaml
 
 import mergekit_cases as mc
@@ -28,6 +29,15 @@ EXAMPLES = os.path.join(HERE, "mergekit_examples")
 CONFIG_JSON = json.dumps({"architectures": ["LlamaForCausalLM"], "torch_dtype": "bfloat16", "num_hidden_layers": 4})
 
 
+def write_tokenizer(path, pieces):
+    """A minimal BPE tokenizer.json with `pieces` as its vocabulary (ids in order)."""
+    tok = {"version": "1.0", "added_tokens": [], "normalizer": None, "pre_tokenizer": None, "decoder": None,
+           "model": {"type": "BPE", "dropout": None, "unk_token": None, "vocab": {p: i for i, p in enumerate(pieces)},
+                     "merges": []}}
+    with open(os.path.join(path, "tokenizer.json"), "w") as f:
+        json.dump(tok, f)
+
+
 class MergekitConfigBase(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -36,6 +46,8 @@ class MergekitConfigBase(unittest.TestCase):
         models = {"base": base, "a": mc.llama_like(1, "BF16", base=base), "b": mc.llama_like(2, "F16", base=base),
                   "c": mc.llama_like(3, "F32", base=base)}
         cls.paths = mc.write_models(cls.tmp, models, config_json=CONFIG_JSON)
+        for path in cls.paths.values():  # one token per embedding row (40), as mergekit's tokenizer_source needs
+            write_tokenizer(path, [f"t{i}" for i in range(40)])
 
     @classmethod
     def tearDownClass(cls):
@@ -181,7 +193,7 @@ class Refusals(MergekitConfigBase):
         self.refused(dict(ok, models=[{"model": self.paths["a"] + "+lora", "parameters": {"weight": 1}}]),
                      ["models[0].model", "LoRA"], "lora")
         self.refused(dict(ok, parameters={"normalise": True}), ["parameters.normalise", "no parameter"], "typo")
-        self.refused(dict(ok, parameters={"normalize": 1}), ["parameters.normalize", "true or false"], "bool")
+        self.refused(dict(ok, parameters={"normalize": 2}), ["parameters.normalize", "true or false"], "bool")
         self.refused(dict(ok, tokenizer_source="union"), ["tokenizer_source", "soupkit transplant"], "union")
         self.refused(dict(ok, tokenizer_source="b"), ["tokenizer_source", "permuted"], "tok-other")
         self.refused(dict(ok, dtype="int8"), ["dtype", "'int8'"], "dtype")
@@ -192,6 +204,111 @@ class Refusals(MergekitConfigBase):
         self.refused({"merge_method": "linear", "models": [{"model": "a", "parameters": {"weight": 1}},
                                                            {"model": "c", "parameters": {"weight": -1}}]},
                      ["sum to 0", "normalize"], "zero-sum")
+
+
+class CheckedAgainstMergekitCode(MergekitConfigBase):
+    """Differences found by reading mergekit's code (docs/mergekit.md, "Checked against mergekit's code")."""
+
+    def test_arcee_fusion_writes_float32_unless_out_dtype(self):
+        # mergekit's fusion mask is (scores >= h).float(): base + delta * mask is float32, and only
+        # out_dtype casts what a method returns (dtype sets the inputs).
+        config = {"merge_method": "arcee_fusion", "base_model": "base", "models": ["a"], "dtype": "bfloat16"}
+        out = self.check(config, "fusion-f32")
+        self.assertEqual({d for d, _ in read_checkpoint(out)[0].values()}, {"F32", "I64"})
+        out = self.check(dict(config, out_dtype="bfloat16"), "fusion-out-bf16")
+        self.assertEqual({d for d, _ in read_checkpoint(out)[0].values()}, {"BF16", "I64"})
+        # The base alone is returned as it is.
+        out = self.check({"merge_method": "arcee_fusion", "base_model": "base", "models": ["base"]}, "fusion-alone")
+        self.assertEqual({d for d, _ in read_checkpoint(out)[0].values()}, {"BF16", "I64"})
+
+    def test_mixed_dtypes_without_dtype_give_what_mergekit_returns(self):
+        # base BF16, a BF16, b F16, c F32: torch promotes (F16 with BF16 is F32); GTA casts to the
+        # base; karcher keeps its first model's.
+        def dtypes(out):
+            return {d for d, _ in read_checkpoint(out)[0].values()} - {"I64"}
+        def w():  # (a fresh mapping each time: PyYAML would write a shared one as an alias)
+            return {"weight": 1}
+        cases = [
+            ({"merge_method": "linear", "models": [{"model": "a", "parameters": w()}, {"model": "b", "parameters": w()}]},
+             "F32"),
+            ({"merge_method": "task_arithmetic", "base_model": "base",
+              "models": [{"model": "b", "parameters": w()}, {"model": "c", "parameters": w()}]}, "BF16"),
+            ({"merge_method": "karcher", "base_model": "base", "models": ["b", "c"]}, "F16"),
+            ({"merge_method": "nearswap", "base_model": "base", "models": ["c"], "parameters": {"t": 0.01}}, "F32"),
+        ]
+        for i, (config, want) in enumerate(cases):
+            with self.subTest(config["merge_method"]):
+                self.assertEqual(dtypes(self.check(config, f"mixed-{i}")), {want})
+
+    def test_a_tied_head_stands_for_the_missing_lm_head(self):
+        # mergekit's llama.json: lm_head.weight optional, tied_names [model.embed_tokens.weight].
+        tied = os.path.join(self.tmp, "tied")
+        tensors = {n: v for n, v in read_checkpoint(self.paths["c"])[0].items() if n != "lm_head.weight"}
+        mc.write_models(self.tmp, {"tied": tensors}, config_json=CONFIG_JSON)
+        for order in (["a", tied], [tied, "a"]):  # the reference with and without a head
+            config = {"merge_method": "linear",
+                      "models": [{"model": order[0], "parameters": {"weight": 1}},
+                                 {"model": order[1], "parameters": {"weight": 3}}]}
+            out = self.check(config, "tied-" + str(order[0] == tied))
+            head = mc.as_float64(*read_checkpoint(out)[0]["lm_head.weight"])
+            a = mc.as_float64(*read_checkpoint(self.paths["a"])[0]["lm_head.weight"])
+            e = mc.as_float64(*tensors["model.embed_tokens.weight"])
+            w_a, w_t = (1, 3) if order[0] == "a" else (3, 1)
+            self.assertTrue(np.allclose(head, (w_a * a + w_t * e) / 4, rtol=1e-2, atol=1e-2))
+        # Every model tied: no head, as mergekit skips an optional weight no model has.
+        out = self.check({"merge_method": "linear", "models": [{"model": tied, "parameters": {"weight": 1}}]},
+                         "tied-only")
+        self.assertNotIn("lm_head.weight", read_checkpoint(out)[0])
+
+    def test_flags_and_numbers_as_pydantic_reads_them(self):
+        # pydantic reads every setting as a float (true: 1.0) and a flag back as a bool (0 or 1 only).
+        models = [{"model": "a", "parameters": {"weight": True}}, {"model": "c", "parameters": {"weight": 0.25}}]
+        off = self.check({"merge_method": "linear", "models": models, "parameters": {"normalize": 0}}, "flag-0")
+        plain = self.check({"merge_method": "linear", "models": [dict(models[0], parameters={"weight": 1.0}), models[1]],
+                            "parameters": {"normalize": False}}, "flag-false")
+        self.assertEqual(read_checkpoint(off)[0]["lm_head.weight"][1].tobytes(),
+                         read_checkpoint(plain)[0]["lm_head.weight"][1].tobytes())
+        self.check({"merge_method": "ties", "base_model": "base", "models": [
+            {"model": "a", "parameters": {"weight": 1, "density": 0.5}}], "parameters": {"normalize": 1}}, "flag-1")
+
+    def test_slice_source_filters_match_the_source_layer_name(self):
+        # plan_layer resolves per-model parameters for weight_in.name (the source's layer 2 here, the
+        # output's layer 0), global ones for the output's name.
+        weight = [{"filter": "layers.2.", "value": 5}, {"value": 1}]
+        config = {"merge_method": "linear", "parameters": {"normalize": [{"filter": "layers.0.", "value": False},
+                                                                         {"value": True}]},
+                  "slices": [{"sources": [{"model": "a", "layer_range": [2, 4], "parameters": {"weight": weight}},
+                                          {"model": "c", "layer_range": [2, 4], "parameters": {"weight": 1}}]}]}
+        out = self.check(config, "slice-filters")
+        got = read_checkpoint(out)[0]
+        a, c = (read_checkpoint(self.paths[m])[0]["model.layers.2.mlp.up_proj.weight"] for m in ("a", "c"))
+        want = 5 * mc.as_float64(*a) + mc.as_float64(*c)  # not normalised (layers.0. of the output)
+        self.assertTrue(np.allclose(mc.as_float64(*got["model.layers.0.mlp.up_proj.weight"]), want, rtol=1e-2))
+
+    def test_tokenizer_source_only_where_mergekit_keeps_the_embeddings(self):
+        ok = {"merge_method": "linear", "models": [{"model": "a", "parameters": {"weight": 1}},
+                                                   {"model": "c", "parameters": {"weight": 2}}]}
+        self.check(dict(ok, tokenizer_source="a", base_model="a"), "tok-base")  # ("base" is a model name here)
+        other = os.path.join(self.tmp, "other-vocab")
+        shutil.copytree(self.paths["c"], other, dirs_exist_ok=True)
+        write_tokenizer(other, [f"u{i}" for i in range(40)])
+        self.refused({"merge_method": "linear", "tokenizer_source": self.paths["a"], "base_model": self.paths["a"],
+                      "models": [{"model": self.paths["a"], "parameters": {"weight": 1}},
+                                 {"model": other, "parameters": {"weight": 1}}]},
+                     ["tokenizer_source", "not the vocabulary", "permute"], "tok-vocab")
+        bare = os.path.join(self.tmp, "no-tokenizer")
+        shutil.copytree(self.paths["c"], bare, dirs_exist_ok=True)
+        os.remove(os.path.join(bare, "tokenizer.json"))
+        self.refused({"merge_method": "linear", "tokenizer_source": self.paths["a"],
+                      "models": [{"model": self.paths["a"], "parameters": {"weight": 1}},
+                                 {"model": bare, "parameters": {"weight": 1}}]},
+                     ["tokenizer_source", "tokenizer.json"], "tok-none")
+        short = os.path.join(self.tmp, "short-vocab")
+        shutil.copytree(self.paths["a"], short, dirs_exist_ok=True)
+        write_tokenizer(short, [f"t{i}" for i in range(32)])
+        self.refused({"merge_method": "linear", "tokenizer_source": short,
+                      "models": [{"model": short, "parameters": {"weight": 1}}]},
+                     ["tokenizer_source", "model.embed_tokens.weight", "40 rows", "32 tokens"], "tok-rows")
 
 
 # mergekit's example configurations (tests/e2e/mergekit_examples, unchanged),

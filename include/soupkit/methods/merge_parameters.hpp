@@ -120,7 +120,11 @@ struct ParameterSources {
 // one; a global parameter from the slice's, then the global setting; then
 // the default. InputError
 // naming parameter, model and tensor when a required one has no value.
+// `model_tensors` (with slices): each model's own name of the tensor (none:
+// not one of its sources), which mergekit's plan_layer matches the filters
+// of per-model parameters against; global ones match the output's name.
 TensorParameters resolve_parameters(const std::vector<MethodParameter>& parameters, const ParameterSources& sources,
-                                    std::string_view tensor, double t);
+                                    std::string_view tensor, double t,
+                                    const std::vector<std::optional<std::string>>& model_tensors = {});
 
 }  // namespace soupkit

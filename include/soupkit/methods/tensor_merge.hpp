@@ -48,6 +48,21 @@ class TensorMerge : public Method {
     (void)in;
     (void)p;
   }
+  // The dtype a floating-point output tensor is written in when the job
+  // sets no out_dtype: what mergekit's method returns for inputs rounded to
+  // `dtype` (the job's dtype, else the reference model's), which mergekit
+  // writes as it is. By default the base's (the task vector methods and
+  // slerp cast to it), else `dtype`.
+  virtual DType result_dtype(const Inputs& in, DType dtype) const {
+    return base_index() && in.at(*base_index()) ? read_dtype(in, *base_index()) : dtype;
+  }
+  // torch's type promotion over `dtype` and the inputs' float dtypes as read
+  // (all the job's dtype when it sets one): what mergekit's arithmetic
+  // between them returns (float64 > float32 > float16, bfloat16; float16
+  // with bfloat16 is float32).
+  DType promoted_dtype(const Inputs& in, DType dtype) const;
+  // The dtype model k's tensor is read as (the job's dtype when it sets one).
+  DType read_dtype(const Inputs& in, std::size_t k) const;
   // Float64 values the merge holds per element of a row block besides one
   // row block of raw input and output, and the passes over the inputs it
   // makes (for the estimates).
