@@ -94,6 +94,8 @@ int run(const Communicator& comm, const Args& args) {
   // nothing twice, and resume the final write.
   greedy.resume = engine.run.resume;
   greedy.memory_budget = engine.run.memory_budget;
+  greedy.progress = engine.run.progress;
+  greedy.progress_interval = engine.run.progress_interval;
   greedy.keep_candidates = vm->count("keep-candidates") > 0;
   run_greedy_soup(comm, greedy);
   return 0;

@@ -74,7 +74,6 @@ class UnderWay {
 std::string output_fingerprint(const OutputSpec& spec) {
   nlohmann::json j = spec.to_json();
   j.erase("overwrite");
-  j["provenance"].erase("run");  // when, where and on how many ranks: how it is run
   return fingerprint_of(j);
 }
 
@@ -199,8 +198,8 @@ void check_output_apart_from_inputs(const fs::path& out) {
   }
 }
 
-// The run's own facts for the output's provenance ("run"): not part of the
-// output's identity (a resumed run on another rank count continues it).
+// The run's own facts, for the JSON reports' provenance ("run"). Never in
+// the output: its bytes are the same for any rank count, host and time.
 nlohmann::json run_facts(int ranks) {
   char host[256] = {};
   if (::gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
@@ -223,10 +222,9 @@ MethodPlan share_plan(const Communicator& comm, Method& method, const PlanContex
     MethodPlan planned = method.plan(context);
     planned.context = context;
     // Every output says what made it (the method's inputs and parameters,
-    // and here the version and the run).
+    // and here the version).
     if (!planned.output.provenance.is_object()) planned.output.provenance = nlohmann::json::object();
     planned.output.provenance["soupkit_version"] = SOUPKIT_VERSION;
-    planned.output.provenance["run"] = run_facts(context.ranks);
     SOUPKIT_ERROR_IF(planned.tasks.size() != planned.output.tensors.size(),
                      "internal: {} planned {} tasks for {} output tensors", method.name(), planned.tasks.size(),
                      planned.output.tensors.size());
@@ -398,6 +396,7 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
   SOUPKIT_INPUT_ERROR_IF(out.empty(), "the output path is empty");
   const auto start = Clock::now();
   const std::uint64_t base_rss = current_rss_bytes();
+  const nlohmann::json run = comm.is_root() ? run_facts(comm.size()) : nlohmann::json();
 
   const MethodPlan plan = share_plan(
       comm, method, make_plan_context(comm.size(), options.memory_budget, out, fewest_ranks_per_node(comm)));
@@ -484,7 +483,9 @@ RunResult run_method(const Communicator& comm, Method& method, const fs::path& o
   // 4. The report, before the commit: records read back from a journal are
   //    input, and if one is unusable the run must fail with no output.
   if (error.empty() && comm.is_root() && !channel.stop_requested()) {
-    method.set_provenance(plan.output.provenance);
+    nlohmann::json provenance = plan.output.provenance;
+    provenance["run"] = run;
+    method.set_provenance(std::move(provenance));
     error = finish_method(method, records, seconds_since(start), opened.journaled.empty() ? nullptr : journal.get());
   }
 

@@ -21,15 +21,10 @@ struct Shard {
 // Hugging Face's rule: fill shards in order up to shard_size; a tensor larger
 // than shard_size gets a shard of its own.
 // The header's metadata: the output's, and its provenance under
-// "soupkit_provenance" (replacing one an input carried), without the run's
-// facts: a resumed run (another rank count, a later start) must lay out the
-// same header bytes as the run it continues. Those facts are in the JSON
-// reports and the HDF5 attribute.
+// "soupkit_provenance" (replacing one an input carried).
 StringMap header_metadata(const OutputSpec& spec) {
   StringMap metadata = spec.metadata;
-  nlohmann::json provenance = spec.provenance;
-  if (provenance.is_object()) provenance.erase("run");
-  if (!provenance.empty()) metadata["soupkit_provenance"] = provenance.dump();
+  if (!spec.provenance.empty()) metadata["soupkit_provenance"] = spec.provenance.dump();
   return metadata;
 }
 

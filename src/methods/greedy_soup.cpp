@@ -192,6 +192,8 @@ class GreedyRun {
     RunOptions final_run;
     final_run.resume = options_.resume;
     final_run.memory_budget = options_.memory_budget;
+    final_run.progress = options_.progress;
+    final_run.progress_interval = options_.progress_interval;
     run_method(comm_, method, options_.soup.output, final_run);
 
     log_.doc()["soup"] = paths(result.soup);
@@ -319,6 +321,8 @@ class GreedyRun {
     SoupMethod method(soup);
     RunOptions run;
     run.memory_budget = options_.memory_budget;
+    run.progress = options_.progress;
+    run.progress_interval = options_.progress_interval;
     run_method(comm_, method, soup.output, run);
     agree_not_terminated(fmt::format("while writing the greedy soup's {}", name));
     return soup.output;

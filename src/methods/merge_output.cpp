@@ -79,9 +79,8 @@ std::string model_list(const MergeInputs& in) {
   return text;
 }
 
-// The card's provenance is the plan's, without the run's facts (ranks,
-// host, start): the card's size is part of the plan a resumed run must
-// match. Those are in the HDF5 attribute and the JSON reports.
+// The card's provenance is the output's (the run's facts, like the rank
+// count, are in no output: its bytes do not depend on them).
 std::string model_card(const MergeMethodSpec& spec, const MergeInputs& in, const std::string& config,
                        const nlohmann::json& provenance) {
   const std::string base = in.base() ? fmt::format(", with {} as the base", in.base_path().string()) : "";

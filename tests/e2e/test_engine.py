@@ -272,7 +272,8 @@ class JobFiles(TempDirTestCase):
         self.assertTrue(same_output(self.path("demo", "monosoup.h5"), self.path("direct.h5")))
         self.assertTrue(os.path.exists(self.path("demo", "monosoup-report.json")))
         run_soupkit(["run", os.path.join(JOBS, "convert.yaml")], ranks=2, cwd=self.tmp)
-        run_soupkit(["convert", "direct.h5", "direct-bf16", "--dtype", "BF16"], cwd=self.tmp)
+        # (From the same file name: an output's provenance names its inputs.)
+        run_soupkit(["convert", "demo/monosoup.h5", "direct-bf16", "--dtype", "BF16"], cwd=self.tmp)
         self.assertTrue(same_output(self.path("demo", "monosoup-bf16"), self.path("direct-bf16")))
         run_soupkit(["run", os.path.join(JOBS, "wise-ft.yaml")], ranks=3, cwd=self.tmp)
         run_soupkit(["linear", "demo/finetuned", "demo/base", "--weights", "0.5,0.5", "--out-dtype", "BF16",

@@ -85,6 +85,36 @@ INSTANTIATE_TEST_SUITE_P(Failures, WorkChannelEnd,
                          testing::Values(Failure::None, Failure::Coordinator, Failure::LastRank, Failure::Journal),
                          failure_name);
 
+// Progress inside a tensor: every rank's reports reach the coordinator, in
+// order and each before the tensor's "done" (same tag), taken while the
+// coordinator waits at the handshake; nothing is left on the channel.
+TEST(WorkChannel, ProgressReportsArriveBeforeTheirTensorsDone) {
+  const Communicator world;
+  constexpr int kReports = 5;
+  std::vector<std::vector<double>> heard(static_cast<std::size_t>(world.size()));
+  std::vector<bool> done(static_cast<std::size_t>(world.size()), false);
+  WorkChannel channel(
+      world,
+      [&](std::size_t i, std::uint64_t, nlohmann::json) { done.at(i) = true; },
+      [&](std::size_t i, double fraction) {
+        EXPECT_FALSE(done.at(i)) << "a report of tensor " << i << " after its done";
+        heard.at(i).push_back(fraction);
+      });
+  const auto mine = static_cast<std::size_t>(world.rank());
+  for (int k = 1; k <= kReports; ++k) channel.tensor_progress(mine, k / (kReports + 1.0));
+  channel.tensor_done(mine, 0, nullptr);
+  channel.rank_finished();
+  if (world.is_root()) {
+    std::vector<double> expected;
+    for (int k = 1; k <= kReports; ++k) expected.push_back(k / (kReports + 1.0));
+    for (std::size_t r = 0; r < heard.size(); ++r) {
+      EXPECT_EQ(heard[r], expected) << "rank " << r;
+      EXPECT_TRUE(done[r]);
+    }
+  }
+  EXPECT_TRUE(nothing_left(world, channel.communicator()));
+}
+
 TEST(WorkChannel, AnUnfinishedChannelIsDestroyedWithoutWaitingForItsReceiver) {
   const Communicator world;
   constexpr std::size_t kPadding = std::size_t{4} << 20;

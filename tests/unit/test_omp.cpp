@@ -61,6 +61,26 @@ TEST(Omp, RecoversPlantedSparseCombinations) {
   }
 }
 
+// Progress (transplant's, inside one tensor): told after every batch, the
+// targets fitted so far, ending with all of them.
+TEST(Omp, TellsAfterEveryBatchHowManyTargetsAreFitted) {
+  const Problem p = planted_problem(3, 3);
+  OmpOptions o;
+  o.k = 8;
+  o.batch = 7;
+  std::vector<std::int64_t> told;
+  o.on_batch = [&](std::int64_t done, std::int64_t total) {
+    EXPECT_EQ(total, p.targets);
+    told.push_back(done);
+  };
+  batched_omp(p.dict.data(), p.atoms, p.dim, p.x.data(), p.targets, o);
+  std::vector<std::int64_t> expected;
+  for (std::int64_t done = 7; done < p.targets; done += 7) expected.push_back(done);
+  expected.push_back(p.targets);
+  EXPECT_EQ(told, expected);
+  EXPECT_GT(told.size(), 1u);
+}
+
 TEST(Omp, ResultDoesNotDependOnBatch) {
   Problem p = planted_problem(3, 2);
   std::mt19937 rng(9);

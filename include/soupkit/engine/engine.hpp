@@ -135,8 +135,9 @@ class Method {
     (void)seconds;
   }
   // Set by the engine on the coordinator just before finish(): the
-  // output's provenance as planned, with the soupkit version and the run
-  // ("run": ranks, host, start time), for the method's JSON report.
+  // output's provenance as planned, with the soupkit version, and the run
+  // ("run": ranks, host, start time; never in the output, whose bytes do
+  // not depend on them), for the method's JSON report.
   void set_provenance(nlohmann::json provenance) { provenance_ = std::move(provenance); }
 
  protected:

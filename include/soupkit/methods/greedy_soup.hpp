@@ -21,6 +21,8 @@ struct GreedyOptions {
   bool strictly_greater = false;          // --accept greater
   std::optional<fs::path> log_file;       // --log
   std::uint64_t memory_budget = ~0ull;    // per rank, for every soup it writes
+  ProgressMode progress = ProgressMode::Auto;  // --progress, for every soup it writes
+  double progress_interval = 5;
   bool resume = false;                    // reuse the scores cached in log_file
   bool keep_candidates = false;           // keep <out>.greedy-work/
 };
