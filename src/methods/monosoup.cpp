@@ -415,6 +415,30 @@ nlohmann::json MonosoupMethod::compute_low_rank(std::size_t index, CheckpointWri
   out_.resize(out_info.nbytes());
   store_from_f64(out_info.dtype, base.data(), base.size(), out_.data());
   writer.write(index, out_);
+  // The distances of what was written (W read back from its bytes) to W0
+  // and to W1 = W0 + s L R as the adapter reader gives it, a row block at a
+  // time (the route holds one tensor, not three).
+  load_as_f64(out_info.dtype, out_.data(), base.size(), base.data());
+  const auto rows_per_block = static_cast<std::int64_t>(std::max<std::int64_t>(1, (std::int64_t{1} << 16) / n));
+  double sums[4] = {0, 0, 0, 0};  // |W-W0|^2, |W-W1|^2, |W0|^2, |W1|^2
+  std::vector<std::byte> bytes;
+  std::vector<double> values;
+  for (std::int64_t first = 0; first < m; first += rows_per_block) {
+    const std::int64_t rows = std::min(rows_per_block, m - first);
+    const double* written = base.data() + static_cast<std::size_t>(first * n);
+    const std::size_t count = static_cast<std::size_t>(rows * n);
+    int which = 0;
+    for (const auto& [reader, info] : {std::pair{base_.get(), &w0}, std::pair{finetuned_.get(), &w1}}) {
+      bytes.resize(count * dtype_size(info->dtype));
+      values.resize(count);
+      reader->read_rows(*info, static_cast<std::uint64_t>(first), static_cast<std::uint64_t>(rows), bytes);
+      load_as_f64(info->dtype, bytes.data(), count, values.data());
+      sums[which] += squared_distance(written, values.data(), count);
+      for (const double v : values) sums[2 + which] += v * v;
+      ++which;
+    }
+  }
+  record_distances(record, sums[0], sums[1], sums[2], sums[3]);
   describe(record, c, static_cast<std::int64_t>(spectrum.size()));
   return record;
 }
