@@ -64,8 +64,11 @@ class Progress(TempDirTestCase):
             self.assertEqual(m.group(5), "big.weight")
             self.assertLess(t, finished_at)
         percents = [float(m.group(2)) for _, m in during]
-        self.assertTrue(any(0 < p < 100 for p in percents), percents)
-        self.assertEqual(percents, sorted(percents))  # never backwards
+        # Below 100 while the tensor is under way and never backwards. (Not
+        # required above 0: the SVD is one LAPACK call, and on a loaded
+        # machine every line may fall inside it, at the read step's 0.0%.)
+        self.assertTrue(all(p < 100 for p in percents), percents)
+        self.assertEqual(percents, sorted(percents))
         # Lines keep coming while the tensor is computed (every 0.1 s asked;
         # the SVD is one LAPACK call, so the ticker, not a report, prints
         # them): at least one per half second of the tensor's time.
