@@ -25,45 +25,80 @@ GramSvd dgram_svd(const double* x, std::int64_t m, std::int64_t n) {
   else
     dsyrk_("L", "N", &r, &mi, &one, x, &ni, &zero, gram.data(), &r);
 
-  std::vector<double> d(static_cast<std::size_t>(r)), e(static_cast<std::size_t>(r));  // dstemr wants n entries of e
+  out.diagonal.resize(static_cast<std::size_t>(r));
+  out.offdiagonal.resize(static_cast<std::size_t>(r));  // dstemr wants n entries of e
   out.tau.resize(static_cast<std::size_t>(std::max(r - 1, 1)));
   int info = 0, lwork = -1;
   double query = 0;
-  dsytrd_("L", &r, gram.data(), &r, d.data(), e.data(), out.tau.data(), &query, &lwork, &info);
+  dsytrd_("L", &r, gram.data(), &r, out.diagonal.data(), out.offdiagonal.data(), out.tau.data(), &query, &lwork, &info);
   lwork = workspace_size(query);
   std::vector<double> work(static_cast<std::size_t>(lwork));
-  dsytrd_("L", &r, gram.data(), &r, d.data(), e.data(), out.tau.data(), work.data(), &lwork, &info);
+  dsytrd_("L", &r, gram.data(), &r, out.diagonal.data(), out.offdiagonal.data(), out.tau.data(), work.data(), &lwork,
+          &info);
   SOUPKIT_ERROR_IF(info != 0, "dsytrd failed (info {}) on a {} x {} Gram matrix", info, r, r);
 
-  // All eigenpairs of the tridiagonal. RANGE='A' takes dqds for the values;
-  // asking for an index range instead switches to bisection, measured 5x slower.
+  // Eigenvalues only; the eigenvectors wait until MonoSoup's coefficients
+  // say which of them the projection needs (dgram_eigenvectors).
+  out.singular = gram_singular_values(out.diagonal, out.offdiagonal);
+  return out;
+}
+
+std::vector<double> gram_singular_values(std::vector<double> d, std::vector<double> e) {
+  // dsterf (root-free QR, no vectors): ~10% of the time of all eigenpairs.
+  const int r = static_cast<int>(d.size());
+  int info = 0;
+  dsterf_(&r, d.data(), e.data(), &info);
+  SOUPKIT_ERROR_IF(info != 0, "dsterf failed (info {}) on a {} x {} Gram matrix", info, r, r);
+  std::vector<double> singular(static_cast<std::size_t>(r));
+  for (int j = 0; j < r; ++j) singular[j] = std::sqrt(std::max(d[r - 1 - j], 0.0));  // ascending -> descending
+  return singular;
+}
+
+namespace {
+// dstemr finds the eigenvalues of an index range by bisection and of the
+// whole spectrum by dqds; bisection costs per eigenvalue, so past a share of
+// the spectrum asking for all pairs and keeping the wanted columns is faster.
+// Measured at r = 2048 (docs/monosoup.md, "Measured routes"): all pairs
+// 0.40 s; a range 0.49 ms (lowest eigenvalues) to 0.62 ms (highest) per
+// vector, so the crossover is at 0.31-0.40 r.
+constexpr double kSubsetShareLimit = 0.3;
+}  // namespace
+
+std::vector<double> tridiagonal_eigenvectors(std::vector<double> d, std::vector<double> e, int il, int iu) {
+  const int r = static_cast<int>(d.size());
+  const int cols = iu - il + 1;
+  const bool all = cols > kSubsetShareLimit * r;
+  const char* range = all ? "A" : "I";
+  const int nzc = all ? r : cols;
   std::vector<double> w(static_cast<std::size_t>(r));
-  out.tridiagonal_vectors.resize(static_cast<std::size_t>(r) * r);
+  std::vector<double> z(static_cast<std::size_t>(r) * static_cast<std::size_t>(nzc));
   std::vector<int> isuppz(static_cast<std::size_t>(2 * r));
   const double vl = 0, vu = 0;
-  const int il = 0, iu = 0;
-  int found = 0, tryrac = 1, liwork = -1, iquery = 0;
-  lwork = -1;
-  dstemr_("V", "A", &r, d.data(), e.data(), &vl, &vu, &il, &iu, &found, w.data(), out.tridiagonal_vectors.data(), &r, &r,
-          isuppz.data(), &tryrac, &query, &lwork, &iquery, &liwork, &info);
+  int found = 0, tryrac = 1, liwork = -1, iquery = 0, info = 0, lwork = -1;
+  double query = 0;
+  dstemr_("V", range, &r, d.data(), e.data(), &vl, &vu, &il, &iu, &found, w.data(), z.data(), &r, &nzc, isuppz.data(),
+          &tryrac, &query, &lwork, &iquery, &liwork, &info);
   lwork = workspace_size(query);
   liwork = std::max(iquery, 1);
-  work.resize(static_cast<std::size_t>(lwork));
+  std::vector<double> work(static_cast<std::size_t>(lwork));
   std::vector<int> iwork(static_cast<std::size_t>(liwork));
-  dstemr_("V", "A", &r, d.data(), e.data(), &vl, &vu, &il, &iu, &found, w.data(), out.tridiagonal_vectors.data(), &r, &r,
-          isuppz.data(), &tryrac, work.data(), &lwork, iwork.data(), &liwork, &info);
-  SOUPKIT_ERROR_IF(info != 0 || found != r, "dstemr failed (info {}, {} of {} eigenpairs) on a {} x {} Gram matrix", info,
-                   found, r, r, r);
-  out.singular.resize(static_cast<std::size_t>(r));
-  for (int j = 0; j < r; ++j) out.singular[j] = std::sqrt(std::max(w[r - 1 - j], 0.0));  // ascending -> descending
-  return out;
+  tryrac = 1;
+  dstemr_("V", range, &r, d.data(), e.data(), &vl, &vu, &il, &iu, &found, w.data(), z.data(), &r, &nzc, isuppz.data(),
+          &tryrac, work.data(), &lwork, iwork.data(), &liwork, &info);
+  SOUPKIT_ERROR_IF(info != 0 || found != nzc, "dstemr failed (info {}, {} of {} eigenpairs) on a {} x {} Gram matrix",
+                   info, found, nzc, r, r);
+  if (all) {
+    z.erase(z.begin() + static_cast<std::ptrdiff_t>(iu) * r, z.end());
+    z.erase(z.begin(), z.begin() + static_cast<std::ptrdiff_t>(il - 1) * r);
+  }
+  return z;
 }
 
 std::vector<double> dgram_eigenvectors(const GramSvd& svd, int il, int iu) {
   const int r = static_cast<int>(svd.r());
+  SOUPKIT_ERROR_IF(il < 1 || iu > r || il > iu, "internal: eigenvectors {}..{} of {}", il, iu, r);
   int cols = iu - il + 1, info = 0, lwork = -1;
-  std::vector<double> z(svd.tridiagonal_vectors.begin() + static_cast<std::ptrdiff_t>(il - 1) * r,
-                        svd.tridiagonal_vectors.begin() + static_cast<std::ptrdiff_t>(iu) * r);
+  std::vector<double> z = tridiagonal_eigenvectors(svd.diagonal, svd.offdiagonal, il, iu);
   // Back to the Gram matrix's basis: z <- Q z, Q from dsytrd's reflectors.
   double query = 0;
   dormtr_("L", "L", "N", &r, &cols, svd.reflectors.data(), &r, svd.tau.data(), z.data(), &r, &query, &lwork, &info);

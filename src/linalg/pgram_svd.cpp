@@ -1,8 +1,9 @@
 #include "soupkit/linalg/pgram_svd.hpp"
 
-#include "soupkit/util/error.hpp"
+#include "soupkit/linalg/gram_svd.hpp"
 #include "soupkit/linalg/lapack.hpp"
 #include "soupkit/linalg/scalapack.hpp"
+#include "soupkit/util/error.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -10,100 +11,191 @@
 
 namespace soupkit::linalg {
 namespace {
-// Square blocks (pdsyevd requires them) of a size where PBLAS runs near
-// full BLAS-3 speed.
+// Square blocks of a size where PBLAS runs near full BLAS-3 speed.
 constexpr int kBlock = 64;
+// Columns of the Gram matrix summed over the ranks at a time: bounds the
+// partial sums each rank holds to r x kPanel, whatever r.
+constexpr int kPanel = 256;
+
+// Which grid row owns global row `i` of a matrix in kBlock row blocks.
+int owner_of_row(std::int64_t i, int procs) { return static_cast<int>((i / kBlock) % procs); }
+
+// G = X^T X (n x n lower triangle, gl's layout) for X = m x n with m > n,
+// whose rows are spread over the grid's rows: each rank's rows give a
+// partial Gram by dsyrk-speed dgemm, and a reduce-scatter sums the ranks'
+// partials straight into the row blocks each rank owns, a panel of columns
+// at a time. (PBLAS pdsyrk on this shape ran 1.6x slower than dsyrk on one
+// rank and no faster on two: docs/monosoup.md, "The grid path".)
+void gram_of_distributed_rows(const ProcessGrid& grid, const MatrixLayout& xl, const double* x, const MatrixLayout& gl,
+                              double* g) {
+  const int r = xl.n, rows = xl.local_rows, procs = grid.rows();
+  const int ld = xl.lld();
+  std::vector<double> partial, packed, mine;
+  std::vector<int> counts(static_cast<std::size_t>(procs));
+  for (int j0 = 0; j0 < r; j0 += kPanel) {
+    const int width = std::min(kPanel, r - j0), height = r - j0;  // rows j0..r of columns j0..j0+width
+    partial.assign(static_cast<std::size_t>(height) * width, 0.0);
+    const double one = 1.0, zero = 0.0;
+    if (rows > 0)
+      dgemm_("T", "N", &height, &width, &rows, &one, x + static_cast<std::size_t>(j0) * ld, &ld,
+             x + static_cast<std::size_t>(j0) * ld, &ld, &zero, partial.data(), &height);
+    // Pack for each owner its rows (ascending) of the panel, column by column.
+    std::fill(counts.begin(), counts.end(), 0);
+    for (int i = j0; i < r; ++i) counts[static_cast<std::size_t>(owner_of_row(i, procs))] += width;
+    packed.resize(partial.size());
+    std::vector<std::size_t> at(static_cast<std::size_t>(procs), 0);
+    for (int d = 1; d < procs; ++d) at[d] = at[d - 1] + static_cast<std::size_t>(counts[d - 1]);
+    for (int c = 0; c < width; ++c)
+      for (int i = j0; i < r; ++i)
+        packed[at[static_cast<std::size_t>(owner_of_row(i, procs))]++] =
+            partial[static_cast<std::size_t>(i - j0) + static_cast<std::size_t>(c) * height];
+    mine.resize(static_cast<std::size_t>(counts[static_cast<std::size_t>(grid.my_row())]));
+    grid.comm().reduce_scatter_sum(packed, mine, counts);
+    // Unpack into this rank's local rows of G (all columns are local on P x 1).
+    const int mine_rows = width > 0 ? static_cast<int>(mine.size()) / width : 0;
+    for (int lr = 0, k = 0; lr < gl.local_rows; ++lr) {
+      const std::int64_t i = global_index(lr, kBlock, grid.my_row(), procs);
+      if (i < j0) continue;
+      for (int c = 0; c < width; ++c)
+        g[lr + static_cast<std::size_t>(j0 + c) * gl.lld()] = mine[static_cast<std::size_t>(k) + static_cast<std::size_t>(c) * mine_rows];
+      ++k;
+    }
+  }
+}
+
+// Asks a ScaLAPACK routine for its workspace (a query that may differ
+// between ranks) and sizes it with slack; agreed over the grid.
+std::vector<double> agreed_workspace(const ProcessGrid& grid, double query, int info, const char* routine,
+                                     double at_least) {
+  std::vector<double> work;
+  collectively(grid.comm(), [&] {
+    SOUPKIT_ERROR_IF(info != 0, "{} workspace query failed (info {})", routine, info);
+    work.resize(static_cast<std::size_t>(workspace_size(std::max(query, at_least) * 1.05 + 4.0 * kBlock * kBlock)));
+  });
+  return work;
+}
 }  // namespace
 
 DistributedGramSvd pdgram_svd(const ProcessGrid& grid, const MatrixLayout& xl, const double* x) {
   // ScaLAPACK's info and the workspace sizes may differ between ranks:
   // each check below is agreed over the grid, so no rank throws alone.
+  SOUPKIT_ERROR_IF(grid.cols() != 1, "internal: the Gram route needs a P x 1 grid, not {} x {}", grid.rows(),
+                   grid.cols());
   DistributedGramSvd out;
   out.m = xl.m;
   out.n = xl.n;
   out.left = xl.m <= xl.n;
   const int r = static_cast<int>(out.r());
-  const MatrixLayout gl = make_layout(grid, r, r, kBlock, kBlock);
-  std::vector<double> gram(std::max<std::size_t>(gl.local_size(), 1));
+  out.gram_layout = make_layout(grid, r, r, kBlock, kBlock);
+  const MatrixLayout& gl = out.gram_layout;
+  auto& gram = out.reflectors;
+  gram.assign(std::max<std::size_t>(gl.local_size(), 1), 0.0);
   const int one_i = 1;
-  const double one = 1.0, zero = 0.0;
-  // left: G = X X^T (m x m); right: G = X^T X (n x n).
-  const int k = out.left ? xl.n : xl.m;
-  pdsyrk_("L", out.left ? "N" : "T", &r, &k, &one, x, &one_i, &one_i, xl.desc.data(), &zero, gram.data(), &one_i,
-          &one_i, gl.desc.data());
+  if (out.left) {
+    // G = X X^T (m x m): pairs of rows that live on different ranks.
+    const double one = 1.0, zero = 0.0;
+    const int k = xl.n;
+    pdsyrk_("L", "N", &r, &k, &one, x, &one_i, &one_i, xl.desc.data(), &zero, gram.data(), &one_i, &one_i,
+            gl.desc.data());
+  } else {
+    gram_of_distributed_rows(grid, xl, x, gl, gram.data());  // G = X^T X (n x n)
+  }
 
-  out.z_layout = gl;
-  out.z.assign(std::max<std::size_t>(gl.local_size(), 1), 0.0);
-  std::vector<double> w(static_cast<std::size_t>(r));
-  int info = 0, lwork = -1, liwork = -1, iwork_query = 0;
-  double work_query = 0;
-  pdsyevd_("V", "L", &r, gram.data(), &one_i, &one_i, gl.desc.data(), w.data(), out.z.data(), &one_i, &one_i,
-           gl.desc.data(), &work_query, &lwork, &iwork_query, &liwork, &info);
-  std::vector<double> work;
-  std::vector<int> iwork;
-  collectively(grid.comm(), [&] {
-    SOUPKIT_ERROR_IF(info != 0, "pdsyevd workspace query failed (info {})", info);
-    // pdsyevd's query undercounts what its callees check for on some grids
-    // (PDORMTR in pdsyevd, PDLASRT in pdstedc: Reference-ScaLAPACK issue 74);
-    // take the largest of the query, the documented minimum and those callees'
-    // needs, plus slack.
-    const int zero = 0, my_row = grid.my_row(), my_col = grid.my_col(), rows = grid.rows(), cols = grid.cols();
-    const int nb = kBlock;
-    const double np = numroc_(&r, &nb, &my_row, &zero, &rows), nq = numroc_(&r, &nb, &my_col, &zero, &cols);
-    const double trilwmin = 3.0 * r + std::max(nb * (np + 1), 3.0 * nb);
-    const double documented = std::max(1 + 6.0 * r + 2 * np * nq, trilwmin) + 2.0 * r;
-    const double callees = std::max(static_cast<double>(r), np * (nb + nq)) + 2.0 * nb * (np + nq + nb);
-    lwork = workspace_size(std::max({work_query, documented, callees}) + 2.0 * nb * (np + nq + nb));
-    liwork = std::max(iwork_query, 1);
-    work.resize(static_cast<std::size_t>(lwork));
-    iwork.resize(static_cast<std::size_t>(liwork));
-  });
-  pdsyevd_("V", "L", &r, gram.data(), &one_i, &one_i, gl.desc.data(), w.data(), out.z.data(), &one_i, &one_i,
-           gl.desc.data(), work.data(), &lwork, iwork.data(), &liwork, &info);
-  agree_on_failure(grid.comm(),
-                   info != 0 ? fmt::format("pdsyevd failed (info {}) on a {} x {} Gram matrix", info, r, r) : "");
-  // Only process (0, 0) is guaranteed to hold all eigenvalues (observed:
-  // the others' W differs on a P x 1 grid). Every rank must take the same
-  // decisions from them, so share process (0, 0)'s.
-  grid.comm().broadcast_bytes(std::as_writable_bytes(std::span(w)));
-  out.singular.resize(static_cast<std::size_t>(r));
-  for (int j = 0; j < r; ++j) out.singular[j] = std::sqrt(std::max(w[r - 1 - j], 0.0));
+  // Tridiagonal reduction. On a P x 1 grid every rank holds all columns, so
+  // d, e and tau are sized r; only the owners of T's entries hold them, so
+  // T is read off the reduced matrix's diagonal and subdiagonal instead.
+  std::vector<double> d(static_cast<std::size_t>(r)), e(static_cast<std::size_t>(r));
+  out.tau.assign(static_cast<std::size_t>(r), 0.0);
+  int info = 0, lwork = -1;
+  double query = 0;
+  pdsytrd_("L", &r, gram.data(), &one_i, &one_i, gl.desc.data(), d.data(), e.data(), out.tau.data(), &query, &lwork,
+           &info);
+  std::vector<double> work = agreed_workspace(grid, query, info, "pdsytrd", 0.0);
+  lwork = static_cast<int>(work.size());
+  pdsytrd_("L", &r, gram.data(), &one_i, &one_i, gl.desc.data(), d.data(), e.data(), out.tau.data(), work.data(),
+           &lwork, &info);
+  agree_on_failure(grid.comm(), info != 0 ? fmt::format("pdsytrd failed (info {}) on a {} x {} Gram matrix", info, r, r)
+                                          : "");
+  // Each entry comes from its one owner and zeros from the others: the sum
+  // is exact, so every rank holds the same bits.
+  std::vector<double> tridiagonal(2 * static_cast<std::size_t>(r), 0.0);
+  for (int lr = 0; lr < gl.local_rows; ++lr) {
+    const std::int64_t i = global_index(lr, kBlock, grid.my_row(), grid.rows());
+    tridiagonal[static_cast<std::size_t>(i)] = gram[lr + static_cast<std::size_t>(i) * gl.lld()];
+    if (i > 0) tridiagonal[static_cast<std::size_t>(r + i - 1)] = gram[lr + static_cast<std::size_t>(i - 1) * gl.lld()];
+  }
+  grid.comm().sum_in_place(tridiagonal);
+  out.diagonal.assign(tridiagonal.begin(), tridiagonal.begin() + r);
+  out.offdiagonal.assign(tridiagonal.begin() + r, tridiagonal.end());
+  std::vector<double> singular;
+  collectively(grid.comm(), [&] { singular = gram_singular_values(out.diagonal, out.offdiagonal); });
+  // Every rank must take the same decisions (k) from the spectrum: share
+  // rank 0's, so that not even a rank on another CPU model can differ.
+  grid.comm().broadcast_bytes(std::as_writable_bytes(std::span(singular)));
+  out.singular = std::move(singular);
   return out;
 }
 
 void pdspectral_reweight(const ProcessGrid& grid, const MatrixLayout& xl, double* x, const DistributedGramSvd& svd,
                          std::int64_t k, double lambda_high, double lambda_low) {
-  const std::int64_t r = svd.r();
-  SOUPKIT_ERROR_IF(k < 0 || k > r, "internal: k = {} outside [0, {}]", k, r);
+  const std::int64_t r64 = svd.r();
+  SOUPKIT_ERROR_IF(k < 0 || k > r64, "internal: k = {} outside [0, {}]", k, r64);
   const double c = lambda_high - lambda_low;
-  // Eigenvectors are in ascending order: the top k are the last k columns.
-  const bool complement = 2 * k > r;
-  const int cols = static_cast<int>(complement ? r - k : k);
-  const int jq = complement ? 1 : static_cast<int>(r - k + 1);
+  // P_k x = x - P_rest x: project onto the smaller of the two subspaces.
+  // Eigenvalues ascend: the top k are numbers r-k+1..r, the rest 1..r-k.
+  const bool complement = 2 * k > r64;
+  const int cols = static_cast<int>(complement ? r64 - k : k);
   const double alpha = complement ? lambda_high : lambda_low;
   const double beta = complement ? -c : c;
   if (cols == 0 || beta == 0.0) {
     for (std::size_t i = 0; i < xl.local_size(); ++i) x[i] *= alpha;
     return;
   }
-  const int one_i = 1, m = xl.m, n = xl.n;
+  const int r = static_cast<int>(r64);
+  const int il = complement ? 1 : r - static_cast<int>(k) + 1, iu = complement ? r - static_cast<int>(k) : r;
+  // The tridiagonal's eigenvectors, on every rank from the same bits; each
+  // keeps its row blocks of them (r x cols, the Gram's row distribution).
+  const MatrixLayout zl = make_layout(grid, r, cols, kBlock, kBlock);
+  std::vector<double> z(std::max<std::size_t>(zl.local_size(), 1), 0.0);
+  collectively(grid.comm(), [&] {
+    const std::vector<double> all = tridiagonal_eigenvectors(svd.diagonal, svd.offdiagonal, il, iu);
+    for (int lr = 0; lr < zl.local_rows; ++lr) {
+      const std::int64_t i = global_index(lr, kBlock, grid.my_row(), grid.rows());
+      for (int j = 0; j < cols; ++j)
+        z[lr + static_cast<std::size_t>(j) * zl.lld()] = all[static_cast<std::size_t>(i) + static_cast<std::size_t>(j) * r];
+    }
+  });
+  // Back to the Gram matrix's basis: z <- Q z, Q from pdsytrd's reflectors.
+  const int one_i = 1;
+  int info = 0, lwork = -1;
+  double query = 0;
+  const MatrixLayout& gl = svd.gram_layout;
+  pdormtr_("L", "L", "N", &r, &cols, svd.reflectors.data(), &one_i, &one_i, gl.desc.data(), svd.tau.data(), z.data(),
+           &one_i, &one_i, zl.desc.data(), &query, &lwork, &info);
+  std::vector<double> work = agreed_workspace(grid, query, info, "pdormtr", 0.0);
+  lwork = static_cast<int>(work.size());
+  pdormtr_("L", "L", "N", &r, &cols, svd.reflectors.data(), &one_i, &one_i, gl.desc.data(), svd.tau.data(), z.data(),
+           &one_i, &one_i, zl.desc.data(), work.data(), &lwork, &info);
+  agree_on_failure(grid.comm(), info != 0 ? fmt::format("pdormtr failed (info {})", info) : "");
+
+  const int m = xl.m, n = xl.n;
   const double one = 1.0, zero = 0.0;
-  const int* zd = svd.z_layout.desc.data();
+  const int* zd = zl.desc.data();
   if (svd.left) {
     // T = Q^T X (cols x n); X <- alpha X + beta Q T.
     const MatrixLayout tl = make_layout(grid, cols, n, kBlock, xl.nb);
     std::vector<double> t(std::max<std::size_t>(tl.local_size(), 1));
-    pdgemm_("T", "N", &cols, &n, &m, &one, svd.z.data(), &one_i, &jq, zd, x, &one_i, &one_i, xl.desc.data(), &zero,
+    pdgemm_("T", "N", &cols, &n, &m, &one, z.data(), &one_i, &one_i, zd, x, &one_i, &one_i, xl.desc.data(), &zero,
             t.data(), &one_i, &one_i, tl.desc.data());
-    pdgemm_("N", "N", &m, &n, &cols, &beta, svd.z.data(), &one_i, &jq, zd, t.data(), &one_i, &one_i, tl.desc.data(),
+    pdgemm_("N", "N", &m, &n, &cols, &beta, z.data(), &one_i, &one_i, zd, t.data(), &one_i, &one_i, tl.desc.data(),
             &alpha, x, &one_i, &one_i, xl.desc.data());
   } else {
     // T = X Q (m x cols); X <- alpha X + beta T Q^T.
     const MatrixLayout tl = make_layout(grid, m, cols, xl.mb, kBlock);
     std::vector<double> t(std::max<std::size_t>(tl.local_size(), 1));
-    pdgemm_("N", "N", &m, &cols, &n, &one, x, &one_i, &one_i, xl.desc.data(), svd.z.data(), &one_i, &jq, zd, &zero,
+    pdgemm_("N", "N", &m, &cols, &n, &one, x, &one_i, &one_i, xl.desc.data(), z.data(), &one_i, &one_i, zd, &zero,
             t.data(), &one_i, &one_i, tl.desc.data());
-    pdgemm_("N", "T", &m, &n, &cols, &beta, t.data(), &one_i, &one_i, tl.desc.data(), svd.z.data(), &one_i, &jq, zd,
+    pdgemm_("N", "T", &m, &n, &cols, &beta, t.data(), &one_i, &one_i, tl.desc.data(), z.data(), &one_i, &one_i, zd,
             &alpha, x, &one_i, &one_i, xl.desc.data());
   }
 }

@@ -237,8 +237,10 @@ MethodPlan MonosoupMethod::plan(const PlanContext& context) {
       // the Gram's reflectors and tridiagonal eigenvectors, raw input, output.
       task.peak_bytes = 22 * m * n + 16 * r * r + static_cast<double>(std::max(t.nbytes(), b->nbytes()) + out.nbytes());
       // Per grid rank: dW and W0 slices, Gram and eigenvector slices, the
-      // projection's product, a row block of raw input and output.
-      task.grid_peak_bytes = (24 * m * n + 32 * r * r) / context.ranks + 64 * n * 16;
+      // projection's product, a row block of raw input and output; and on
+      // every rank whole: the tridiagonal's eigenvectors the projection
+      // takes (at most r/2 columns) and the Gram's panel sums.
+      task.grid_peak_bytes = (24 * m * n + 32 * r * r) / context.ranks + 64 * n * 16 + 4 * r * r + 6144 * r;
       smaller_side.push_back(r);
     } else {
       smaller_side.push_back(0);

@@ -304,6 +304,25 @@ double Communicator::sum(double value) const { return allreduce(comm_, value, MP
 std::uint64_t Communicator::sum(std::uint64_t value) const { return allreduce(comm_, value, MPI_SUM); }
 double Communicator::max(double value) const { return allreduce(comm_, value, MPI_MAX); }
 std::uint64_t Communicator::max(std::uint64_t value) const { return allreduce(comm_, value, MPI_MAX); }
+void Communicator::sum_in_place(std::span<double> values) const {
+  for (std::size_t at = 0; at < values.size(); at += INT_MAX / 8) {
+    const int count = static_cast<int>(std::min<std::size_t>(INT_MAX / 8, values.size() - at));
+    SOUPKIT_MPI_CALL(MPI_Allreduce(MPI_IN_PLACE, values.data() + at, count, MPI_DOUBLE, MPI_SUM, comm_));
+  }
+}
+
+void Communicator::reduce_scatter_sum(std::span<const double> send, std::span<double> receive,
+                                      std::span<const int> counts) const {
+  SOUPKIT_ERROR_IF(counts.size() != static_cast<std::size_t>(size_), "internal: {} counts for {} ranks", counts.size(),
+                   size_);
+  std::size_t total = 0;
+  for (int c : counts) total += static_cast<std::size_t>(c);
+  SOUPKIT_ERROR_IF(total != send.size() || receive.size() != static_cast<std::size_t>(counts[rank_]),
+                   "internal: a reduce-scatter of {} values into parts of {} (this rank {}, its buffer {})",
+                   send.size(), total, counts[rank_], receive.size());
+  SOUPKIT_MPI_CALL(MPI_Reduce_scatter(send.data(), receive.data(), counts.data(), MPI_DOUBLE, MPI_SUM, comm_));
+}
+
 bool Communicator::any(bool flag) const { return allreduce(comm_, flag ? 1 : 0, MPI_LOR) != 0; }
 bool Communicator::all(bool flag) const { return allreduce(comm_, flag ? 1 : 0, MPI_LAND) != 0; }
 

@@ -22,8 +22,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
 from monosoup_oracle import monosoup_tensor  # noqa: E402
 from soupkit_testlib import MPIRUN, SOUPKIT, read_checkpoint, write_model_dir  # noqa: E402
+from torch_monosoup import torch_monosoup_matrix  # noqa: E402
 
-EPS = 1e-12
 
 
 def gpt2_small_shapes():
@@ -84,23 +84,10 @@ def torch_monosoup(workdir, threads):
             out[name] = (dtype, w1.numpy())
             continue
         w0 = torch.from_numpy(np.array(base[name][1]))
-        dw = (w1.float() - w0.float()).reshape(w1.shape[0], -1)
-        if torch.linalg.norm(dw) / (torch.linalg.norm(w0.float()) + EPS) < 1e-6:
+        res = torch_monosoup_matrix(w0.float(), w1.float())
+        if res is None:
             out[name] = (dtype, w1.numpy())
             continue
-        u, s, vh = torch.linalg.svd(dw, full_matrices=False)
-        r = s.numel()
-        p = s / (s.sum() + EPS)
-        h = -(p * torch.log(p + EPS)).sum()
-        k = int(min(max(int(torch.ceil(torch.exp(h))), 1), r))
-        p_k = (s[:k] ** 2).sum() / ((s ** 2).sum() + EPS)
-        rho = (s[k] / (s[0] + EPS)) ** 2 if k < r else torch.tensor(0.0)
-        cos_a = torch.sqrt(torch.clamp(1 - p_k, 0, 1))
-        lam_low = torch.clamp(rho + (1 - rho) * cos_a, 0, 1)
-        lam_high = torch.clamp(1 - (rho + (1 - rho) * cos_a), 0, 1)
-        high = (u[:, :k] * s[:k]) @ vh[:k]
-        low = dw - high
-        res = w0.float() + (lam_high * high + lam_low * low).reshape(w1.shape)
         out[name] = (dtype, res.numpy())
     write_model_dir(os.path.join(workdir, "torch_out"), out, shard_bytes=200_000_000)
     return time.perf_counter() - t0

@@ -88,7 +88,9 @@ TEST(ProcessGrid, RefusesALayoutBeyondScalapacksIntegers) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, DistributedGramSvd,
                          testing::Values(Case{64, 48, 3}, Case{100, 300, 7}, Case{300, 100, 60}, Case{130, 130, 1},
-                                         Case{10, 5, 2}, Case{5, 10, 4}, Case{40, 40, 40}, Case{1, 17, 1}));
+                                         Case{10, 5, 2}, Case{5, 10, 4}, Case{40, 40, 40}, Case{1, 17, 1},
+                                         // The Gram of distributed rows summed in 256-column panels: 2 and 3 panels.
+                                         Case{700, 300, 100}, Case{600, 520, 400}));
 
 }  // namespace
 }  // namespace soupkit::linalg

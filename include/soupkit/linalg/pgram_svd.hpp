@@ -1,9 +1,11 @@
 #pragma once
-// Distributed counterpart of gram_svd.hpp on a BLACS grid: the Gram matrix
-// by PBLAS pdsyrk, its eigen-decomposition by ScaLAPACK pdsyevd (float64),
-// and the spectral reweighting by pdgemm. Every rank of the grid calls each
-// function with its local piece of the same global matrix; a failure is
-// raised on every rank.
+// Distributed counterpart of gram_svd.hpp on a P x 1 BLACS grid (rows of the
+// matrix in block-cyclic row blocks): the Gram matrix of the smaller side, its
+// tridiagonal reduction (ScaLAPACK pdsytrd) and eigenvalues, and the spectral
+// reweighting, which computes only the eigenvectors it projects on, back-
+// transforms them (pdormtr) and projects (pdgemm), all in float64. Every rank
+// of the grid calls each function with its local piece of the same global
+// matrix; a failure is raised on every rank.
 #include "soupkit/linalg/process_grid.hpp"
 
 #include <vector>
@@ -14,8 +16,10 @@ struct DistributedGramSvd {
   bool left = true;              // eigenvectors are left singular vectors (m <= n)
   std::int64_t m = 0, n = 0;
   std::vector<double> singular;  // all r values, descending, on every rank
-  MatrixLayout z_layout;         // r x r eigenvectors, ascending eigenvalue order (ScaLAPACK's)
-  std::vector<double> z;         // local piece of the eigenvectors
+  // The reduced Gram matrix: this rank's piece of pdsytrd's reflectors (r x r)
+  // and of their scalars, and the tridiagonal on every rank.
+  MatrixLayout gram_layout;
+  std::vector<double> reflectors, tau, diagonal, offdiagonal;
   std::int64_t r() const { return m < n ? m : n; }
 };
 

@@ -23,6 +23,11 @@ void pdgemm_(const char* transa, const char* transb, const int* m, const int* n,
 void pdsyevd_(const char* jobz, const char* uplo, const int* n, double* a, const int* ia, const int* ja,
               const int* desca, double* w, double* z, const int* iz, const int* jz, const int* descz, double* work,
               const int* lwork, int* iwork, const int* liwork, int* info);
+void pdsytrd_(const char* uplo, const int* n, double* a, const int* ia, const int* ja, const int* desca, double* d,
+              double* e, double* tau, double* work, const int* lwork, int* info);
+void pdormtr_(const char* side, const char* uplo, const char* trans, const int* m, const int* n, const double* a,
+              const int* ia, const int* ja, const int* desca, const double* tau, double* c, const int* ic,
+              const int* jc, const int* descc, double* work, const int* lwork, int* info);
 void psgesvd_(const char* jobu, const char* jobvt, const int* m, const int* n, float* a, const int* ia, const int* ja,
               const int* desca, float* s, float* u, const int* iu, const int* ju, const int* descu, float* vt,
               const int* ivt, const int* jvt, const int* descvt, float* work, const int* lwork, int* info);

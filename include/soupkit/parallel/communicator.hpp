@@ -168,6 +168,13 @@ class Communicator {
   std::uint64_t max(std::uint64_t value) const;
   bool any(bool flag) const;
   bool all(bool flag) const;
+  // Element-wise sum over all ranks, in place, on every rank (same size everywhere).
+  void sum_in_place(std::span<double> values) const;
+  // Element-wise sum over all ranks of `send`, whose first counts[0] values
+  // go to rank 0, the next counts[1] to rank 1, ...; this rank receives its
+  // part of the sum in `receive` (counts[rank()] values). For a given rank
+  // count and counts the summation order is fixed: the same bits every run.
+  void reduce_scatter_sum(std::span<const double> send, std::span<double> receive, std::span<const int> counts) const;
 
   // Point to point.
   PendingSend send_text(std::string text, int to, int tag) const;
