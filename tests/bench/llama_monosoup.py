@@ -215,8 +215,8 @@ def main():
             settle(args.workdir)
             results[label].append(runs[label]())
             seconds, rss = results[label][-1]
-            print("run %d: %-32s %7.1f s, peak RSS %6.0f MiB (largest process)" % (rep + 1, label, seconds, rss / 2**20),
-                  flush=True)
+            print("run %d: %-32s %7.1f s, peak RSS %6.0f MiB (largest process), load average %.1f"
+                  % (rep + 1, label, seconds, rss / 2**20, os.getloadavg()[0]), flush=True)
     best = {label: min(r[0] for r in rows) for label, rows in results.items()}
     peak = {label: max(r[1] for r in rows) for label, rows in results.items()}
     for label in runs:

@@ -360,6 +360,8 @@ void print_stages(const std::vector<double>& x, int m, int n, const Result& ref)
   std::vector<double> z_all, z_subset;
   const double t_all = stemr("A", r, z_all);
   const double t_subset = stemr("I", p, z_subset);
+  std::vector<double> z_soupkit;
+  const double t_soupkit_vectors = seconds_of([&] { z_soupkit = tridiagonal_eigenvectors(d, e, il, iu); });
   // Back-transform and project (soupkit: float32 projection) with the subset.
   GramSvd svd;
   const double t_route = seconds_of([&] { svd = dgram_svd(x.data(), m, n); });
@@ -389,6 +391,8 @@ void print_stages(const std::vector<double>& x, int m, int n, const Result& ref)
   line("eigenvalues (dsterf)", t_sterf, "-");
   line("all eigenpairs of the tridiagonal (dstemr, dqds), as before", t_all, "-");
   line(fmt::format("the {} needed eigenvectors (dstemr index range, bisection)", p), t_subset, "-");
+  line(fmt::format("the {} needed eigenvectors as soupkit chooses (index range up to 0.3 r, else all)", p),
+       t_soupkit_vectors, "-");
   line("soupkit's dgram_svd (Gram + dsytrd + dsterf)", t_route, fmt::format("{:.1e} (singular values / s1)", singular_error({svd.singular, {}}, ref)));
   line("soupkit's reweighting (needed vectors, dormtr, float32 projection)", t_reweight, fmt::format("{:.1e} (result)", err_route));
   line("two-stage reduction dsytrd_2stage, eigenvalues only (no Q in LAPACK 3.11)", t_trd2, fmt::format("{:.1e} (eigenvalues / l1)", eig2_error / w[r - 1]));
