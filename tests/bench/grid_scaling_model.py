@@ -106,7 +106,7 @@ def load_jsonl(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def step_of(name, seen):
+def step_of(name):
     """grid_steps.cpp's step name -> STEPS entry (its two pdgemm are named
     after what they compute, which differs between left and right)."""
     if name.startswith("pdgemm"):
@@ -118,7 +118,7 @@ def measured_seconds(records):
     """Best (min over repeats) seconds per (m, n, ranks, step), and k per shape."""
     best, ks = {}, {}
     for rec in records:
-        step = step_of(rec["step"], None)
+        step = step_of(rec["step"])
         if step is None:
             continue
         key = (rec["m"], rec["n"], rec["ranks"], step)
