@@ -132,20 +132,27 @@ def lpt_wall(costs, ranks):
     return loads.max()
 
 
-def project(coef, ranks, grid_efficiency):
+def project(coef, ranks, grid_efficiency, with_grid_count=False):
     """Compute time of a 70B MonoSoup on `ranks` single-core ranks: the
     engine's largest-first balance of whole tensors, or, when a few huge
-    tensors dominate, the largest K on a grid of all ranks (at the assumed
-    grid efficiency) and the rest balanced; the best K is taken."""
-    costs = sorted((float(coef @ [m * n * min(m, n), min(m, n) ** 3, m * n]) for _, m, n in llama70b_shapes()),
-                   reverse=True)
-    best = lpt_wall(costs, ranks)
+    tensors dominate, the largest K on a grid of all ranks (at the grid
+    efficiency: a number, or a function of (m, n, ranks) such as
+    grid_scaling_model.py's) and the rest balanced; the best K is taken."""
+    def efficiency(m, n):
+        return grid_efficiency(m, n, ranks) if callable(grid_efficiency) else grid_efficiency
+
+    tensors = sorted(((float(coef @ [m * n * min(m, n), min(m, n) ** 3, m * n]), m, n)
+                      for _, m, n in llama70b_shapes()), reverse=True)
+    costs = [c for c, _, _ in tensors]
+    best, best_k = lpt_wall(costs, ranks), 0
     for k in (1, 2, 4, 8, 16, 32, 64, 128, 256, len(costs)):
         if k > len(costs):
             break
-        grid = sum(costs[:k]) / (ranks * grid_efficiency)
-        best = min(best, grid + (lpt_wall(costs[k:], ranks) if k < len(costs) else 0))
-    return sum(costs), best
+        grid = sum(c / (ranks * efficiency(m, n)) for c, m, n in tensors[:k])
+        wall = grid + (lpt_wall(costs[k:], ranks) if k < len(costs) else 0)
+        if wall < best:
+            best, best_k = wall, k
+    return (sum(costs), best, best_k) if with_grid_count else (sum(costs), best)
 
 
 def main():
@@ -206,7 +213,8 @@ def main():
         print("  monosoup, 2 ranks, budget %s: growth %.0f MiB per rank%s, %.2f s"
               % (budget, r["growth_mib"], " (embedding on the grid)" if grid else "", r["wall"]))
 
-    print("== Projection: Llama-2-70B MonoSoup (bf16 in/out), from this machine's measured per-tensor costs")
+    print("== Projection: Llama-2-70B MonoSoup (bf16 in/out), from this machine's measured per-tensor costs, grid tasks\n"
+          "   at an assumed 50% efficiency (grid_scaling_model.py model gives the measured model's instead)")
     with open(os.path.join(args.workdir, "report-1.json")) as f:
         coef = fit_costs(json.load(f))
     print("  fitted seconds = %.3g*m*n*r + %.3g*r^3 + %.3g*m*n (one core)" % tuple(coef))
