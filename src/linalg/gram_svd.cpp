@@ -62,12 +62,11 @@ namespace {
 // 0.40 s; a range 0.49 ms (lowest eigenvalues) to 0.62 ms (highest) per
 // vector, so the crossover is at 0.31-0.40 r.
 constexpr double kSubsetShareLimit = 0.3;
-}  // namespace
 
-std::vector<double> tridiagonal_eigenvectors(std::vector<double> d, std::vector<double> e, int il, int iu) {
+std::vector<double> mrrr_eigenvectors(std::vector<double> d, std::vector<double> e, int il, int iu, bool all_if_faster) {
   const int r = static_cast<int>(d.size());
   const int cols = iu - il + 1;
-  const bool all = cols > kSubsetShareLimit * r;
+  const bool all = all_if_faster && cols > kSubsetShareLimit * r;
   const char* range = all ? "A" : "I";
   const int nzc = all ? r : cols;
   std::vector<double> w(static_cast<std::size_t>(r));
@@ -92,6 +91,15 @@ std::vector<double> tridiagonal_eigenvectors(std::vector<double> d, std::vector<
     z.erase(z.begin(), z.begin() + static_cast<std::ptrdiff_t>(il - 1) * r);
   }
   return z;
+}
+}  // namespace
+
+std::vector<double> tridiagonal_eigenvectors(std::vector<double> d, std::vector<double> e, int il, int iu) {
+  return mrrr_eigenvectors(std::move(d), std::move(e), il, iu, true);
+}
+
+std::vector<double> tridiagonal_eigenvectors_in_range(std::vector<double> d, std::vector<double> e, int il, int iu) {
+  return mrrr_eigenvectors(std::move(d), std::move(e), il, iu, false);
 }
 
 std::vector<double> dgram_eigenvectors(const GramSvd& svd, int il, int iu) {

@@ -239,8 +239,9 @@ MethodPlan MonosoupMethod::plan(const PlanContext& context) {
       // Per grid rank: dW and W0 slices, Gram and eigenvector slices, the
       // projection's product, a row block of raw input and output; and on
       // every rank whole: the tridiagonal's eigenvectors the projection
-      // takes (at most r/2 columns) and the Gram's panel sums.
-      task.grid_peak_bytes = (24 * m * n + 32 * r * r) / context.ranks + 64 * n * 16 + 4 * r * r + 6144 * r;
+      // takes (at most r/2) and the Gram's panel sums. (Gram 8 r^2, its
+      // eigenvector slices at most 4 r^2, workspaces: 16 r^2 over the grid.)
+      task.grid_peak_bytes = (24 * m * n + 16 * r * r) / context.ranks + 64 * n * 16 + 4 * r * r + 6144 * r;
       smaller_side.push_back(r);
     } else {
       smaller_side.push_back(0);

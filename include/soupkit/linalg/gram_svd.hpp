@@ -39,6 +39,9 @@ std::vector<double> gram_singular_values(std::vector<double> d, std::vector<doub
 // symmetric tridiagonal with diagonal d (r entries) and off-diagonal e
 // (r - 1 entries and one spare), r x (iu - il + 1) column-major, by MRRR.
 std::vector<double> tridiagonal_eigenvectors(std::vector<double> d, std::vector<double> e, int il, int iu);
+// The same by the index range alone, whatever its share: memory r x
+// (iu - il + 1), never r x r (the grid path's replicated copy).
+std::vector<double> tridiagonal_eigenvectors_in_range(std::vector<double> d, std::vector<double> e, int il, int iu);
 
 // The eigenvectors for eigenvalues il..iu (1-based, ascending order) as an
 // r x (iu - il + 1) column-major matrix.
