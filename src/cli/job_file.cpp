@@ -252,7 +252,7 @@ JobCommand translate_job(const YAML::Node& job, const std::string& source, const
                            excerpt(key), kv.first.Mark().line + 1, fmt::join(kTopLevelKeys, ", "));
   }
   JobInput in = JobInput::read(job, source, method);
-  JobCommand out{command->name, {}, {}};
+  JobCommand out{command->name, {}, {}, nullptr};
   command->translate(in, out);
   add_parameters(job["parameters"], *command, source, out);
   in.check_all_read();

@@ -163,7 +163,7 @@ ParameterSetting read_setting(const MethodParameter& p, const YAML::Node& node, 
     for (const auto& kv : entry) {
       const std::string name = key_text(kv.first, item);
       if (name != "filter" && name != "value")
-        item.at("." + excerpt(name), kv.first).refuse("unknown key; a condition has filter and value");
+        item.at(fmt::format(".{}", excerpt(name)), kv.first).refuse("unknown key; a condition has filter and value");
     }
     if (!entry["value"]) item.refuse("a condition needs a value");
     ParameterCondition c;
@@ -183,7 +183,7 @@ ParameterSettings read_settings(const MergeMethodSpec& spec, const YAML::Node& n
   if (!node.IsMap()) where.refuse("expected a mapping of parameter names to values");
   for (const auto& kv : node) {
     const std::string name = key_text(kv.first, where);
-    const Place at = where.at("." + excerpt(name), kv.first);
+    const Place at = where.at(fmt::format(".{}", excerpt(name)), kv.first);
     if (name == "random_seed")
       at.refuse("not a mergekit parameter: the seed of soupkit's random drops is the option --random-seed (soupkit "
                 "run CONFIG OUT --random-seed N)");
@@ -216,7 +216,7 @@ void read_models(const MergeMethodSpec& spec, const YAML::Node& models, const Pl
       for (const auto& kv : m) {
         const std::string name = key_text(kv.first, item);
         if (name != "model" && name != "parameters")
-          item.at("." + excerpt(name), kv.first).refuse("unknown key; a model entry has model and parameters");
+          item.at(fmt::format(".{}", excerpt(name)), kv.first).refuse("unknown key; a model entry has model and parameters");
       }
       path = model_path(m["model"], item.at(".model", m["model"]));
       settings = read_settings(spec, m["parameters"], item.at(".parameters", m["parameters"]), true);
@@ -259,7 +259,7 @@ void read_slices(const MergeMethodSpec& spec, const YAML::Node& slices, const Pl
     if (!slice.IsMap()) item.refuse("expected a mapping with sources (and perhaps parameters)");
     for (const auto& kv : slice) {
       const std::string name = key_text(kv.first, item);
-      const Place at = item.at("." + excerpt(name), kv.first);
+      const Place at = item.at(fmt::format(".{}", excerpt(name)), kv.first);
       if (name == "base_model") at.refuse("a base model per slice is not run by soupkit; give base_model at the top");
       if (name == "residual_weight") at.refuse("not run by soupkit (mergekit's planner does not use it either)");
       if (name != "sources" && name != "parameters") at.refuse("unknown key; a slice has sources and parameters");
@@ -274,7 +274,7 @@ void read_slices(const MergeMethodSpec& spec, const YAML::Node& slices, const Pl
       for (const auto& kv : src) {
         const std::string name = key_text(kv.first, at);
         if (name != "model" && name != "layer_range" && name != "parameters")
-          at.at("." + excerpt(name), kv.first).refuse("unknown key; a source has model, layer_range and parameters");
+          at.at(fmt::format(".{}", excerpt(name)), kv.first).refuse("unknown key; a source has model, layer_range and parameters");
       }
       const YAML::Node range = src["layer_range"];
       const Place r = at.at(".layer_range", range);
