@@ -132,17 +132,25 @@ def lpt_wall(costs, ranks):
     return loads.max()
 
 
-def project(coef, ranks, grid_efficiency, with_grid_count=False):
+def tensor_costs(coef, cost=None):
+    """(one-core seconds, m, n) of every 70B matrix, largest first: from the
+    fit's coefficients, or from cost(m, n) when given (another route's model)."""
+    def seconds(m, n):
+        return cost(m, n) if cost is not None else float(coef @ [m * n * min(m, n), min(m, n) ** 3, m * n])
+    return sorted(((seconds(m, n), m, n) for _, m, n in llama70b_shapes()), reverse=True)
+
+
+def project(coef, ranks, grid_efficiency, with_grid_count=False, cost=None):
     """Compute time of a 70B MonoSoup on `ranks` single-core ranks: the
     engine's largest-first balance of whole tensors, or, when a few huge
     tensors dominate, the largest K on a grid of all ranks (at the grid
     efficiency: a number, or a function of (m, n, ranks) such as
-    grid_scaling_model.py's) and the rest balanced; the best K is taken."""
+    grid_scaling_model.py's) and the rest balanced; the best K is taken.
+    cost(m, n), if given, replaces the fit's one-core seconds per tensor."""
     def efficiency(m, n):
         return grid_efficiency(m, n, ranks) if callable(grid_efficiency) else grid_efficiency
 
-    tensors = sorted(((float(coef @ [m * n * min(m, n), min(m, n) ** 3, m * n]), m, n)
-                      for _, m, n in llama70b_shapes()), reverse=True)
+    tensors = tensor_costs(coef, cost)
     costs = [c for c, _, _ in tensors]
     best, best_k = lpt_wall(costs, ranks), 0
     for k in (1, 2, 4, 8, 16, 32, 64, 128, 256, len(costs)):

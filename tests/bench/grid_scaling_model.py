@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""A measured scaling model of MonoSoup's grid route (pdsyrk, pdsyevd, the
-eigenvalue broadcast, two pdgemm on a P x 1 ScaLAPACK grid; see
-tests/bench/grid_steps.cpp and docs/benchmarks.md, "Grid route scaling model").
+"""A measured scaling model of MonoSoup's grid route on a P x 1 ScaLAPACK
+grid (the Gram, pdsytrd, the tridiagonal's eigenvalues, its eigenvectors by
+dstemr on every rank, pdormtr, two pdgemm; see tests/bench/grid_steps.cpp
+and docs/benchmarks.md, "Grid route scaling model").
 
     # per-step seconds on 1 and 2 ranks (JSON lines from soupkit_bench_grid_steps --json)
     mpirun -n 1 build/bin/soupkit_bench_grid_steps --repeats 2 --json W/steps.jsonl 2048x5632 ...
@@ -29,7 +30,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BENCH = os.path.join(HERE, "..", "..", "build", "bin", "soupkit_bench_grid_steps")
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
            OMPI_MCA_btl_vader_single_copy_mechanism="none", OPENBLAS_NUM_THREADS="1", HDF5_USE_FILE_LOCKING="FALSE")
-STEPS = ["pdsyrk", "pdsyevd", "broadcast eigenvalues", "pdgemm 1", "pdgemm 2"]  # grid_steps.cpp's steps 1..5
+# grid_steps.cpp's steps 1..7
+STEPS = ["Gram", "pdsytrd", "tridiagonal + dsterf + broadcast", "dstemr eigenvectors (serial)", "pdormtr",
+         "pdgemm 1", "pdgemm 2"]
+# Steps every rank computes in full, whatever P (replicated serial LAPACK):
+# their compute does not shrink with P (an Amdahl term).
+SERIAL = {"tridiagonal + dsterf + broadcast", "dstemr eigenvectors (serial)"}
+PANEL = 256  # columns of the Gram summed per reduce-scatter when m > n (pgram_svd.cpp)
 BLOCK = 64  # rows per block of X and of the Gram matrix (pgram_svd.cpp)
 PROF_LINE = re.compile(r"^[EI]\s+(\d+)\s+(\d+)\s+(\d+) bytes\s+(\d+) msgs sent")
 
@@ -69,13 +76,14 @@ def monitored_run(workdir, ranks, shape, stop_after):
 def measure_volume(workdir, ranks, shape):
     """Traffic of each step: the run stopped after step s minus the run
     stopped after step s-1, minus measure()'s own barrier and reduction (the
-    trailing empty step of a full run, -1, against a run stopped after step 5)."""
-    runs = {s: monitored_run(workdir, ranks, shape, s) for s in (-1, 0, 1, 2, 3, 4, 5)}
+    trailing empty step of a full run, -1, against a run stopped after the last step)."""
+    last = len(STEPS)
+    runs = {s: monitored_run(workdir, ranks, shape, s) for s in range(-1, last + 1)}
     k = runs[-1][1]
-    overhead_b = runs[-1][0][0] - runs[5][0][0]
-    overhead_m = runs[-1][0][1] - runs[5][0][1]
+    overhead_b = runs[-1][0][0] - runs[last][0][0]
+    overhead_m = runs[-1][0][1] - runs[last][0][1]
     out = []
-    for s in range(1, 6):
+    for s in range(1, last + 1):
         b = runs[s][0][0] - runs[s - 1][0][0] - overhead_b
         c = runs[s][0][1] - runs[s - 1][0][1] - overhead_m
         m, n = map(int, shape.split("x"))
@@ -149,22 +157,30 @@ def scale_of(step, m, n, k):
     """The size a step's traffic is proportional to (bytes), and the count
     its messages are proportional to, from what the algorithm moves on a
     P x 1 grid (the fit's residuals check them against the measurements):
-      pdsyrk, m <= n (G = X X^T): every rank needs all of X (an all-gather), m n doubles;
-      pdsyrk, m > n (G = X^T X): the partial Grams' lower triangles are reduced, r (r + 64) / 2;
-        both in one message per 64-column block of G;
-      pdsyevd: O(r) reductions and broadcasts of vectors, the Gram's redistribution: r^2, r;
-      broadcast: r eigenvalues, 1;
+      Gram, m <= n (pdsyrk, G = X X^T): every rank needs all of X (an all-gather), m n
+        doubles, one message per 64-column block of G;
+      Gram, m > n (G = X^T X): the partial Grams' lower triangles are reduce-scattered a
+        256-column panel at a time, r (r + 256) / 2 doubles, r / 256 reduce-scatters;
+      pdsytrd: a broadcast and a reduction of a vector per column, the panels' updates: r^2, r;
+      tridiagonal: 2 r doubles allreduced, r eigenvalues broadcast: r, 1;
+      dstemr: nothing but the failure agreement (one small allreduce): 8 bytes, 1;
+      pdormtr: the reflectors' 64-column panels broadcast and V^T Z (64 x cols) reduced per
+        panel: r (r / 2 + cols), one message per panel, r / 64;
       pdgemm: the factor that is not row-distributed like X is reduced or all-gathered:
         T (cols x n) when m <= n, Q (n x cols) when m > n: cols n doubles, one message per
         64-row block of that factor."""
     r, c = min(m, n), cols_of(min(m, n), k)
     blocks = lambda rows: math.ceil(rows / BLOCK)  # noqa: E731
-    if step == "pdsyrk":
-        return (8.0 * m * n if m <= n else 8.0 * r * (r + BLOCK) / 2), blocks(r)
-    if step == "pdsyevd":
+    if step == "Gram":
+        return (8.0 * m * n, blocks(r)) if m <= n else (8.0 * r * (r + PANEL) / 2, math.ceil(r / PANEL))
+    if step == "pdsytrd":
         return 8.0 * r * r, float(r)
-    if step == "broadcast eigenvalues":
+    if step == "tridiagonal + dsterf + broadcast":
         return 8.0 * r, 1.0
+    if step == "dstemr eigenvectors (serial)":
+        return 8.0, 1.0
+    if step == "pdormtr":
+        return 8.0 * r * (r / 2 + c), blocks(r)
     return 8.0 * c * n, blocks(c if m <= n else n)
 
 
@@ -183,12 +199,12 @@ def busiest(rec):
 
 
 def fit_volumes(volume):
-    """Per step (and for pdsyrk per orientation): bytes / size and messages /
+    """Per step (and for the Gram per orientation): bytes / size and messages /
     count as a (P-1)/P + b log2 P, least squares over every measured shape
     and P, coefficients kept >= 0."""
     groups = collections.defaultdict(list)
     for rec in volume:
-        groups[(rec["step"], rec["step"] == "pdsyrk" and rec["m"] > rec["n"])].append(rec)
+        groups[(rec["step"], rec["step"] == "Gram" and rec["m"] > rec["n"])].append(rec)
     fits = {}
     for key, recs in groups.items():
         a = p_terms([r["ranks"] for r in recs])
@@ -223,20 +239,20 @@ def modelled_traffic(fits, step, m, n, k, ranks):
     """(bytes, messages) of the busiest rank in `step` on `ranks` ranks."""
     if ranks == 1:
         return 0.0, 0.0
-    f = fits[(step, step == "pdsyrk" and m > n)]
+    f = fits[(step, step == "Gram" and m > n)]
     size, count = scale_of(step, m, n, k)
     t = p_terms([ranks])[0]
     return size * float(t @ f["bytes"]), count * float(t @ f["msgs"])
 
 
 def fit_compute(seconds, ks):
-    """One-rank seconds per step as a rate times the step's flop count, for
-    shapes not measured here (the 70B ones): pdsyrk r^2 max(m, n), pdsyevd
-    r^3, pdgemm cols m n; each rate from the step's largest measured
-    instance (BLAS-3 rates still grow with size at r = 2048)."""
+    """One-rank seconds per step as a rate times the step's operation count
+    (flops_of), for shapes not measured here (the 70B ones); each rate from
+    the step's largest measured instance (BLAS-3 rates still grow with size
+    at r = 2048)."""
     rates = {}
     for (m, n, ranks, step), t in seconds.items():
-        if ranks == 1 and step != "broadcast eigenvalues":
+        if ranks == 1:
             f = flops_of(step, m, n, ks[(m, n)])
             if f > rates.get(step, (0, 0))[0]:
                 rates[step] = (f, t / f)
@@ -244,26 +260,36 @@ def fit_compute(seconds, ks):
 
 
 def flops_of(step, m, n, k):
-    r = min(m, n)
-    if step == "pdsyrk":
-        return float(r) * r * max(m, n)
-    if step == "pdsyevd":
-        return float(r) ** 3
-    return float(cols_of(r, k)) * m * n
+    """What a step's one-rank time is taken proportional to: the Gram r^2
+    max(m, n), pdsytrd r^3, dsterf r^2, dstemr r cols (MRRR: O(r) per
+    eigenvector), pdormtr r^2 cols, pdgemm cols m n."""
+    r, c = float(min(m, n)), float(cols_of(min(m, n), k))
+    if step == "Gram":
+        return r * r * max(m, n)
+    if step == "pdsytrd":
+        return r ** 3
+    if step == "tridiagonal + dsterf + broadcast":
+        return r * r
+    if step == "dstemr eigenvectors (serial)":
+        return r * c
+    if step == "pdormtr":
+        return r * r * c
+    return c * m * n
 
 
 def one_rank_seconds(step, m, n, k, seconds, rates):
     """Measured where we have it, else the fitted rate."""
-    if step == "broadcast eigenvalues":
-        return 0.0
     got = seconds.get((m, n, 1, step))
     return got if got is not None else rates[step] * flops_of(step, m, n, k)
 
 
 def compute_share(step, m, n, ranks):
-    """Fraction of the one-rank compute the busiest rank does: its blocks
-    of 64 rows (of X, or of the Gram for pdsyevd) over all blocks."""
-    blocks = math.ceil((min(m, n) if step == "pdsyevd" else m) / BLOCK)
+    """Fraction of the one-rank compute the busiest rank does: all of it for
+    the replicated serial steps, else its blocks of 64 rows (of X; of the
+    Gram for pdsytrd and pdormtr) over all blocks."""
+    if step in SERIAL:
+        return 1.0
+    blocks = math.ceil((min(m, n) if step in ("pdsytrd", "pdormtr") else m) / BLOCK)
     return math.ceil(blocks / ranks) / blocks
 
 
@@ -294,12 +320,13 @@ def compute_slowdowns(seconds, ks, rates, fits, network):
     """Per step and measured shape: the 2-rank time less its modelled
     communication, over the busiest rank's share of the one-rank time. Above
     1 when a step's compute does not halve on 2 ranks (smaller BLAS panels,
-    waiting at each of pdsyevd's thousands of exchanges, two ranks sharing
-    the caches and memory): the part of the 2-rank time the Hockney terms
-    do not explain."""
+    waiting at each of pdsytrd's thousands of exchanges, two ranks sharing
+    the caches and memory; for the serial steps, two ranks doing the same
+    work side by side): the part of the 2-rank time the Hockney terms do not
+    explain. Steps under 5 ms on one rank are left at 1 (timer noise)."""
     out = {}
     for (m, n, ranks, step), t2 in seconds.items():
-        if ranks != 2 or step == "broadcast eigenvalues" or (m, n, 1, step) not in seconds:
+        if ranks != 2 or (m, n, 1, step) not in seconds or seconds[(m, n, 1, step)] < 0.005:
             continue
         _, lat, bw = step_model(step, m, n, ks[(m, n)], 2, seconds, rates, fits, network)
         out[(step, m, n)] = (t2 - lat - bw) / (seconds[(m, n, 1, step)] * compute_share(step, m, n, 2))
@@ -310,10 +337,10 @@ def slowdown_of(slowdowns, step, m, n):
     """The measured factor for this shape, else the largest measured one of
     the step (the shapes not measured here are 70B's; the largest keeps the
     model on the side of lower efficiency)."""
-    if step == "broadcast eigenvalues":
-        return 1.0
     got = slowdowns.get((step, m, n))
-    return got if got is not None else max(v for (s, _, _), v in slowdowns.items() if s == step)
+    if got is not None:
+        return got
+    return max([v for (s, _, _), v in slowdowns.items() if s == step], default=1.0)
 
 
 def route_model(m, n, k, ranks, seconds, rates, fits, network, slowdown=None):
@@ -358,15 +385,17 @@ def model_main(args):
     print("\n== Traffic fit: busiest rank = size x (a (P-1)/P + b log2 P)")
     print("| step | size (bytes) | a | b | max rel. error | count (messages) | a | b | max rel. error |")
     print("|---|---|---|---|---|---|---|---|---|")
-    size_names = {("pdsyrk", False): ("8 m n", "r / 64"), ("pdsyrk", True): ("8 r (r+64)/2", "r / 64"),
-                  ("pdsyevd", False): ("8 r^2", "r"), ("broadcast eigenvalues", False): ("8 r", "1"),
+    size_names = {("Gram", False): ("8 m n", "r / 64"), ("Gram", True): ("8 r (r+256)/2", "r / 256"),
+                  ("pdsytrd", False): ("8 r^2", "r"), ("tridiagonal + dsterf + broadcast", False): ("8 r", "1"),
+                  ("dstemr eigenvectors (serial)", False): ("8", "1"),
+                  ("pdormtr", False): ("8 r (r/2 + cols)", "r / 64"),
                   ("pdgemm 1", False): ("8 cols n", "(cols or n) / 64"),
                   ("pdgemm 2", False): ("8 cols n", "(cols or n) / 64")}
     for key in sorted(fits, key=lambda k: (STEPS.index(k[0]), k[1])):
         f = fits[key]
         sn = size_names[key]
         print("| %s%s | %s | %.3g | %.3g | %.0f%% | %s | %.3g | %.3g | %.0f%% |" % (
-            key[0], " (m > n)" if key[1] else (" (m <= n)" if key[0] == "pdsyrk" else ""), sn[0], f["bytes"][0],
+            key[0], " (m > n)" if key[1] else (" (m <= n)" if key[0] == "Gram" else ""), sn[0], f["bytes"][0],
             f["bytes"][1], 100 * f["bytes_max_rel_error"], sn[1], f["msgs"][0], f["msgs"][1],
             100 * f["msgs_max_rel_error"]))
 
@@ -375,7 +404,7 @@ def model_main(args):
     print("| shape | step | measured 2 ranks | model: compute + latency + bandwidth | model / measured |")
     print("|---|---|---|---|---|")
     for m, n in shapes:
-        if (m, n, 2, "pdsyrk") not in seconds or (m, n, 1, "pdsyrk") not in seconds:
+        if (m, n, 2, "Gram") not in seconds or (m, n, 1, "Gram") not in seconds:
             continue
         total_meas = total_model = 0.0
         for s in STEPS:
@@ -389,11 +418,11 @@ def model_main(args):
 
     slowdowns = compute_slowdowns(seconds, ks, rates, fits, shm)
     print("\n== Compute slowdown on 2 ranks: (measured - modelled communication) / (one-rank time x share)")
-    print("| shape | " + " | ".join(s for s in STEPS if s != "broadcast eigenvalues") + " |\n|---|---|---|---|---|")
+    print("| shape | " + " | ".join(STEPS) + " |\n|---|" + "---|" * len(STEPS))
     for m, n in shapes:
-        if ("pdsyrk", m, n) in slowdowns:
-            print("| %dx%d | %s |" % (m, n, " | ".join("%.2f" % slowdowns[(s, m, n)] for s in STEPS
-                                                      if s != "broadcast eigenvalues")))
+        if ("Gram", m, n) in slowdowns:
+            print("| %dx%d | %s |" % (m, n, " | ".join("%.2f" % slowdowns[(s, m, n)] if (s, m, n) in slowdowns
+                                                      else "-" for s in STEPS)))
 
     hdr = Network("HDR100, a link per rank: alpha 2 us, beta 12.5 GB/s", lambda p: (2e-6, 12.5e9))
     node = Network("64 ranks per node: this machine's shared memory within a node; beyond, alpha 2 us and "
@@ -425,43 +454,56 @@ def model_main(args):
                 route_model(m, n, k, 1, seconds, rates, fits, net)[0], " | ".join(cells), *parts, fastest[1],
                 fastest[0]))
 
-    from engine_scaling import project, llama70b_shapes  # noqa: E402
+    from engine_scaling import project, llama70b_shapes, tensor_costs  # noqa: E402
     coef = np.array(args.coef)
     params = sum(m * n for _, m, n in llama70b_shapes())
     io_bytes = 3 * 2 * params
-    print("\n== Projection: Llama-2-70B MonoSoup, engine_scaling.py's method (cost fit %s), grid efficiency "
-          "0.5 (the old assumption) or modelled (slowdown carried on)" % " + ".join("%.3g" % c for c in coef))
-    print("| nodes | ranks | grid efficiency | tensors on the grid | compute | I/O | wall (I/O overlapped .. not) |")
-    print("|---|---|---|---|---|---|---|")
+
+    def route_cost(m, n):
+        """One core's seconds for a 70B matrix by this route: its modelled
+        one-rank time plus the old fit's per-element term (reading,
+        converting, writing), c m n."""
+        return route_model(m, n, int(round(median_cols * min(m, n))), 1, seconds, rates, fits, hdr)[0] + \
+            coef[2] * m * n
+
+    old_total = sum(c for c, _, _ in tensor_costs(coef))
+    new_total = sum(c for c, _, _ in tensor_costs(coef, route_cost))
+    print("\n== Projection: Llama-2-70B MonoSoup, engine_scaling.py's method. One-core seconds per tensor: "
+          "this route's one-rank model + %.3g m n (%.1f core-hours; the old route's fit %s gave %.1f)"
+          % (coef[2], new_total / 3600, " + ".join("%.3g" % c for c in coef), old_total / 3600))
+    print("| nodes | ranks | per-tensor cost | grid efficiency | tensors on the grid | compute | I/O | "
+          "wall (I/O overlapped .. not) |")
+    print("|---|---|---|---|---|---|---|---|")
     for nodes in (1, 8, 64):
         ranks = 64 * nodes
         io = io_bytes / (2e9 * nodes)
-        rows = [("0.5 assumed", 0.5, False)]
+        rows = [("old route's fit", "0.5 assumed (the old table)", 0.5, False, None),
+                ("this route", "0.5 assumed", 0.5, False, route_cost)]
         for net, label in ((hdr, "a link per rank"), (node, "64 ranks share a link")):
             def eff(m, n, p, net=net):
                 return route_model(m, n, int(round(median_cols * min(m, n))), p, seconds, rates, fits, net,
                                    slowdowns)[2]
-            rows.append(("modelled, %s" % label, eff, False))
-            rows.append(("modelled, %s; sub-grids (not what the engine does)" % label, eff, True))
-        for name, eff, subgrids in rows:
+            rows.append(("this route", "modelled, %s" % label, eff, False, route_cost))
+            rows.append(("this route", "modelled, %s; sub-grids (not what the engine does)" % label, eff, True,
+                         route_cost))
+        for cost_name, name, eff, subgrids, cost in rows:
             if subgrids:
-                compute, k_grid, size = project_subgrids(coef, ranks, eff)
+                compute, k_grid, size = project_subgrids(coef, ranks, eff, cost)
                 where = "%d, on grids of %d ranks" % (k_grid, size)
             else:
-                _, compute, k_grid = project(coef, ranks, eff, with_grid_count=True)
+                _, compute, k_grid = project(coef, ranks, eff, with_grid_count=True, cost=cost)
                 where = "%d" % k_grid
-            print("| %d | %d | %s | %s | %.0f s | %.0f s | %.1f-%.1f min |" % (
-                nodes, ranks, name, where, compute, io, max(compute, io) / 60, (compute + io) / 60))
+            print("| %d | %d | %s | %s | %s | %.0f s | %.0f s | %.1f-%.1f min |" % (
+                nodes, ranks, cost_name, name, where, compute, io, max(compute, io) / 60, (compute + io) / 60))
 
 
-def project_subgrids(coef, ranks, efficiency):
+def project_subgrids(coef, ranks, efficiency, cost=None):
     """What grids smaller than all ranks would give (the engine forms one
     grid of all ranks): the largest K tensors each on a grid of G ranks,
     ranks / G such grids working side by side (largest first onto the least
     loaded grid), then the rest balanced over all ranks; best K and G."""
-    from engine_scaling import llama70b_shapes, lpt_wall  # noqa: E402
-    tensors = sorted(((float(coef @ [m * n * min(m, n), min(m, n) ** 3, m * n]), m, n)
-                      for _, m, n in llama70b_shapes()), reverse=True)
+    from engine_scaling import lpt_wall, tensor_costs  # noqa: E402
+    tensors = tensor_costs(coef, cost)
     costs = [c for c, _, _ in tensors]
     best = (lpt_wall(costs, ranks), 0, 1)
     for g in (2**e for e in range(1, 13) if 2**e <= ranks):
@@ -476,11 +518,11 @@ def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
     v = sub.add_parser("volume")
-    v.add_argument("--workdir", default="/tmp/soupkit-bench-grid")
+    v.add_argument("--workdir", default="/tmp/soupkit-bench-grid2")
     v.add_argument("--ranks", type=int, nargs="+", default=[2, 3, 4])
     v.add_argument("shapes", nargs="+")
     mo = sub.add_parser("model")
-    mo.add_argument("--workdir", default="/tmp/soupkit-bench-grid")
+    mo.add_argument("--workdir", default="/tmp/soupkit-bench-grid2")
     # engine_scaling.py's least-squares fit of GPT-2 MonoSoup per-tensor seconds
     # (a m n r + b r^3 + c m n), as docs/benchmarks.md quotes it.
     mo.add_argument("--coef", type=float, nargs=3, default=[6.4e-11, 8.8e-11, 8.4e-14])
