@@ -20,14 +20,16 @@ constexpr int kPanel = 256;
 // Which grid row owns global row `i` of a matrix in kBlock row blocks.
 int owner_of_row(std::int64_t i, int procs) { return static_cast<int>((i / kBlock) % procs); }
 
+}  // namespace
+
 // G = X^T X (n x n lower triangle, gl's layout) for X = m x n with m > n,
 // whose rows are spread over the grid's rows: each rank's rows give a
 // partial Gram by dsyrk-speed dgemm, and a reduce-scatter sums the ranks'
 // partials straight into the row blocks each rank owns, a panel of columns
 // at a time. (PBLAS pdsyrk on this shape ran 1.6x slower than dsyrk on one
 // rank and no faster on two: docs/monosoup.md, "The grid path".)
-void gram_of_distributed_rows(const ProcessGrid& grid, const MatrixLayout& xl, const double* x, const MatrixLayout& gl,
-                              double* g) {
+void pdgram_of_distributed_rows(const ProcessGrid& grid, const MatrixLayout& xl, const double* x,
+                                const MatrixLayout& gl, double* g) {
   const int r = xl.n, rows = xl.local_rows, procs = grid.rows();
   const int ld = xl.lld();
   std::vector<double> partial, packed, mine;
@@ -63,6 +65,7 @@ void gram_of_distributed_rows(const ProcessGrid& grid, const MatrixLayout& xl, c
   }
 }
 
+namespace {
 // Asks a ScaLAPACK routine for its workspace (a query that may differ
 // between ranks) and sizes it with slack; agreed over the grid.
 std::vector<double> agreed_workspace(const ProcessGrid& grid, double query, int info, const char* routine) {
@@ -97,7 +100,7 @@ DistributedGramSvd pdgram_svd(const ProcessGrid& grid, const MatrixLayout& xl, c
     pdsyrk_("L", "N", &r, &k, &one, x, &one_i, &one_i, xl.desc.data(), &zero, gram.data(), &one_i, &one_i,
             gl.desc.data());
   } else {
-    gram_of_distributed_rows(grid, xl, x, gl, gram.data());  // G = X^T X (n x n)
+    pdgram_of_distributed_rows(grid, xl, x, gl, gram.data());  // G = X^T X (n x n)
   }
 
   // Tridiagonal reduction. On a P x 1 grid every rank holds all columns, so

@@ -1,7 +1,7 @@
 // Times each step of MonoSoup's grid route (src/linalg/pgram_svd.cpp) on a
 // P x 1 ScaLAPACK grid of all ranks (steps 1-7; steps 0 and 8 are empty):
 //   1 Gram: for m > n dgemm of each rank's rows in 256-column panels, one
-//     reduce-scatter per panel (pgram_svd.cpp's gram_of_distributed_rows);
+//     reduce-scatter per panel (pdgram_of_distributed_rows);
 //     for m <= n pdsyrk;
 //   2 pdsytrd (tridiagonal reduction);
 //   3 the tridiagonal read off the reduced matrix (one allreduce of 2r
@@ -96,49 +96,6 @@ std::vector<double> local_update(const ProcessGrid& grid, const MatrixLayout& xl
   return x;
 }
 
-// pgram_svd.cpp's gram_of_distributed_rows, copied (it is private to that
-// file) so that the Gram step can be timed alone; --check fails if the two
-// drift apart. G = X^T X (lower triangle, gl's layout), X's rows spread over
-// the grid: each rank's partial Gram by dgemm, a reduce-scatter per panel of
-// kPanel columns into the row blocks each rank owns.
-constexpr int kPanel = 256;
-int owner_of_row(std::int64_t i, int procs) { return static_cast<int>((i / kBlock) % procs); }
-
-void gram_of_distributed_rows(const ProcessGrid& grid, const MatrixLayout& xl, const double* x, const MatrixLayout& gl,
-                              double* g) {
-  const int r = xl.n, rows = xl.local_rows, procs = grid.rows();
-  const int ld = xl.lld();
-  std::vector<double> partial, packed, mine;
-  std::vector<int> counts(static_cast<std::size_t>(procs));
-  for (int j0 = 0; j0 < r; j0 += kPanel) {
-    const int width = std::min(kPanel, r - j0), height = r - j0;
-    partial.assign(static_cast<std::size_t>(height) * width, 0.0);
-    const double one = 1.0, zero = 0.0;
-    if (rows > 0)
-      dgemm_("T", "N", &height, &width, &rows, &one, x + static_cast<std::size_t>(j0) * ld, &ld,
-             x + static_cast<std::size_t>(j0) * ld, &ld, &zero, partial.data(), &height);
-    std::fill(counts.begin(), counts.end(), 0);
-    for (int i = j0; i < r; ++i) counts[static_cast<std::size_t>(owner_of_row(i, procs))] += width;
-    packed.resize(partial.size());
-    std::vector<std::size_t> at(static_cast<std::size_t>(procs), 0);
-    for (int d = 1; d < procs; ++d) at[d] = at[d - 1] + static_cast<std::size_t>(counts[d - 1]);
-    for (int c = 0; c < width; ++c)
-      for (int i = j0; i < r; ++i)
-        packed[at[static_cast<std::size_t>(owner_of_row(i, procs))]++] =
-            partial[static_cast<std::size_t>(i - j0) + static_cast<std::size_t>(c) * height];
-    mine.resize(static_cast<std::size_t>(counts[static_cast<std::size_t>(grid.my_row())]));
-    grid.comm().reduce_scatter_sum(packed, mine, counts);
-    const int mine_rows = width > 0 ? static_cast<int>(mine.size()) / width : 0;
-    for (int lr = 0, k = 0; lr < gl.local_rows; ++lr) {
-      const std::int64_t i = global_index(lr, kBlock, grid.my_row(), procs);
-      if (i < j0) continue;
-      for (int c = 0; c < width; ++c)
-        g[lr + static_cast<std::size_t>(j0 + c) * gl.lld()] = mine[static_cast<std::size_t>(k) + static_cast<std::size_t>(c) * mine_rows];
-      ++k;
-    }
-  }
-}
-
 // A ScaLAPACK workspace sized as pgram_svd.cpp's agreed_workspace sizes it.
 std::vector<double> workspace_like_product(const Communicator& comm, double query, int info, const char* routine) {
   SOUPKIT_ERROR_IF(comm.any(info != 0), "{} workspace query failed (info {})", routine, info);
@@ -171,7 +128,7 @@ ShapeRun run_steps(const ProcessGrid& grid, const MatrixLayout& xl, std::vector<
       pdsyrk_("L", "N", &r, &kk, &one, x.data(), &one_i, &one_i, xl.desc.data(), &zero, gram.data(), &one_i, &one_i,
               gl.desc.data());
     } else {
-      gram_of_distributed_rows(grid, xl, x.data(), gl, gram.data());
+      pdgram_of_distributed_rows(grid, xl, x.data(), gl, gram.data());
     }
   }));
   if (stop_here()) return run;
@@ -219,7 +176,7 @@ ShapeRun run_steps(const ProcessGrid& grid, const MatrixLayout& xl, std::vector<
   std::vector<double> z(std::max<std::size_t>(zl.local_size(), 1), 0.0);
   run.steps.push_back(measure("dstemr eigenvectors (serial)", comm, [&] {
     collectively(comm, [&] {
-      const std::vector<double> all = tridiagonal_eigenvectors(diagonal, offdiagonal, il, iu);
+      const std::vector<double> all = tridiagonal_eigenvectors_in_range(diagonal, offdiagonal, il, iu);
       for (int lr = 0; lr < zl.local_rows; ++lr) {
         const std::int64_t i = global_index(lr, kBlock, grid.my_row(), grid.rows());
         for (int j = 0; j < cols; ++j)

@@ -26,6 +26,14 @@ struct DistributedGramSvd {
 // x: local piece (column-major, x_layout.lld()) of the global m x n matrix.
 DistributedGramSvd pdgram_svd(const ProcessGrid& grid, const MatrixLayout& x_layout, const double* x);
 
+// The Gram G = X^T X of an m x n matrix with m > n whose rows are spread
+// over the P x 1 grid (x_layout), into g: the lower triangle of gram_layout's
+// piece (r = n, 64 x 64 blocks). Each rank's rows by dgemm, summed over the
+// ranks by one reduce-scatter per 256-column panel. Exposed for the step
+// benchmark (tests/bench/grid_steps.cpp).
+void pdgram_of_distributed_rows(const ProcessGrid& grid, const MatrixLayout& x_layout, const double* x,
+                                const MatrixLayout& gram_layout, double* g);
+
 // x <- lambda_low x + (lambda_high - lambda_low) P_k x, distributed.
 void pdspectral_reweight(const ProcessGrid& grid, const MatrixLayout& x_layout, double* x, const DistributedGramSvd& svd,
                          std::int64_t k, double lambda_high, double lambda_low);
