@@ -41,10 +41,12 @@ def timed_stderr(cmd, timeout=300):
 class Progress(TempDirTestCase):
     def setUp(self):
         super().setUp()
-        # One 1100 x 1100 matrix: about a second of Gram SVD on one
-        # rank, far longer than the 0.1 s between progress lines.
+        # One 1600 x 1600 matrix: over a second of Gram SVD on one rank
+        # (1100 x 1100 became too quick once only the projected
+        # eigenvectors were computed), far longer than the 0.1 s between
+        # progress lines.
         rng = np.random.default_rng(5)
-        w0 = rng.standard_normal((1100, 1100)).astype(np.float32)
+        w0 = rng.standard_normal((1600, 1600)).astype(np.float32)
         w1 = w0 + np.float32(0.01) * rng.standard_normal(w0.shape).astype(np.float32)
         self.base, self.fine = self.path("base"), self.path("fine")
         write_model_dir(self.base, {"big.weight": ("F32", w0)})
