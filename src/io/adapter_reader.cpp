@@ -128,6 +128,11 @@ class AdapterReader final : public CheckpointReader {
 
   std::uint64_t low_rank_rank(const TensorInfo& t) const override { return sources_.at(index_of(t)).factors.r; }
 
+  bool reads_low_rank_base_unchanged(const TensorInfo& t) const override {
+    const Source& source = sources_.at(index_of(t));
+    return !source.whole && !source.factors.a;
+  }
+
   void read_rows(const TensorInfo& t, std::uint64_t first_row, std::uint64_t rows,
                  std::span<std::byte> dst) const override {
     const Source& source = sources_.at(index_of(t));

@@ -171,8 +171,8 @@ MethodPlan MonosoupMethod::plan(const PlanContext& context) {
   // from its factors (the adapter's own base, not another model).
   const CheckpointReader* adapter_base = finetuned_->low_rank_base();
   std::error_code base_ec;
-  const bool low_rank_route = !options_.materialise_adapter && adapter_base &&
-                              fs::equivalent(adapter_base->path(), options_.base, base_ec);
+  const bool adapter_on_this_base = adapter_base && fs::equivalent(adapter_base->path(), options_.base, base_ec);
+  const bool low_rank_route = !options_.materialise_adapter && adapter_on_this_base;
   std::vector<bool> low_rank;
   std::vector<std::string> problems;  // warnings, or errors with --strict
   std::vector<double> smaller_side;  // of each candidate matrix (0 for kept tensors)
@@ -200,6 +200,10 @@ MethodPlan MonosoupMethod::plan(const PlanContext& context) {
       problems.push_back(fmt::format("tensor '{}' is {} in the base {}", t.name, dtype_name(b->dtype), options_.base.string()));
     } else if (t.numel() == 0) {
       reason = "empty";
+    } else if (adapter_on_this_base && finetuned_->reads_low_rank_base_unchanged(t)) {
+      // W1 is W0's very bytes: a zero update, known without reading it
+      // (either route would find "zero update" after a full SVD of zeros).
+      reason = "not changed by the adapter";
     } else if (b->dtype != t.dtype) {
       problems.push_back(fmt::format("tensor '{}' is {} in {} but {} in the base {} (computed in float64 anyway)", t.name,
                                      dtype_name(t.dtype), options_.finetuned.string(), dtype_name(b->dtype),

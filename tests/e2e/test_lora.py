@@ -136,6 +136,11 @@ class Methods(LoraBase):
         for name, w0 in sd.items():  # the rest: the base's bytes
             if name not in expected:
                 self.assertEqual(got[name][1].tobytes(), lf.to_raw(w0)[1].tobytes(), name)
+                # Matrices the adapter does not touch are known unchanged at
+                # planning, not found to be a "zero update" after an SVD.
+                if w0.dim() == 2:
+                    self.assertEqual((records[name]["action"], records[name]["reason"]),
+                                     ("kept", "not changed by the adapter"), name)
 
     def test_monosoup_of_an_adapter_alone_and_as_base_plus_adapter(self):
         sd = lf.llama_base(7, "F32", hidden=48, inter=64)
@@ -153,9 +158,21 @@ class Methods(LoraBase):
             jobs.append((["monosoup", "--base", base, "--finetuned", finetuned, "--out", out, "--report", report,
                           *extra], ranks))
             checks.append((out, report, route, grid))
-        self.run_ok(jobs)
+        jobs.append((["monosoup", "--base", base, "--finetuned", adapter, "--out", self.path("dry.safetensors"),
+                      "--dry-run"], 2))
+        plan = self.run_ok(jobs)[-1].stdout
         for out, report, route, grid in checks:
             self.check_monosoup(out, report, sd, expected, 1e-4, route, grid)
+        # --dry-run labels each tensor as the run treats it.
+        labels = {}
+        for line in plan.splitlines():
+            for name in sd:
+                if (" %s " % name) in line or line.rstrip().endswith(" " + name):
+                    labels[name] = line
+        for name, w0 in sd.items():
+            want = ("reweighted (low-rank update)" if name in expected else
+                    "kept: not changed by the adapter" if w0.dim() == 2 else "kept: fewer than 2 dimensions")
+            self.assertIn(want, labels.get(name, ""), "%s\n%s" % (name, plan))
         # Both routes within the tolerance of each other, not only of numpy.
         low, _ = read_checkpoint(checks[0][0])
         dense, _ = read_checkpoint(checks[3][0])

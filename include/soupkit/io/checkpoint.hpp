@@ -94,6 +94,9 @@ class CheckpointReader {
   virtual std::optional<LowRankUpdate> low_rank_update(const TensorInfo&) const { return std::nullopt; }
   // The rank of that update without reading it (0: none).
   virtual std::uint64_t low_rank_rank(const TensorInfo&) const { return 0; }
+  // True when tensor t reads as low_rank_base()'s bytes, unchanged (a
+  // tensor the adapter neither adapts nor saves whole): its update is zero.
+  virtual bool reads_low_rank_base_unchanged(const TensorInfo&) const { return false; }
 
   // Where a tensor's bytes are, for plans and messages: "FILE@OFFSET" for
   // safetensors, "FILE:/tensors/NAME" for HDF5, "FILE:ARCHIVE/data/KEY+OFFSET"
