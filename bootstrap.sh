@@ -2,8 +2,8 @@
 # Sets soupkit up on a fresh Debian 12 machine, builds it, and runs it.
 #   bash bootstrap.sh demo   install what is missing, build, run the main job on the built-in example
 #   bash bootstrap.sh test   install what is missing, build, run the whole test suite, then the
-#                            checked builds: g++ ASan/UBSan (build-asan) and clang's fuzz targets
-#                            (build-fuzz); see docs/testing.md
+#                            checked build (build-fuzz): clang ASan/UBSan, the sanitized tests and
+#                            the fuzz targets; see docs/testing.md
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -62,17 +62,15 @@ if [ "$mode" = test ]; then
   }
   run_tests build "the release build"
 
-  # Sanitizers halting on the first report, at -O1 (fast to build, still quick to
-  # run): the unit tests and the bad-input end-to-end tests, named asan_*.
-  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS=-O1 -DSOUPKIT_SANITIZE=address,undefined >/dev/null
-  cmake --build build-asan -j "$(nproc)" --target soupkit soupkit_unit_tests
-  run_tests build-asan "the ASan/UBSan build" -R 'unit|bad_input|hostile'
-
-  # libFuzzer targets, each fuzzing for a bounded time from its seed corpus.
+  # The checked build, clang-16 at -O1 (fast to build, still quick to run):
+  # ASan/UBSan halting on the first report, plus coverage for libFuzzer. One
+  # compile of the layers serves the sanitized tests (the unit tests and the
+  # bad-input end-to-end tests, named asan_*) and the fuzz targets, each
+  # fuzzing for a bounded time from its seed corpus.
   CC=clang-16 CXX=clang++-16 cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS=-O1 \
     -DCMAKE_C_FLAGS=-O1 -DSOUPKIT_FUZZ=ON >/dev/null
-  cmake --build build-fuzz -j "$(nproc)" --target soupkit_fuzzers
-  run_tests build-fuzz "the fuzz targets"
+  cmake --build build-fuzz -j "$(nproc)" --target soupkit soupkit_unit_tests soupkit_fuzzers
+  run_tests build-fuzz "the ASan/UBSan build and the fuzz targets" -R 'asan_.*(unit|bad_input|hostile)|^fuzz_'
 
   if ((${#failed[@]})); then
     printf 'bootstrap: FAILED: %s\n' "${failed[@]}" >&2
