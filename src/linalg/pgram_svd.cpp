@@ -22,6 +22,41 @@ int owner_of_row(std::int64_t i, int procs) { return static_cast<int>((i / kBloc
 
 }  // namespace
 
+std::vector<int> eigenvector_slices(const std::vector<double>& ascending, int il, int iu, int parts) {
+  const int r = static_cast<int>(ascending.size());
+  SOUPKIT_ERROR_IF(parts < 1 || il < 1 || iu > r || il > iu + 1, "internal: {} slices of eigenpairs {}..{} of {}", parts,
+                   il, iu, r);
+  double largest = 0;
+  for (double v : ascending) largest = std::max(largest, std::abs(v));
+  // Where a boundary may fall: b splits eigenvalue b - 1 from b (1-based).
+  std::vector<int> allowed = {il};
+  for (int b = il + 1; b <= iu; ++b) {
+    const double below = ascending[static_cast<std::size_t>(b - 2)], above = ascending[static_cast<std::size_t>(b - 1)];
+    const double gap = above - below;
+    if (gap >= kSliceRelativeGap * std::max(std::abs(below), std::abs(above)) && gap >= kSliceAbsoluteGap * largest &&
+        gap > 0)
+      allowed.push_back(b);
+  }
+  allowed.push_back(iu + 1);
+  std::vector<int> bounds(static_cast<std::size_t>(parts) + 1);
+  bounds.front() = il;
+  bounds.back() = iu + 1;
+  const double count = static_cast<double>(iu + 1 - il);
+  for (int p = 1; p < parts; ++p) {
+    const double ideal = il + count * p / parts;
+    const int previous = bounds[static_cast<std::size_t>(p) - 1];
+    // The nearest allowed boundary at or after the previous one.
+    auto it = std::lower_bound(allowed.begin(), allowed.end(), previous);
+    int best = *it;
+    for (; it != allowed.end(); ++it) {
+      if (std::abs(*it - ideal) < std::abs(best - ideal)) best = *it;
+      if (*it > ideal) break;
+    }
+    bounds[static_cast<std::size_t>(p)] = best;
+  }
+  return bounds;
+}
+
 // G = X^T X (n x n lower triangle, gl's layout) for X = m x n with m > n,
 // whose rows are spread over the grid's rows: each rank's rows give a
 // partial Gram by dsyrk-speed dgemm, and a reduce-scatter sums the ranks'
@@ -138,6 +173,55 @@ DistributedGramSvd pdgram_svd(const ProcessGrid& grid, const MatrixLayout& xl, c
   return out;
 }
 
+// Rank p computes eigenvectors slices[p] .. slices[p + 1] - 1 (r x width,
+// all rows) and sends rank q the rows q owns, q's turn t = (q - p) mod P;
+// each rank receives, for every p, those columns of its own rows, which are
+// contiguous in z (column-major, leading dimension its row count). Memory:
+// the slice, one destination's rows of it, and z.
+void pdtridiagonal_eigenvectors(const ProcessGrid& grid, const std::vector<double>& diagonal,
+                                const std::vector<double>& offdiagonal, const std::vector<double>& singular, int il,
+                                int iu, const MatrixLayout& zl, double* z) {
+  const Communicator& comm = grid.comm();
+  const int procs = grid.rows(), me = grid.my_row();
+  const int r = static_cast<int>(diagonal.size());
+  // A P x 1 grid numbers its rows as the communicator numbers its ranks.
+  agree_on_failure(comm, comm.rank() != me ? fmt::format("internal: grid row {} is rank {}", me, comm.rank()) : "");
+  std::vector<double> ascending(singular.rbegin(), singular.rend());
+  for (double& s : ascending) s *= s;
+  const std::vector<int> slices = eigenvector_slices(ascending, il, iu, procs);
+  const int lo = slices[static_cast<std::size_t>(me)], hi = slices[static_cast<std::size_t>(me) + 1];
+  std::vector<double> mine;
+  collectively(comm, [&] {
+    if (hi > lo) mine = tridiagonal_eigenvectors_in_range(diagonal, offdiagonal, lo, hi - 1);
+  });
+  // The global rows each rank owns, ascending (its local row order).
+  std::vector<std::vector<int>> rows_of(static_cast<std::size_t>(procs));
+  for (int i = 0; i < r; ++i) rows_of[static_cast<std::size_t>(owner_of_row(i, procs))].push_back(i);
+  SOUPKIT_ERROR_IF(static_cast<std::size_t>(zl.local_rows) != rows_of[static_cast<std::size_t>(me)].size(),
+                   "internal: {} local rows, {} owned", zl.local_rows, rows_of[static_cast<std::size_t>(me)].size());
+  const std::size_t width = static_cast<std::size_t>(hi - lo), lld = static_cast<std::size_t>(zl.lld());
+  std::vector<double> packed;
+  constexpr int kTag = 7;
+  for (int turn = 0; turn < procs; ++turn) {
+    const int to = (me + turn) % procs, from = (me - turn + procs) % procs;
+    const auto& rows = rows_of[static_cast<std::size_t>(to)];
+    packed.resize(rows.size() * width);
+    for (std::size_t j = 0; j < width; ++j)
+      for (std::size_t i = 0; i < rows.size(); ++i)
+        packed[i + j * rows.size()] = mine[static_cast<std::size_t>(rows[i]) + j * static_cast<std::size_t>(r)];
+    const std::size_t first = static_cast<std::size_t>(slices[static_cast<std::size_t>(from)] - il);
+    const std::size_t count = static_cast<std::size_t>(slices[static_cast<std::size_t>(from) + 1] -
+                                                       slices[static_cast<std::size_t>(from)]);
+    const std::size_t values = count * static_cast<std::size_t>(zl.local_rows);
+    const std::span<double> into = values ? std::span<double>(z + first * lld, values) : std::span<double>();
+    if (turn == 0) {
+      std::copy(packed.begin(), packed.end(), into.begin());  // this rank's own rows of its slice
+      continue;
+    }
+    comm.exchange_bytes(std::as_bytes(std::span(packed)), to, std::as_writable_bytes(into), from, kTag);
+  }
+}
+
 void pdspectral_reweight(const ProcessGrid& grid, const MatrixLayout& xl, double* x, const DistributedGramSvd& svd,
                          std::int64_t k, double lambda_high, double lambda_low) {
   const std::int64_t r64 = svd.r();
@@ -155,20 +239,12 @@ void pdspectral_reweight(const ProcessGrid& grid, const MatrixLayout& xl, double
   }
   const int r = static_cast<int>(r64);
   const int il = complement ? 1 : r - static_cast<int>(k) + 1, iu = complement ? r - static_cast<int>(k) : r;
-  // The tridiagonal's eigenvectors, on every rank from the same bits; each
-  // keeps its row blocks of them (r x cols, the Gram's row distribution).
+  // The tridiagonal's eigenvectors il..iu, a slice per rank (each from the
+  // same tridiagonal bits, so the same slices every run), then each rank's
+  // rows of every slice to it: z is r x cols in the Gram's row blocks.
   const MatrixLayout zl = make_layout(grid, r, cols, kBlock, kBlock);
   std::vector<double> z(std::max<std::size_t>(zl.local_size(), 1), 0.0);
-  collectively(grid.comm(), [&] {
-    // By the index range only: every rank holds this whole, so r x cols,
-    // never the r x r of all pairs (up to 1.3x slower above 0.3 r).
-    const std::vector<double> all = tridiagonal_eigenvectors_in_range(svd.diagonal, svd.offdiagonal, il, iu);
-    for (int lr = 0; lr < zl.local_rows; ++lr) {
-      const std::int64_t i = global_index(lr, kBlock, grid.my_row(), grid.rows());
-      for (int j = 0; j < cols; ++j)
-        z[lr + static_cast<std::size_t>(j) * zl.lld()] = all[static_cast<std::size_t>(i) + static_cast<std::size_t>(j) * r];
-    }
-  });
+  pdtridiagonal_eigenvectors(grid, svd.diagonal, svd.offdiagonal, svd.singular, il, iu, zl, z.data());
   // Back to the Gram matrix's basis: z <- Q z, Q from pdsytrd's reflectors.
   const int one_i = 1;
   int info = 0, lwork = -1;

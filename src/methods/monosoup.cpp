@@ -241,11 +241,13 @@ MethodPlan MonosoupMethod::plan(const PlanContext& context) {
       // the Gram's reflectors and tridiagonal eigenvectors, raw input, output.
       task.peak_bytes = 22 * m * n + 16 * r * r + static_cast<double>(std::max(t.nbytes(), b->nbytes()) + out.nbytes());
       // Per grid rank: dW and W0 slices, Gram and eigenvector slices, the
-      // projection's product, a row block of raw input and output; and on
-      // every rank whole: the tridiagonal's eigenvectors the projection
-      // takes (at most r/2) and the Gram's panel sums. (Gram 8 r^2, its
-      // eigenvector slices at most 4 r^2, workspaces: 16 r^2 over the grid.)
-      task.grid_peak_bytes = (24 * m * n + 16 * r * r) / context.ranks + 64 * n * 16 + 4 * r * r + 6144 * r;
+      // projection's product, a row block of raw input and output; the
+      // Gram's panel sums; and the rank's slice of the tridiagonal's
+      // eigenvectors the projection takes (r x at most r/2: the whole when
+      // no gap allows a split) with one destination's rows of it. (Gram
+      // 8 r^2, its eigenvector slices at most 4 r^2, workspaces: 16 r^2 over
+      // the grid.)
+      task.grid_peak_bytes = (24 * m * n + 20 * r * r) / context.ranks + 64 * n * 16 + 4 * r * r + 6144 * r;
       smaller_side.push_back(r);
     } else {
       smaller_side.push_back(0);

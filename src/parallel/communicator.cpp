@@ -323,6 +323,27 @@ void Communicator::reduce_scatter_sum(std::span<const double> send, std::span<do
   SOUPKIT_MPI_CALL(MPI_Reduce_scatter(send.data(), receive.data(), counts.data(), MPI_DOUBLE, MPI_SUM, comm_));
 }
 
+void Communicator::exchange_bytes(std::span<const std::byte> send, int to, std::span<std::byte> receive, int from,
+                                  int tag, std::size_t chunk) const {
+  SOUPKIT_ERROR_IF(chunk == 0 || chunk > INT_MAX, "internal: an exchange in chunks of {} bytes", chunk);
+  SOUPKIT_ERROR_IF(to < 0 || to >= size_ || from < 0 || from >= size_, "internal: an exchange with ranks {} and {} of {}",
+                   to, from, size_);
+  // Each direction is its own stream of ceil(size / chunk) messages, which
+  // the peer cuts the same way from the same size; all are posted at once,
+  // so neither side waits for the other's order.
+  std::vector<MPI_Request> requests;
+  requests.reserve((send.size() + chunk - 1) / chunk + (receive.size() + chunk - 1) / chunk);
+  for (std::size_t at = 0; at < receive.size(); at += chunk) {
+    const int count = static_cast<int>(std::min(chunk, receive.size() - at));
+    SOUPKIT_MPI_CALL(MPI_Irecv(receive.data() + at, count, MPI_BYTE, from, tag, comm_, &requests.emplace_back()));
+  }
+  for (std::size_t at = 0; at < send.size(); at += chunk) {
+    const int count = static_cast<int>(std::min(chunk, send.size() - at));
+    SOUPKIT_MPI_CALL(MPI_Isend(send.data() + at, count, MPI_BYTE, to, tag, comm_, &requests.emplace_back()));
+  }
+  SOUPKIT_MPI_CALL(MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE));
+}
+
 bool Communicator::any(bool flag) const { return allreduce(comm_, flag ? 1 : 0, MPI_LOR) != 0; }
 bool Communicator::all(bool flag) const { return allreduce(comm_, flag ? 1 : 0, MPI_LAND) != 0; }
 

@@ -31,11 +31,13 @@ BENCH = os.path.join(HERE, "..", "..", "build", "bin", "soupkit_bench_grid_steps
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
            OMPI_MCA_btl_vader_single_copy_mechanism="none", OPENBLAS_NUM_THREADS="1", HDF5_USE_FILE_LOCKING="FALSE")
 # grid_steps.cpp's steps 1..7
-STEPS = ["Gram", "pdsytrd", "tridiagonal + dsterf + broadcast", "dstemr eigenvectors (serial)", "pdormtr",
+# Step 4: each rank a slice of the eigenvectors (dstemr), then its rows to the others.
+SLICED = "dstemr eigenvectors (sliced) + exchange"
+STEPS = ["Gram", "pdsytrd", "tridiagonal + dsterf + broadcast", SLICED, "pdormtr",
          "pdgemm 1", "pdgemm 2"]
 # Steps every rank computes in full, whatever P (replicated serial LAPACK):
 # their compute does not shrink with P (an Amdahl term).
-SERIAL = {"tridiagonal + dsterf + broadcast", "dstemr eigenvectors (serial)"}
+SERIAL = {"tridiagonal + dsterf + broadcast"}
 PANEL = 256  # columns of the Gram summed per reduce-scatter when m > n (pgram_svd.cpp)
 BLOCK = 64  # rows per block of X and of the Gram matrix (pgram_svd.cpp)
 PROF_LINE = re.compile(r"^[EI]\s+(\d+)\s+(\d+)\s+(\d+) bytes\s+(\d+) msgs sent")
@@ -163,7 +165,8 @@ def scale_of(step, m, n, k):
         256-column panel at a time, r (r + 256) / 2 doubles, r / 256 reduce-scatters;
       pdsytrd: a broadcast and a reduction of a vector per column, the panels' updates: r^2, r;
       tridiagonal: 2 r doubles allreduced, r eigenvalues broadcast: r, 1;
-      dstemr: nothing but the failure agreement (one small allreduce): 8 bytes, 1;
+      dstemr, sliced: each rank's rows of the others' slices, r cols doubles in all, 1 (the
+        (P-1)/P^2 and P-1 of p_terms);
       pdormtr: the reflectors' 64-column panels broadcast and V^T Z (64 x cols) reduced per
         panel: r (r / 2 + cols), one message per panel, r / 64;
       pdgemm: the factor that is not row-distributed like X is reduced or all-gathered:
@@ -177,18 +180,22 @@ def scale_of(step, m, n, k):
         return 8.0 * r * r, float(r)
     if step == "tridiagonal + dsterf + broadcast":
         return 8.0 * r, 1.0
-    if step == "dstemr eigenvectors (serial)":
-        return 8.0, 1.0
+    if step == SLICED:
+        return 8.0 * r * c, 1.0
     if step == "pdormtr":
         return 8.0 * r * (r / 2 + c), blocks(r)
     return 8.0 * c * n, blocks(c if m <= n else n)
 
 
-def p_terms(ranks):
+def p_terms(ranks, step=None):
     """The two P-dependences the steps' traffic follows: (P-1)/P (all-gather,
     reduce-scatter: the busiest rank moves all but its own share) and log2 P
-    (trees of broadcasts and reductions)."""
+    (trees of broadcasts and reductions). The sliced eigenvectors: each rank
+    sends the others their rows of its 1/P of the columns, (P-1)/P^2 of
+    r cols, in P - 1 messages."""
     p = np.asarray(ranks, float)
+    if step == SLICED:
+        return np.stack([(p - 1) / p ** 2, p - 1], axis=-1)
     return np.stack([(p - 1) / p, np.log2(p)], axis=-1)
 
 
@@ -207,7 +214,7 @@ def fit_volumes(volume):
         groups[(rec["step"], rec["step"] == "Gram" and rec["m"] > rec["n"])].append(rec)
     fits = {}
     for key, recs in groups.items():
-        a = p_terms([r["ranks"] for r in recs])
+        a = p_terms([r["ranks"] for r in recs], key[0])
         out = {}
         for what, col in (("bytes", 0), ("msgs", 1)):
             y = np.array([busiest(r)[col] / scale_of(r["step"], r["m"], r["n"], r["k"])[col] for r in recs])
@@ -241,7 +248,7 @@ def modelled_traffic(fits, step, m, n, k, ranks):
         return 0.0, 0.0
     f = fits[(step, step == "Gram" and m > n)]
     size, count = scale_of(step, m, n, k)
-    t = p_terms([ranks])[0]
+    t = p_terms([ranks], step)[0]
     return size * float(t @ f["bytes"]), count * float(t @ f["msgs"])
 
 
@@ -270,7 +277,7 @@ def flops_of(step, m, n, k):
         return r ** 3
     if step == "tridiagonal + dsterf + broadcast":
         return r * r
-    if step == "dstemr eigenvectors (serial)":
+    if step == SLICED:
         return r * c
     if step == "pdormtr":
         return r * r * c
@@ -283,12 +290,29 @@ def one_rank_seconds(step, m, n, k, seconds, rates):
     return got if got is not None else rates[step] * flops_of(step, m, n, k)
 
 
+# (m, n) -> {P: widest eigenvector slice}, and (m, n) -> cols, from the
+# benchmark's records (model_main fills them).
+WIDEST, COLS = {}, {}
+
+
 def compute_share(step, m, n, ranks):
     """Fraction of the one-rank compute the busiest rank does: all of it for
-    the replicated serial steps, else its blocks of 64 rows (of X; of the
-    Gram for pdsytrd and pdormtr) over all blocks."""
+    the replicated serial steps; for the sliced eigenvectors the widest
+    slice's share of the columns (measured at P = 2, 8, 64, 512: the
+    largest measured P <= ranks, for unmeasured shapes the largest share
+    measured); else its blocks of 64 rows (of X; of the Gram for pdsytrd and
+    pdormtr) over all blocks."""
     if step in SERIAL:
         return 1.0
+    if step == SLICED:
+        if ranks == 1:
+            return 1.0
+        def share(shape):
+            known = [p for p in WIDEST[shape] if p <= ranks]
+            return WIDEST[shape][max(known)] / COLS[shape] if known else 1.0
+        if (m, n) in WIDEST:
+            return share((m, n))
+        return max((share(sh) for sh in WIDEST), default=1.0)
     blocks = math.ceil((min(m, n) if step in ("pdsytrd", "pdormtr") else m) / BLOCK)
     return math.ceil(blocks / ranks) / blocks
 
@@ -351,7 +375,12 @@ def route_model(m, n, k, ranks, seconds, rates, fits, network, slowdown=None):
 
 
 def model_main(args):
-    seconds, ks = measured_seconds(load_jsonl(os.path.join(args.workdir, "steps.jsonl")))
+    records = load_jsonl(os.path.join(args.workdir, "steps.jsonl"))
+    seconds, ks = measured_seconds(records)
+    for rec in records:
+        if rec.get("widest_slice"):
+            WIDEST[(rec["m"], rec["n"])] = {int(p): w for p, w in rec["widest_slice"].items()}
+            COLS[(rec["m"], rec["n"])] = rec["cols"]
     volume = load_jsonl(os.path.join(args.workdir, "volume.jsonl"))
     alpha_shm, beta_shm = pingpong_fit(load_jsonl(os.path.join(args.workdir, "pingpong.jsonl")))
     fits = fit_volumes(volume)
@@ -387,7 +416,7 @@ def model_main(args):
     print("|---|---|---|---|---|---|---|---|---|")
     size_names = {("Gram", False): ("8 m n", "r / 64"), ("Gram", True): ("8 r (r+256)/2", "r / 256"),
                   ("pdsytrd", False): ("8 r^2", "r"), ("tridiagonal + dsterf + broadcast", False): ("8 r", "1"),
-                  ("dstemr eigenvectors (serial)", False): ("8", "1"),
+                  (SLICED, False): ("8 r cols", "1"),
                   ("pdormtr", False): ("8 r (r/2 + cols)", "r / 64"),
                   ("pdgemm 1", False): ("8 cols n", "(cols or n) / 64"),
                   ("pdgemm 2", False): ("8 cols n", "(cols or n) / 64")}

@@ -6,8 +6,8 @@
 //   2 pdsytrd (tridiagonal reduction);
 //   3 the tridiagonal read off the reduced matrix (one allreduce of 2r
 //     doubles), its eigenvalues by dsterf on every rank, rank 0's broadcast;
-//   4 the p = min(k, r-k) eigenvectors of the tridiagonal by dstemr, on
-//     every rank (serial, replicated), each keeping its row blocks;
+//   4 the p = min(k, r-k) eigenvectors of the tridiagonal, a slice per rank
+//     by dstemr, then each rank's rows sent to it (pdtridiagonal_eigenvectors);
 //   5 pdormtr (back to the Gram's basis);
 //   6, 7 the two pdgemm of the projection.
 //
@@ -105,6 +105,9 @@ std::vector<double> workspace_like_product(const Communicator& comm, double quer
 struct ShapeRun {
   int k = 0, cols = 0;
   std::vector<StepFigures> steps;
+  // The widest eigenvector slice eigenvector_slices gives this spectrum on
+  // P ranks, for the scaling model's share of step 4 (even: cols / P).
+  std::vector<std::pair<int, int>> widest_slice;
 };
 
 // The grid route, one step at a time, exactly as pdgram_svd +
@@ -172,17 +175,18 @@ ShapeRun run_steps(const ProcessGrid& grid, const MatrixLayout& xl, std::vector<
   const double beta = complement ? -(c.lambda_high - c.lambda_low) : c.lambda_high - c.lambda_low;
   SOUPKIT_ERROR_IF(cols == 0 || beta == 0.0, "internal: k = {} leaves no projection to time", c.k);
   const int il = complement ? 1 : r - run.k + 1, iu = complement ? r - run.k : r;
+  std::vector<double> ascending(singular.rbegin(), singular.rend());
+  for (double& v : ascending) v *= v;
+  for (int procs : {2, 8, 64, 512}) {
+    const std::vector<int> b = eigenvector_slices(ascending, il, iu, procs);
+    int widest = 0;
+    for (int p = 0; p < procs; ++p) widest = std::max(widest, b[static_cast<std::size_t>(p) + 1] - b[static_cast<std::size_t>(p)]);
+    run.widest_slice.emplace_back(procs, widest);
+  }
   const MatrixLayout zl = make_layout(grid, r, cols, kBlock, kBlock);
   std::vector<double> z(std::max<std::size_t>(zl.local_size(), 1), 0.0);
-  run.steps.push_back(measure("dstemr eigenvectors (serial)", comm, [&] {
-    collectively(comm, [&] {
-      const std::vector<double> all = tridiagonal_eigenvectors_in_range(diagonal, offdiagonal, il, iu);
-      for (int lr = 0; lr < zl.local_rows; ++lr) {
-        const std::int64_t i = global_index(lr, kBlock, grid.my_row(), grid.rows());
-        for (int j = 0; j < cols; ++j)
-          z[lr + static_cast<std::size_t>(j) * zl.lld()] = all[static_cast<std::size_t>(i) + static_cast<std::size_t>(j) * r];
-      }
-    });
+  run.steps.push_back(measure("dstemr eigenvectors (sliced) + exchange", comm, [&] {
+    pdtridiagonal_eigenvectors(grid, diagonal, offdiagonal, singular, il, iu, zl, z.data());
   }));
   if (stop_here()) return run;
 
@@ -250,11 +254,23 @@ std::pair<double, std::uint64_t> product_route_difference(const ProcessGrid& gri
 void print_shape(FILE* json, int m, int n, int ranks, int repeat, const ShapeRun& run) {
   for (const auto& s : run.steps) {
     fmt::print("| {}x{} | {} | {} | {} | {} | {:.3f} |\n", m, n, ranks, run.k, s.name, repeat, s.seconds);
-    if (json)
+    if (json) {
+      // The eigenvector step's record also says how its slices fall.
+      std::string widest;
+      if (s.name.starts_with("dstemr"))
+        for (const auto& [procs, w] : run.widest_slice) widest += fmt::format("{}\"{}\": {}", widest.empty() ? "" : ", ", procs, w);
       fmt::print(json,
                  "{{\"m\": {}, \"n\": {}, \"ranks\": {}, \"repeat\": {}, \"k\": {}, \"cols\": {}, \"step\": \"{}\", "
-                 "\"seconds\": {:.6f}}}\n",
-                 m, n, ranks, repeat, run.k, run.cols, s.name, s.seconds);
+                 "\"seconds\": {:.6f}{}}}\n",
+                 m, n, ranks, repeat, run.k, run.cols, s.name, s.seconds,
+                 widest.empty() ? "" : ", \"widest_slice\": {" + widest + "}");
+    }
+  }
+  if (repeat == 0 && !run.widest_slice.empty()) {
+    fmt::print("slices {}x{}: widest eigenvector slice of {} on P ranks:", m, n, run.cols);
+    for (const auto& [procs, widest] : run.widest_slice)
+      fmt::print(" P = {}: {} (even {:.1f})", procs, widest, static_cast<double>(run.cols) / procs);
+    fmt::print("\n");
   }
   std::fflush(stdout);
   if (json) std::fflush(json);

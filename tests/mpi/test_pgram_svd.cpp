@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 namespace soupkit::linalg {
@@ -29,20 +30,18 @@ struct Case {
 
 class DistributedGramSvd : public testing::TestWithParam<Case> {};
 
-TEST_P(DistributedGramSvd, MatchesTheLocalKernels) {
-  const auto [m, n, k] = GetParam();
+// The grid route on `full` (row-major m x n, the same on every rank)
+// against the local kernels: the spectrum, then the relative error of the
+// reweighted matrix (every rank gets the same numbers).
+void expect_grid_matches_local(std::vector<double> full, std::int64_t m, std::int64_t n, std::int64_t k) {
   const Communicator world;
   const ProcessGrid grid(world, world.size(), 1);
   constexpr int kBlock = 16;
   const MatrixLayout xl = make_layout(grid, m, n, kBlock, kBlock);
   std::vector<double> x(std::max<std::size_t>(xl.local_size(), 1));
   for (std::int64_t lr = 0; lr < xl.local_rows; ++lr)
-    for (std::int64_t j = 0; j < n; ++j)
-      x[lr + j * xl.lld()] = entry(global_index(lr, kBlock, grid.my_row(), grid.rows()), j);
+    for (std::int64_t j = 0; j < n; ++j) x[lr + j * xl.lld()] = full[global_index(lr, kBlock, grid.my_row(), grid.rows()) * n + j];
 
-  std::vector<double> full(static_cast<std::size_t>(m * n));  // row-major, for the local kernels
-  for (std::int64_t i = 0; i < m; ++i)
-    for (std::int64_t j = 0; j < n; ++j) full[i * n + j] = entry(i, j);
   const GramSvd local = dgram_svd(full.data(), m, n);
   const auto dist = pdgram_svd(grid, xl, x.data());
   ASSERT_EQ(dist.singular.size(), local.singular.size());
@@ -61,6 +60,71 @@ TEST_P(DistributedGramSvd, MatchesTheLocalKernels) {
   err = grid.comm().sum(err);
   norm = grid.comm().sum(norm);
   EXPECT_LE(std::sqrt(err / norm), 1e-6);  // the local kernel projects in float32
+}
+
+TEST_P(DistributedGramSvd, MatchesTheLocalKernels) {
+  const auto [m, n, k] = GetParam();
+  std::vector<double> full(static_cast<std::size_t>(m * n));  // row-major, for the local kernels
+  for (std::int64_t i = 0; i < m; ++i)
+    for (std::int64_t j = 0; j < n; ++j) full[i * n + j] = entry(i, j);
+  expect_grid_matches_local(std::move(full), m, n, k);
+}
+
+// y <- (I - 2 v v^T / v^T v) y for every column (left) or row (right) of
+// the row-major m x n matrix a.
+void reflect(std::vector<double>& a, std::int64_t m, std::int64_t n, bool left, std::int64_t seed) {
+  const std::int64_t len = left ? m : n, count = left ? n : m;
+  std::vector<double> v(static_cast<std::size_t>(len));
+  double vv = 0;
+  for (std::int64_t i = 0; i < len; ++i) {
+    v[i] = entry(seed, i);
+    vv += v[i] * v[i];
+  }
+  for (std::int64_t c = 0; c < count; ++c) {
+    auto at = [&](std::int64_t i) -> double& { return left ? a[i * n + c] : a[c * n + i]; };
+    double dot = 0;
+    for (std::int64_t i = 0; i < len; ++i) dot += v[i] * at(i);
+    for (std::int64_t i = 0; i < len; ++i) at(i) -= 2 * dot / vv * v[i];
+  }
+}
+
+// U diag(s) V^T with U, V products of three reflections each: singular
+// values s (descending) to rounding, dense singular vectors.
+std::vector<double> with_singular_values(std::int64_t m, std::int64_t n, const std::vector<double>& s) {
+  std::vector<double> a(static_cast<std::size_t>(m * n), 0.0);
+  for (std::size_t j = 0; j < s.size(); ++j) a[j * n + j] = s[j];
+  for (int h = 0; h < 3; ++h) {
+    reflect(a, m, n, true, 1000 + h);
+    reflect(a, m, n, false, 2000 + h);
+  }
+  return a;
+}
+
+// Each rank computes a slice of the eigenvectors: a cluster (26 singular
+// values within 1e-10) across the even split moves the boundary out of it,
+// and the result still matches the single-rank kernels, for the top k and
+// for the complement, on the Gram of either side. On 2 and 3 ranks at least
+// two slices are not empty, so rows do travel between ranks.
+TEST(DistributedGramSvd, SlicesAroundAClusterMatchTheLocalKernels) {
+  const Communicator world;
+  for (const auto& [m, n, k] : {Case{300, 200, 60}, Case{200, 300, 60}, Case{300, 200, 150}}) {
+    const std::int64_t r = std::min(m, n);
+    std::vector<double> s(static_cast<std::size_t>(r));
+    for (std::int64_t j = 0; j < r; ++j) s[j] = std::pow(1e-2, static_cast<double>(j) / static_cast<double>(r));
+    for (std::int64_t j = 10; j < 36; ++j) s[j] = s[10] * (1 + 1e-10 * static_cast<double>(j));
+    std::sort(s.rbegin(), s.rend());
+    const bool complement = 2 * k > r;
+    const int il = complement ? 1 : static_cast<int>(r - k + 1), iu = complement ? static_cast<int>(r - k) : static_cast<int>(r);
+    std::vector<double> ascending(s.rbegin(), s.rend());
+    for (double& v : ascending) v *= v;
+    const std::vector<int> slices = eigenvector_slices(ascending, il, iu, world.size());
+    int nonempty = 0;
+    for (std::size_t p = 0; p + 1 < slices.size(); ++p) nonempty += slices[p + 1] > slices[p];
+    EXPECT_EQ(nonempty, std::min(world.size(), 3)) << m << " x " << n << ", k " << k;
+    for (int p = 1; p < world.size(); ++p)  // no boundary inside the cluster (ascending r - 35 .. r - 10)
+      EXPECT_FALSE(slices[p] > r - 35 && slices[p] <= r - 10) << slices[p];
+    expect_grid_matches_local(with_singular_values(m, n, s), m, n, k);
+  }
 }
 
 // Refusals are raised on every rank alike (a rank throwing alone would

@@ -34,8 +34,35 @@ DistributedGramSvd pdgram_svd(const ProcessGrid& grid, const MatrixLayout& x_lay
 void pdgram_of_distributed_rows(const ProcessGrid& grid, const MatrixLayout& x_layout, const double* x,
                                 const MatrixLayout& gram_layout, double* g);
 
-// x <- lambda_low x + (lambda_high - lambda_low) P_k x, distributed.
+// x <- lambda_low x + (lambda_high - lambda_low) P_k x, distributed. Each
+// rank computes a slice of the eigenvectors it projects on (MRRR on the
+// tridiagonal, eigenvector_slices) and sends every other rank its rows.
 void pdspectral_reweight(const ProcessGrid& grid, const MatrixLayout& x_layout, double* x, const DistributedGramSvd& svd,
                          std::int64_t k, double lambda_high, double lambda_low);
+
+// Eigenvectors il..iu (1-based, ascending) of the tridiagonal (diagonal,
+// offdiagonal; `singular`, the square roots of its eigenvalues, descending)
+// into z: this rank's rows (z_layout, kBlock row blocks) of the r x
+// (iu - il + 1) matrix. Each rank computes the slice eigenvector_slices
+// gives it by MRRR and sends every other rank its rows of it: the work per
+// rank falls with the ranks unless no gap allows a split. Every argument is
+// the same on every rank (z_layout up to the local piece). Exposed for the
+// step benchmark.
+void pdtridiagonal_eigenvectors(const ProcessGrid& grid, const std::vector<double>& diagonal,
+                                const std::vector<double>& offdiagonal, const std::vector<double>& singular, int il,
+                                int iu, const MatrixLayout& z_layout, double* z);
+
+// Splits eigenpairs il..iu (1-based, of the ascending eigenvalues
+// `ascending`) into `parts` contiguous slices, one MRRR run each: part p
+// takes bounds[p] .. bounds[p + 1] - 1, bounds[0] = il, bounds[parts] =
+// iu + 1, and a part may be empty. A boundary falls only between eigenvalues
+// whose gap is at least kSliceRelativeGap of the larger (MRRR's own cluster
+// threshold, so no cluster is split) and kSliceAbsoluteGap of the largest
+// magnitude (vectors computed apart are orthogonal to ~eps ||T|| / gap, here
+// <= 1e-8); of those, the nearest to an even share. The same spectrum gives
+// the same slices on every rank.
+inline constexpr double kSliceRelativeGap = 1e-3;
+inline constexpr double kSliceAbsoluteGap = 1e-8;
+std::vector<int> eigenvector_slices(const std::vector<double>& ascending, int il, int iu, int parts);
 
 }  // namespace soupkit::linalg

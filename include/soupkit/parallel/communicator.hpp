@@ -177,6 +177,13 @@ class Communicator {
   void reduce_scatter_sum(std::span<const double> send, std::span<double> receive, std::span<const int> counts) const;
 
   // Point to point.
+  // Sends `send` to rank `to` while receiving `receive` from rank `from`
+  // (MPI_Sendrecv, in chunks of at most `chunk` bytes: MPI counts are ints).
+  // The peer `to` must receive exactly send.size() bytes from this rank, and
+  // `from` send receive.size(): both sides size their buffers from the same
+  // agreed plan. Either side may be empty (to/from may be this rank).
+  void exchange_bytes(std::span<const std::byte> send, int to, std::span<std::byte> receive, int from, int tag,
+                      std::size_t chunk = kBroadcastChunk) const;
   PendingSend send_text(std::string text, int to, int tag) const;
   // Is a message from `from` (or any_source) with `tag` (or any_tag) waiting? Never blocks.
   bool has_message(int from, int tag) const;
