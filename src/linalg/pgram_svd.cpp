@@ -184,8 +184,18 @@ void pdtridiagonal_eigenvectors(const ProcessGrid& grid, const std::vector<doubl
   const Communicator& comm = grid.comm();
   const int procs = grid.rows(), me = grid.my_row();
   const int r = static_cast<int>(diagonal.size());
-  // A P x 1 grid numbers its rows as the communicator numbers its ranks.
-  agree_on_failure(comm, comm.rank() != me ? fmt::format("internal: grid row {} is rank {}", me, comm.rank()) : "");
+  // The rows of z go where they are sent only on the layout assumed here:
+  // checked before any rank sends, and agreed, so no rank is left waiting.
+  std::vector<std::vector<int>> rows_of(static_cast<std::size_t>(procs));  // each rank's global rows, ascending
+  for (int i = 0; i < r; ++i) rows_of[static_cast<std::size_t>(owner_of_row(i, procs))].push_back(i);
+  std::string layout_error;
+  if (grid.cols() != 1 || comm.rank() != me)  // a P x 1 grid numbers its rows as the communicator its ranks
+    layout_error = fmt::format("internal: grid row {} of a {} x {} grid is rank {}", me, procs, grid.cols(), comm.rank());
+  else if (zl.m != r || zl.n != iu - il + 1 || zl.mb != kBlock || il < 1 || iu > r || il > iu ||
+           static_cast<std::size_t>(zl.local_rows) != rows_of[static_cast<std::size_t>(me)].size())
+    layout_error = fmt::format("internal: eigenvectors {}..{} of {} into a {} x {} layout of {}-row blocks ({} local rows)",
+                               il, iu, r, zl.m, zl.n, zl.mb, zl.local_rows);
+  agree_on_failure(comm, layout_error);
   std::vector<double> ascending(singular.rbegin(), singular.rend());
   for (double& s : ascending) s *= s;
   const std::vector<int> slices = eigenvector_slices(ascending, il, iu, procs);
@@ -194,11 +204,6 @@ void pdtridiagonal_eigenvectors(const ProcessGrid& grid, const std::vector<doubl
   collectively(comm, [&] {
     if (hi > lo) mine = tridiagonal_eigenvectors_in_range(diagonal, offdiagonal, lo, hi - 1);
   });
-  // The global rows each rank owns, ascending (its local row order).
-  std::vector<std::vector<int>> rows_of(static_cast<std::size_t>(procs));
-  for (int i = 0; i < r; ++i) rows_of[static_cast<std::size_t>(owner_of_row(i, procs))].push_back(i);
-  SOUPKIT_ERROR_IF(static_cast<std::size_t>(zl.local_rows) != rows_of[static_cast<std::size_t>(me)].size(),
-                   "internal: {} local rows, {} owned", zl.local_rows, rows_of[static_cast<std::size_t>(me)].size());
   const std::size_t width = static_cast<std::size_t>(hi - lo), lld = static_cast<std::size_t>(zl.lld());
   std::vector<double> packed;
   constexpr int kTag = 7;

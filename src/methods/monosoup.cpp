@@ -245,8 +245,8 @@ MethodPlan MonosoupMethod::plan(const PlanContext& context) {
       // Gram's panel sums; and the rank's slice of the tridiagonal's
       // eigenvectors the projection takes (r x at most r/2: the whole when
       // no gap allows a split) with one destination's rows of it. (Gram
-      // 8 r^2, its eigenvector slices at most 4 r^2, workspaces: 16 r^2 over
-      // the grid.)
+      // 8 r^2, its eigenvector rows at most 4 r^2, workspaces: 16 r^2 over
+      // the grid; the rows being sent: 4 r^2 / P more.)
       task.grid_peak_bytes = (24 * m * n + 20 * r * r) / context.ranks + 64 * n * 16 + 4 * r * r + 6144 * r;
       smaller_side.push_back(r);
     } else {

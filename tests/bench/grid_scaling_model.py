@@ -165,8 +165,8 @@ def scale_of(step, m, n, k):
         256-column panel at a time, r (r + 256) / 2 doubles, r / 256 reduce-scatters;
       pdsytrd: a broadcast and a reduction of a vector per column, the panels' updates: r^2, r;
       tridiagonal: 2 r doubles allreduced, r eigenvalues broadcast: r, 1;
-      dstemr, sliced: each rank's rows of the others' slices, r cols doubles in all, 1 (the
-        (P-1)/P^2 and P-1 of p_terms);
+      dstemr, sliced: the widest slice's rows to the other ranks, r cols doubles times its
+        share, one message per peer (p_terms);
       pdormtr: the reflectors' 64-column panels broadcast and V^T Z (64 x cols) reduced per
         panel: r (r / 2 + cols), one message per panel, r / 64;
       pdgemm: the factor that is not row-distributed like X is reduced or all-gathered:
@@ -187,15 +187,19 @@ def scale_of(step, m, n, k):
     return 8.0 * c * n, blocks(c if m <= n else n)
 
 
-def p_terms(ranks, step=None):
+def p_terms(ranks, step=None, what="bytes", shape=None):
     """The two P-dependences the steps' traffic follows: (P-1)/P (all-gather,
     reduce-scatter: the busiest rank moves all but its own share) and log2 P
-    (trees of broadcasts and reductions). The sliced eigenvectors: each rank
-    sends the others their rows of its 1/P of the columns, (P-1)/P^2 of
-    r cols, in P - 1 messages."""
+    (trees of broadcasts and reductions). The sliced eigenvectors: the rank
+    with the widest slice sends the others their rows of it, its share of
+    r cols times (P-1)/P (bytes: that term alone), in P - 1 messages plus two
+    small agreements (log2 P)."""
     p = np.asarray(ranks, float)
     if step == SLICED:
-        return np.stack([(p - 1) / p ** 2, p - 1], axis=-1)
+        if what == "bytes":
+            share = np.array([compute_share(SLICED, shape[0], shape[1], int(q)) for q in p])
+            return np.stack([share * (p - 1) / p, np.zeros_like(p)], axis=-1)
+        return np.stack([p - 1, np.log2(p)], axis=-1)
     return np.stack([(p - 1) / p, np.log2(p)], axis=-1)
 
 
@@ -214,9 +218,9 @@ def fit_volumes(volume):
         groups[(rec["step"], rec["step"] == "Gram" and rec["m"] > rec["n"])].append(rec)
     fits = {}
     for key, recs in groups.items():
-        a = p_terms([r["ranks"] for r in recs], key[0])
         out = {}
         for what, col in (("bytes", 0), ("msgs", 1)):
+            a = np.concatenate([p_terms([r["ranks"]], key[0], what, (r["m"], r["n"])) for r in recs])
             y = np.array([busiest(r)[col] / scale_of(r["step"], r["m"], r["n"], r["k"])[col] for r in recs])
             coef = nonnegative_lstsq(a, y)
             resid = a @ coef - y
@@ -248,8 +252,9 @@ def modelled_traffic(fits, step, m, n, k, ranks):
         return 0.0, 0.0
     f = fits[(step, step == "Gram" and m > n)]
     size, count = scale_of(step, m, n, k)
-    t = p_terms([ranks], step)[0]
-    return size * float(t @ f["bytes"]), count * float(t @ f["msgs"])
+    tb = p_terms([ranks], step, "bytes", (m, n))[0]
+    tm = p_terms([ranks], step, "msgs", (m, n))[0]
+    return size * float(tb @ f["bytes"]), count * float(tm @ f["msgs"])
 
 
 def fit_compute(seconds, ks):

@@ -106,7 +106,8 @@ struct ShapeRun {
   int k = 0, cols = 0;
   std::vector<StepFigures> steps;
   // The widest eigenvector slice eigenvector_slices gives this spectrum on
-  // P ranks, for the scaling model's share of step 4 (even: cols / P).
+  // P ranks (2, 3, 4, 8, 64, 512), for the scaling model's share of step 4
+  // and its traffic (even: cols / P).
   std::vector<std::pair<int, int>> widest_slice;
 };
 
@@ -177,7 +178,7 @@ ShapeRun run_steps(const ProcessGrid& grid, const MatrixLayout& xl, std::vector<
   const int il = complement ? 1 : r - run.k + 1, iu = complement ? r - run.k : r;
   std::vector<double> ascending(singular.rbegin(), singular.rend());
   for (double& v : ascending) v *= v;
-  for (int procs : {2, 8, 64, 512}) {
+  for (int procs : {2, 3, 4, 8, 64, 512}) {
     const std::vector<int> b = eigenvector_slices(ascending, il, iu, procs);
     int widest = 0;
     for (int p = 0; p < procs; ++p) widest = std::max(widest, b[static_cast<std::size_t>(p) + 1] - b[static_cast<std::size_t>(p)]);

@@ -49,6 +49,26 @@ TEST(Communicator, BroadcastsBytesInChunksFromAnyRoot) {
   EXPECT_THROW(world.broadcast_bytes({}, 0, std::size_t{INT_MAX} + 1), Error);
 }
 
+TEST(Communicator, ExchangesBytesWithAnyPeerInChunks) {
+  // Each rank sends (rank + shift) a message whose size depends on both
+  // ends, and receives (rank - shift)'s; chunks of 1 and 7 bytes make
+  // several messages per direction, 0 bytes none.
+  const Communicator world;
+  const int p = world.size(), me = world.rank();
+  const auto size_of = [](int from, int to) { return static_cast<std::size_t>(from == to ? 0 : 40 + 13 * from + 3 * to); };
+  const auto byte_of = [](int from, std::size_t k) { return std::byte(static_cast<unsigned char>(from * 31 + k * 7)); };
+  for (const std::size_t chunk : {std::size_t{1}, std::size_t{7}, Communicator::kBroadcastChunk})
+    for (int shift = 0; shift < p; ++shift) {
+      const int to = (me + shift) % p, from = (me - shift + p) % p;
+      std::vector<std::byte> out(size_of(me, to)), in(size_of(from, me), std::byte{0xee});
+      for (std::size_t k = 0; k < out.size(); ++k) out[k] = byte_of(me, k);
+      world.exchange_bytes(out, to, in, from, 3, chunk);
+      std::size_t wrong = 0;
+      for (std::size_t k = 0; k < in.size(); ++k) wrong += in[k] != byte_of(from, k);
+      EXPECT_EQ(wrong, 0u) << "from " << from << " in chunks of " << chunk;
+    }
+}
+
 TEST(Communicator, BroadcastsAStringOfAnyContent) {
   const Communicator world;
   const std::string text = std::string("a\0b", 3) + std::string(100000, 'z');

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -24,8 +25,8 @@ void expect_definition(const std::vector<double>& w, int il, int iu, int parts) 
   EXPECT_EQ(b.back(), iu + 1);
   double largest = 0;
   for (double v : w) largest = std::max(largest, std::abs(v));
+  for (int p = 1; p <= parts; ++p) ASSERT_LE(b[p - 1], b[p]) << p;
   for (int p = 1; p < parts; ++p) {
-    ASSERT_LE(b[p - 1], b[p]) << p;
     const int at = b[p];
     const bool edge = at == il || at == iu + 1;
     EXPECT_TRUE(edge || may_split(w, at, largest)) << "boundary " << p << " at " << at;
@@ -76,6 +77,16 @@ TEST(EigenvectorSlices, NearZeroEigenvaluesSplitOnlyAtAnAbsoluteGap) {
   // No boundary among the first 40: the even split at 21 goes to 1 (as near as 41).
   EXPECT_EQ(eigenvector_slices(w, 1, 80, 4), (std::vector<int>{1, 1, 41, 61, 81}));
   expect_definition(w, 1, 80, 4);
+}
+
+TEST(EigenvectorSlices, ARelativeGapUnder1e3IsACluster) {
+  // Absolute gaps of 0.5 (far above 1e-8 of the largest) but relative ones
+  // of 5e-4 among the first 20; 1e-2 and more among the rest.
+  std::vector<double> w;
+  for (int j = 0; j < 20; ++j) w.push_back(1000 + 0.5 * j);
+  for (int j = 0; j < 20; ++j) w.push_back(2000 + 40.0 * j);
+  EXPECT_EQ(eigenvector_slices(w, 1, 40, 4), (std::vector<int>{1, 1, 21, 31, 41}));
+  expect_definition(w, 1, 40, 4);
 }
 
 TEST(EigenvectorSlices, MorePartsThanPairsAndAnEmptyRange) {
